@@ -20,8 +20,13 @@ pub const MAX_EXPORTS: u32 = 256;
 pub const MAX_QUEUES: u32 = 64;
 /// Most MAC mask list entries per export.
 pub const MAX_MASKS: usize = 32;
-/// Room for the longest Query Config reply: headers + a 1024-byte string.
+/// The longest Query Config reply: headers + a 1024-byte string.
 pub const CONFIG_REPLY_MAX: usize = CONFIG_HEADER_LEN + CONFIG_STRING_MAX;
+/// Size of the reply buffer in the map: a power of two above `CONFIG_REPLY_MAX`, so the
+/// kernel can bound the copy length with a mask the compiler cannot fold away (a range
+/// check alone was optimised into a form the verifier could not follow).
+pub const REPLY_BUF_LEN: usize = 2048;
+const _: () = assert!(REPLY_BUF_LEN >= CONFIG_REPLY_MAX && REPLY_BUF_LEN.is_power_of_two());
 
 /// Key of the export table: shelf (host order) and slot.
 #[repr(C)]
@@ -54,7 +59,7 @@ pub struct ExportEntry {
     pub masks: [[u8; 8]; MAX_MASKS],
     /// A complete Query Config reply: our MAC as source, real shelf/slot, the current string.
     /// The kernel fills in the destination MAC and the tag.
-    pub reply: [u8; CONFIG_REPLY_MAX],
+    pub reply: [u8; REPLY_BUF_LEN],
 }
 
 impl ExportEntry {
@@ -65,7 +70,7 @@ impl ExportEntry {
             config_len: 0,
             reserved: 0,
             masks: [[0; 8]; MAX_MASKS],
-            reply: [0; CONFIG_REPLY_MAX],
+            reply: [0; REPLY_BUF_LEN],
         }
     }
 }
@@ -123,5 +128,5 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<ExportKey>() == 4);
-const _: () = assert!(core::mem::size_of::<ExportEntry>() == 16 + 8 * MAX_MASKS + CONFIG_REPLY_MAX);
+const _: () = assert!(core::mem::size_of::<ExportEntry>() == 16 + 8 * MAX_MASKS + REPLY_BUF_LEN);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);

@@ -1,0 +1,3 @@
+//! A userspace AoE initiator over AF_PACKET.
+
+pub mod frames;

@@ -1,0 +1,5 @@
+//! aoe-ctl: an ATA over Ethernet target whose data path runs in XDP and AF_XDP, and a
+//! userspace initiator that needs no kernel module.
+
+pub mod initiator;
+pub mod target;

@@ -1,0 +1,47 @@
+//! An in-memory backend for tests of the engine.
+
+use std::io;
+use std::sync::Mutex;
+
+use super::{byte_range, Backend, SECTOR};
+
+pub struct MemBackend {
+    data: Mutex<Vec<u8>>,
+    sectors: u64,
+}
+
+impl MemBackend {
+    pub fn new(sectors: u64) -> Self {
+        MemBackend {
+            data: Mutex::new(vec![0; (sectors * SECTOR) as usize]),
+            sectors,
+        }
+    }
+
+    /// A copy of the contents.
+    pub fn contents(&self) -> Vec<u8> {
+        self.data.lock().unwrap().clone()
+    }
+}
+
+impl Backend for MemBackend {
+    fn sectors(&self) -> u64 {
+        self.sectors
+    }
+    fn read_at(&self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
+        let r = byte_range(self.sectors, lba, buf.len())?;
+        buf.copy_from_slice(&self.data.lock().unwrap()[r]);
+        Ok(())
+    }
+    fn write_at(&self, lba: u64, buf: &[u8]) -> io::Result<()> {
+        let r = byte_range(self.sectors, lba, buf.len())?;
+        self.data.lock().unwrap()[r].copy_from_slice(buf);
+        Ok(())
+    }
+    fn sync_range(&self, _lba: u64, _len: usize) -> io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}

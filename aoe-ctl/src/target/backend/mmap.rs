@@ -1,0 +1,189 @@
+//! A file or block device mapped shared into memory (memmap2): reads are one copy from the
+//! mapping into the reply frame, writes one copy from the request frame into the page cache.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::path::Path;
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use super::{byte_range, Backend, SECTOR};
+
+/// How to open an image.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    pub read_only: bool,
+    /// First sector of the image that is exported (vblade -o).
+    pub offset: u64,
+    /// Sectors exported from `offset` (vblade -l); None: to the end.
+    pub length: Option<u64>,
+}
+
+pub struct MmapBackend {
+    map: MmapRaw,
+    sectors: u64,
+    _file: File,
+}
+
+impl MmapBackend {
+    /// Open a regular file, sparse file or block device.
+    pub fn open(path: &Path, opts: &OpenOptions) -> anyhow::Result<Self> {
+        use anyhow::{bail, Context};
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!opts.read_only)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // Seeking to the end measures block devices too (their metadata length is 0).
+        let bytes = file
+            .seek(SeekFrom::End(0))
+            .with_context(|| format!("cannot measure {}", path.display()))?;
+        let total = bytes / SECTOR;
+        if total == 0 {
+            bail!("{} is smaller than one 512-byte sector", path.display());
+        }
+        if opts.offset >= total {
+            bail!(
+                "offset {} is beyond the end of {} ({} sectors)",
+                opts.offset,
+                path.display(),
+                total
+            );
+        }
+        let available = total - opts.offset;
+        let sectors = match opts.length {
+            Some(0) => bail!("length must be at least one sector"),
+            Some(l) if l > available => bail!(
+                "offset {} + length {} is beyond the end of {} ({} sectors)",
+                opts.offset,
+                l,
+                path.display(),
+                total
+            ),
+            Some(l) => l,
+            None => available,
+        };
+        let mut mo = MmapOptions::new();
+        mo.offset(opts.offset * SECTOR).len((sectors * SECTOR) as usize);
+        let map = if opts.read_only {
+            mo.map_raw_read_only(&file)
+        } else {
+            mo.map_raw(&file)
+        }
+        .with_context(|| format!("cannot map {}", path.display()))?;
+        Ok(MmapBackend {
+            map,
+            sectors,
+            _file: file,
+        })
+    }
+}
+
+impl Backend for MmapBackend {
+    fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    fn read_at(&self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
+        let r = byte_range(self.sectors, lba, buf.len())?;
+        // SAFETY: r lies inside the mapping (checked above). Concurrent writers to the same
+        // sectors race as they would on a disk; the initiator orders its own requests.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(r.start), buf.as_mut_ptr(), r.len())
+        };
+        Ok(())
+    }
+
+    fn write_at(&self, lba: u64, buf: &[u8]) -> io::Result<()> {
+        let r = byte_range(self.sectors, lba, buf.len())?;
+        // SAFETY: as in read_at; a read-only mapping never gets here (the engine refuses
+        // writes to read-only exports before calling).
+        unsafe {
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.map.as_mut_ptr().add(r.start), r.len())
+        };
+        Ok(())
+    }
+
+    fn sync_range(&self, lba: u64, len: usize) -> io::Result<()> {
+        let r = byte_range(self.sectors, lba, len)?;
+        self.map.flush_range(r.start, r.len())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.map.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(bytes: u64) -> (tempdir::Dir, std::path::PathBuf) {
+        let d = tempdir::Dir::new();
+        let p = d.0.join("disk.img");
+        let f = File::create(&p).unwrap();
+        f.set_len(bytes).unwrap();
+        (d, p)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "aoe-mmap-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn write_lands_in_file_at_offset() {
+        let (_d, p) = image(64 * 512);
+        let b = MmapBackend::open(
+            &p,
+            &OpenOptions {
+                offset: 8,
+                length: Some(16),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(b.sectors(), 16);
+        b.write_at(2, &[0xab; 512]).unwrap();
+        b.sync_range(2, 512).unwrap();
+        let raw = std::fs::read(&p).unwrap();
+        assert!(raw[10 * 512..11 * 512].iter().all(|&x| x == 0xab));
+        assert!(raw[..10 * 512].iter().all(|&x| x == 0));
+        let mut back = [0u8; 512];
+        b.read_at(2, &mut back).unwrap();
+        assert_eq!(back, [0xab; 512]);
+        assert!(b.write_at(16, &[0; 512]).is_err());
+        assert!(b.read_at(15, &mut [0; 1024]).is_err());
+    }
+
+    #[test]
+    fn bad_geometry_named() {
+        let (_d, p) = image(8 * 512);
+        let err = |o: OpenOptions| MmapBackend::open(&p, &o).err().unwrap().to_string();
+        assert!(err(OpenOptions { offset: 8, ..Default::default() }).contains("beyond the end"));
+        assert!(err(OpenOptions { length: Some(9), ..Default::default() }).contains("beyond"));
+        let (_d2, tiny) = image(100);
+        assert!(MmapBackend::open(&tiny, &OpenOptions::default())
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("smaller than one"));
+    }
+}

@@ -1,0 +1,104 @@
+//! One exported device: its address, backing store, options and mutable state.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use aoe_common::wire::{Mac, CONFIG_STRING_MAX};
+
+use super::access::Access;
+use super::backend::Backend;
+
+/// Per-export counters (relaxed atomics; read by `stats`).
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub ata_errors: AtomicU64,
+    pub aoe_errors: AtomicU64,
+    pub config_replies: AtomicU64,
+}
+
+impl ExportStats {
+    #[inline]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+pub struct Export {
+    pub shelf: u16,
+    pub slot: u8,
+    pub backend: Box<dyn Backend>,
+    pub read_only: bool,
+    /// Acknowledge writes only once on stable storage.
+    pub sync: bool,
+    /// Buffer count advertised in config replies.
+    pub buffers: u16,
+    pub access: Access,
+    pub stats: ExportStats,
+    config: RwLock<Vec<u8>>,
+    serial: [u8; 20],
+}
+
+/// What `Export::new` needs besides the backend.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub shelf: u16,
+    pub slot: u8,
+    pub read_only: bool,
+    pub sync: bool,
+    pub buffers: u16,
+    pub allow: Vec<Mac>,
+    pub config: Vec<u8>,
+}
+
+/// Firmware version reported in config replies and IDENTIFY.
+pub const FIRMWARE_VERSION: u16 = 0x0001;
+pub const FIRMWARE_STRING: &[u8] = concat!("aoe", env!("CARGO_PKG_VERSION")).as_bytes();
+pub const MODEL: &[u8] = b"aoe-ctl XDP AoE target";
+
+impl Export {
+    pub fn new(opts: ExportOptions, backend: Box<dyn Backend>) -> Self {
+        let mut serial = [b' '; 20];
+        let s = format!("AOE{}.{}-{:x}", opts.shelf, opts.slot, backend.sectors());
+        let n = s.len().min(20);
+        serial[..n].copy_from_slice(&s.as_bytes()[..n]);
+        let mut config = opts.config;
+        config.truncate(CONFIG_STRING_MAX);
+        Export {
+            shelf: opts.shelf,
+            slot: opts.slot,
+            backend,
+            read_only: opts.read_only,
+            sync: opts.sync,
+            buffers: opts.buffers.max(2),
+            access: Access::new(opts.allow),
+            stats: ExportStats::default(),
+            config: RwLock::new(config),
+            serial,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        format!("e{}.{}", self.shelf, self.slot)
+    }
+
+    /// Does a frame addressed to (shelf, slot), possibly broadcast, reach this export?
+    pub fn matches(&self, shelf: u16, slot: u8) -> bool {
+        (shelf == 0xFFFF || shelf == self.shelf) && (slot == 0xFF || slot == self.slot)
+    }
+
+    pub fn serial(&self) -> &[u8; 20] {
+        &self.serial
+    }
+
+    pub fn config(&self) -> std::sync::RwLockReadGuard<'_, Vec<u8>> {
+        self.config.read().unwrap()
+    }
+
+    pub fn config_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<u8>> {
+        self.config.write().unwrap()
+    }
+}

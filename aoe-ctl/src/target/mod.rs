@@ -1,0 +1,13 @@
+//! The target: protocol engine, queue workers and block backend, in the order a frame
+//! travels (kernel classifier -> `xsk` sockets -> `worker` -> `engine` -> `backend`).
+
+pub mod access;
+pub mod ata;
+pub mod backend;
+pub mod config;
+pub mod control;
+pub mod engine;
+pub mod export;
+
+#[cfg(test)]
+mod engine_tests;

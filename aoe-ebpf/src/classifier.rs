@@ -1,0 +1,140 @@
+//! The entry points: `aoe_classifier` and the lab helper `aoe_pass`.
+
+use aoe_common::{
+    maps::{counter, ExportEntry, ExportKey, MAX_MASKS},
+    wire::{header::field, header::FLAG_RESPONSE, SHELF_BROADCAST, SLOT_BROADCAST},
+};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+use crate::{
+    config_reply,
+    maps::{count, EXPORTS, SETTINGS, XSKS},
+    packet,
+};
+
+const CMD_ATA: u8 = 0;
+const CMD_QUERY_CONFIG: u8 = 1;
+
+#[xdp]
+pub fn aoe_classifier(ctx: XdpContext) -> u32 {
+    count(counter::SEEN);
+    let action = classify(&ctx);
+    if action == xdp_action::XDP_PASS {
+        count(counter::PASSED);
+    }
+    action
+}
+
+/// Lets XDP_TX frames from a veth peer in; see `aoe_common::maps::PROG_PASS`.
+#[xdp]
+pub fn aoe_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> u32 {
+    let Some(hdr) = packet::bytes_at::<{ field::ARG }>(ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bounds checked by bytes_at.
+    let hdr = unsafe { &*hdr };
+    if hdr[field::ETHERTYPE] != 0x88 || hdr[field::ETHERTYPE + 1] != 0xA2 {
+        return xdp_action::XDP_PASS;
+    }
+    let ver_flags = hdr[field::VER_FLAGS];
+    if ver_flags & FLAG_RESPONSE != 0 {
+        return xdp_action::XDP_PASS;
+    }
+    let shelf = u16::from_be_bytes([hdr[field::MAJOR], hdr[field::MAJOR + 1]]);
+    let slot = hdr[field::MINOR];
+    let command = hdr[field::COMMAND];
+    let src = [
+        hdr[field::SRC],
+        hdr[field::SRC + 1],
+        hdr[field::SRC + 2],
+        hdr[field::SRC + 3],
+        hdr[field::SRC + 4],
+        hdr[field::SRC + 5],
+    ];
+
+    let key = if shelf == SHELF_BROADCAST || slot == SLOT_BROADCAST {
+        let Some(settings) = SETTINGS.get(0) else {
+            return xdp_action::XDP_PASS;
+        };
+        if settings.export_count == 0 {
+            return xdp_action::XDP_PASS;
+        }
+        if command == CMD_ATA {
+            // A broadcast write would hit every target on the segment: never execute it.
+            count(counter::DROP_BROADCAST_ATA);
+            return xdp_action::XDP_DROP;
+        }
+        if settings.export_count > 1 {
+            // Several exports may match: user space answers for each.
+            return redirect(ctx);
+        }
+        let single = settings.single;
+        if (shelf != SHELF_BROADCAST && shelf != single.shelf)
+            || (slot != SLOT_BROADCAST && slot != single.slot)
+        {
+            return xdp_action::XDP_PASS;
+        }
+        single
+    } else {
+        ExportKey::new(shelf, slot)
+    };
+
+    let Some(entry) = EXPORTS.get_ptr(&key) else {
+        // Another target on the segment may serve it.
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: a map value pointer returned by the kernel, valid for this program run.
+    let entry = unsafe { &*entry };
+
+    if entry.mask_count != 0 && !mask_allows(entry, &src) {
+        count(counter::DROP_ACL);
+        return xdp_action::XDP_DROP;
+    }
+
+    if ver_flags >> 4 == 1 && command == CMD_QUERY_CONFIG {
+        if let Some(action) = config_reply::answer(ctx, entry, src) {
+            return action;
+        }
+    }
+    redirect(ctx)
+}
+
+#[inline(always)]
+fn mask_allows(entry: &ExportEntry, src: &[u8; 6]) -> bool {
+    let n = entry.mask_count as usize;
+    for i in 0..MAX_MASKS {
+        if i >= n {
+            break;
+        }
+        let m = &entry.masks[i];
+        if m[0] == src[0]
+            && m[1] == src[1]
+            && m[2] == src[2]
+            && m[3] == src[3]
+            && m[4] == src[4]
+            && m[5] == src[5]
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn redirect(ctx: &XdpContext) -> u32 {
+    match XSKS.redirect(ctx.rx_queue_index(), u64::from(xdp_action::XDP_PASS)) {
+        Ok(action) => {
+            count(counter::REDIRECTED);
+            action
+        }
+        Err(action) => {
+            count(counter::NO_SOCKET);
+            action
+        }
+    }
+}

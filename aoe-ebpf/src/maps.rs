@@ -1,0 +1,33 @@
+//! The maps this program shares with aoe-ctl (types from aoe-common).
+
+use aoe_common::maps::{
+    counter, ExportEntry, ExportKey, Settings, MAX_EXPORTS, MAX_QUEUES,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, XskMap},
+};
+
+/// Exports served on this interface, by shelf/slot.
+#[map]
+pub static EXPORTS: HashMap<ExportKey, ExportEntry> = HashMap::with_max_entries(MAX_EXPORTS, 0);
+
+/// Interface-wide settings (one entry).
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters, indexed by `aoe_common::maps::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// One AF_XDP socket per rx queue.
+#[map]
+pub static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
