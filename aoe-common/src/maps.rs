@@ -14,6 +14,8 @@ pub const PROG_CLASSIFIER: &str = "aoe_classifier";
 /// delivered when the peer has an XDP program (shared/notes/lab.md).
 pub const PROG_PASS: &str = "aoe_pass";
 
+/// Shortest reply the kernel sends (the shortest Ethernet frame).
+pub const MIN_REPLY: usize = crate::wire::MIN_FRAME_LEN;
 /// Most exports one interface's program knows.
 pub const MAX_EXPORTS: u32 = 256;
 /// Most receive queues (XSKMAP entries).
@@ -39,7 +41,11 @@ pub struct ExportKey {
 
 impl ExportKey {
     pub const fn new(shelf: u16, slot: u8) -> Self {
-        ExportKey { shelf, slot, _pad: 0 }
+        ExportKey {
+            shelf,
+            slot,
+            _pad: 0,
+        }
     }
 }
 

@@ -2,4 +2,5 @@
 //! userspace initiator that needs no kernel module.
 
 pub mod initiator;
+pub mod net;
 pub mod target;

@@ -1,7 +1,89 @@
-fn main() -> anyhow::Result<()> {
-    let mut bpf = aya::Ebpf::load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/aoe")))?;
-    let p: &mut aya::programs::Xdp = bpf.program_mut("aoe_classifier").unwrap().try_into()?;
-    p.load()?;
-    println!("loaded");
-    Ok(())
+//! aoe-ctl: parse the command line and dispatch.
+
+mod cli;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Parser;
+
+use aoe_ctl::initiator::{discover, verify};
+use aoe_ctl::target::serve::{self, ServeOptions};
+use cli::{Cli, Cmd};
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("aoe-ctl: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Export {
+            shelf,
+            slot,
+            iface,
+            read_only,
+            sync,
+            buffers,
+            allow,
+            offset,
+            length,
+            config,
+            xdp_mode,
+            queues,
+            path,
+        } => serve::export(&ServeOptions {
+            iface,
+            path,
+            shelf,
+            slot,
+            read_only,
+            sync,
+            buffers,
+            allow,
+            offset,
+            length,
+            config: config.into_bytes(),
+            mode: xdp_mode,
+            queues,
+        }),
+        Cmd::Discover { iface, wait_ms } => {
+            discover::run(&iface, Duration::from_millis(wait_ms))?;
+            Ok(())
+        }
+        Cmd::Verify {
+            iface,
+            target,
+            bytes,
+            offset,
+            seed,
+        } => verify::run(&verify::Options {
+            iface,
+            shelf: target.0,
+            slot: target.1,
+            bytes,
+            offset,
+            seed,
+        }),
+        Cmd::LabPeer { iface } => {
+            let _attached = aoe_ctl::target::xdp::attach_pass(&iface)?;
+            println!("pass program attached to {iface}");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate())?;
+                let mut int = signal(SignalKind::interrupt())?;
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+                Ok::<(), anyhow::Error>(())
+            })
+        }
+    }
 }

@@ -46,7 +46,11 @@ pub fn answer(ctx: &XdpContext, entry: &ExportEntry, src: [u8; 6]) -> Option<u32
             return None;
         }
         let current = entry.config_len as usize;
-        let fits = if ccmd == CCMD_TEST { len == current } else { len <= current };
+        let fits = if ccmd == CCMD_TEST {
+            len == current
+        } else {
+            len <= current
+        };
         if !fits || !string_matches(ctx, entry, len)? {
             count(counter::DROP_CONFIG_MISMATCH);
             return Some(xdp_action::XDP_DROP);
@@ -70,17 +74,15 @@ pub fn answer(ctx: &XdpContext, entry: &ExportEntry, src: [u8; 6]) -> Option<u32
         0
     };
     if resized != 0 {
-        debug!(ctx, "config reply of {} bytes does not fit; left to user space", reply_len);
+        debug!(
+            ctx,
+            "config reply of {} bytes does not fit; left to user space", reply_len
+        );
         return None;
     }
     // SAFETY: the source is the map value, `reply_len` is bounded by its size above.
     let stored = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.ctx,
-            0,
-            entry.reply.as_ptr() as *mut _,
-            reply_len as u32,
-        )
+        bpf_xdp_store_bytes(ctx.ctx, 0, entry.reply.as_ptr() as *mut _, reply_len as u32)
     };
     let Some(out) = packet::bytes_at::<{ field::ARG }>(ctx, 0) else {
         return Some(xdp_action::XDP_DROP);

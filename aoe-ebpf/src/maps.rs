@@ -1,8 +1,6 @@
 //! The maps this program shares with aoe-ctl (types from aoe-common).
 
-use aoe_common::maps::{
-    counter, ExportEntry, ExportKey, Settings, MAX_EXPORTS, MAX_QUEUES,
-};
+use aoe_common::maps::{counter, ExportEntry, ExportKey, Settings, MAX_EXPORTS, MAX_QUEUES};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, XskMap},

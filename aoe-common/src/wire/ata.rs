@@ -258,6 +258,9 @@ mod tests {
     #[test]
     fn unknown_opcode_survives() {
         let f = frame_with([0, 0, 1, 0xC8, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(AtaRepr::parse(&f).unwrap().command, AtaCommand::Unknown(0xC8));
+        assert_eq!(
+            AtaRepr::parse(&f).unwrap().command,
+            AtaCommand::Unknown(0xC8)
+        );
     }
 }

@@ -58,7 +58,7 @@ impl Identity<'_> {
     pub fn emit(&self, out: &mut [u8; SECTOR_SIZE]) {
         out.fill(0);
         put_word(out, word::CONFIG, 0x0040); // fixed device
-        // Legacy CHS geometry for old BIOS-style initiators: 16 heads, 63 sectors.
+                                             // Legacy CHS geometry for old BIOS-style initiators: 16 heads, 63 sectors.
         let cyl = (self.sectors / (16 * 63)).min(16383) as u16;
         put_word(out, 1, cyl);
         put_word(out, 3, 16);
@@ -83,7 +83,11 @@ impl Identity<'_> {
         put_word(out, 87, WORD_VALID);
         put_word(out, 93, 0x400b);
         for i in 0..4 {
-            put_word(out, word::LBA48_CAPACITY + i, (self.sectors >> (16 * i)) as u16);
+            put_word(
+                out,
+                word::LBA48_CAPACITY + i,
+                (self.sectors >> (16 * i)) as u16,
+            );
         }
     }
 }
@@ -104,7 +108,9 @@ pub fn parse(data: &[u8; SECTOR_SIZE]) -> Parsed {
     let lba48 = w(word::COMMAND_SET_2) & LBA48_SUPPORTED != 0
         && w(word::COMMAND_SET_2_ENABLED) & LBA48_SUPPORTED != 0;
     let sectors = if lba48 {
-        (0..4).fold(0u64, |acc, i| acc | u64::from(w(word::LBA48_CAPACITY + i)) << (16 * i))
+        (0..4).fold(0u64, |acc, i| {
+            acc | u64::from(w(word::LBA48_CAPACITY + i)) << (16 * i)
+        })
     } else {
         u64::from(w(word::LBA28_CAPACITY)) | u64::from(w(word::LBA28_CAPACITY + 1)) << 16
     };
@@ -139,7 +145,10 @@ mod tests {
         assert_eq!(d[167] & 0x04, 0x04);
         assert_eq!(d[173] & 0x04, 0x04);
         // Words 100..103: 0x0000_0001_2345_6789 little-endian words.
-        assert_eq!(&d[200..208], &[0x89, 0x67, 0x45, 0x23, 0x01, 0x00, 0x00, 0x00]);
+        assert_eq!(
+            &d[200..208],
+            &[0x89, 0x67, 0x45, 0x23, 0x01, 0x00, 0x00, 0x00]
+        );
         // LBA28 capacity saturates at 0x0FFFFFFF.
         assert_eq!(&d[120..124], &[0xff, 0xff, 0xff, 0x0f]);
         // Model "ab" is stored byte-swapped: 'b','a', then spaces.
@@ -154,7 +163,13 @@ mod tests {
     #[test]
     fn small_disk_lba28() {
         let mut d = [0u8; 512];
-        Identity { sectors: 131072, serial: b"", firmware: b"", model: b"" }.emit(&mut d);
+        Identity {
+            sectors: 131072,
+            serial: b"",
+            firmware: b"",
+            model: b"",
+        }
+        .emit(&mut d);
         assert_eq!(&d[120..124], &[0x00, 0x00, 0x02, 0x00]);
         assert_eq!(parse(&d).sectors, 131072);
     }

@@ -68,10 +68,12 @@ impl<'a> MaskRepr<'a> {
 
     /// The directives, in order.
     pub fn directives(&self) -> impl Iterator<Item = Directive> + 'a {
-        self.directives.chunks_exact(DIRECTIVE_LEN).map(|d| Directive {
-            dcmd: d[1],
-            mac: mac_at(d, 2),
-        })
+        self.directives
+            .chunks_exact(DIRECTIVE_LEN)
+            .map(|d| Directive {
+                dcmd: d[1],
+                mac: mac_at(d, 2),
+            })
     }
 }
 
@@ -125,8 +127,20 @@ mod tests {
             let mut it = m.directives();
             [it.next().unwrap(), it.next().unwrap()]
         };
-        assert_eq!(d[0], Directive { dcmd: DCMD_ADD, mac: [2, 0, 0, 0, 0, 0xaa] });
-        assert_eq!(d[1], Directive { dcmd: DCMD_DELETE, mac: [2, 0, 0, 0, 0, 0xbb] });
+        assert_eq!(
+            d[0],
+            Directive {
+                dcmd: DCMD_ADD,
+                mac: [2, 0, 0, 0, 0, 0xaa]
+            }
+        );
+        assert_eq!(
+            d[1],
+            Directive {
+                dcmd: DCMD_DELETE,
+                mac: [2, 0, 0, 0, 0, 0xbb]
+            }
+        );
     }
 
     #[test]

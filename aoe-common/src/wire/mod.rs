@@ -42,6 +42,8 @@ impl core::fmt::Display for Truncated {
     }
 }
 
+impl core::error::Error for Truncated {}
+
 #[inline]
 pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])

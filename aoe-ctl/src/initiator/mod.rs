@@ -1,3 +1,7 @@
-//! A userspace AoE initiator over AF_PACKET.
+//! A userspace AoE initiator over AF_PACKET: needs no kernel module.
 
+pub mod client;
+pub mod discover;
 pub mod frames;
+pub mod socket;
+pub mod verify;

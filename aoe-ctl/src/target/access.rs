@@ -44,8 +44,10 @@ impl Access {
     }
 
     fn update_restricted(&self, l: &Lists) {
-        self.restricted
-            .store(!l.masks.is_empty() || !l.reserve.is_empty(), Ordering::Release);
+        self.restricted.store(
+            !l.masks.is_empty() || !l.reserve.is_empty(),
+            Ordering::Release,
+        );
     }
 
     pub fn snapshot(&self) -> Lists {
@@ -161,12 +163,24 @@ mod tests {
     fn masks_add_delete_and_enforce() {
         let a = Access::default();
         assert!(a.mask_allows(&B));
-        a.edit_masks([Directive { dcmd: DCMD_ADD, mac: A }].into_iter())
-            .unwrap();
+        a.edit_masks(
+            [Directive {
+                dcmd: DCMD_ADD,
+                mac: A,
+            }]
+            .into_iter(),
+        )
+        .unwrap();
         assert!(a.mask_allows(&A));
         assert!(!a.mask_allows(&B));
-        a.edit_masks([Directive { dcmd: DCMD_DELETE, mac: A }].into_iter())
-            .unwrap();
+        a.edit_masks(
+            [Directive {
+                dcmd: DCMD_DELETE,
+                mac: A,
+            }]
+            .into_iter(),
+        )
+        .unwrap();
         assert!(a.mask_allows(&B));
     }
 
@@ -176,14 +190,26 @@ mod tests {
         let e = a
             .edit_masks(
                 [
-                    Directive { dcmd: DCMD_ADD, mac: A },
+                    Directive {
+                        dcmd: DCMD_ADD,
+                        mac: A,
+                    },
                     Directive { dcmd: 9, mac: B },
-                    Directive { dcmd: DCMD_ADD, mac: B },
+                    Directive {
+                        dcmd: DCMD_ADD,
+                        mac: B,
+                    },
                 ]
                 .into_iter(),
             )
             .unwrap_err();
-        assert_eq!(e, MaskEditError { merror: MERROR_BAD_DCMD, index: 1 });
+        assert_eq!(
+            e,
+            MaskEditError {
+                merror: MERROR_BAD_DCMD,
+                index: 1
+            }
+        );
         assert_eq!(a.snapshot().masks, vec![A]);
     }
 
@@ -209,7 +235,10 @@ mod tests {
             a.reserve(RCMD_SET, &B, [B].into_iter()).unwrap_err(),
             AoeError::TargetReserved
         );
-        assert_eq!(a.reserve(RCMD_FORCE_SET, &B, [B].into_iter()).unwrap(), vec![B]);
+        assert_eq!(
+            a.reserve(RCMD_FORCE_SET, &B, [B].into_iter()).unwrap(),
+            vec![B]
+        );
         // Release by the holder: set with no MACs.
         assert!(a.reserve(RCMD_SET, &B, [].into_iter()).unwrap().is_empty());
         assert!(a.reservation_allows(&A));

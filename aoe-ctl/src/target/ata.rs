@@ -14,7 +14,12 @@ use super::engine::{Ignore, Outcome};
 use super::export::{Export, ExportStats, FIRMWARE_STRING, MODEL};
 
 /// Execute the ATA request in `buf[..len]`; returns the reply length.
-pub fn execute(ex: &Export, max_sectors: usize, buf: &mut [u8], len: usize) -> Result<usize, Outcome> {
+pub fn execute(
+    ex: &Export,
+    max_sectors: usize,
+    buf: &mut [u8],
+    len: usize,
+) -> Result<usize, Outcome> {
     let Ok(a) = AtaRepr::parse(&buf[..len]) else {
         return Err(Outcome::Ignore(Ignore::Malformed));
     };
@@ -29,7 +34,13 @@ pub fn execute(ex: &Export, max_sectors: usize, buf: &mut [u8], len: usize) -> R
 const OK: u8 = STATUS_DRDY;
 const FAIL: u8 = STATUS_DRDY | STATUS_ERR;
 
-fn run(ex: &Export, max_sectors: usize, a: &AtaRepr, buf: &mut [u8], len: usize) -> (u8, u8, usize) {
+fn run(
+    ex: &Export,
+    max_sectors: usize,
+    a: &AtaRepr,
+    buf: &mut [u8],
+    len: usize,
+) -> (u8, u8, usize) {
     let h = ATA_HEADER_LEN;
     match a.command {
         AtaCommand::ReadSectors | AtaCommand::ReadSectorsExt => {

@@ -7,7 +7,12 @@ use aoe_common::wire::{AoeError, Mac};
 use super::engine::{Engine, Ignore, Outcome};
 use super::export::Export;
 
-pub fn mask_list(engine: &Engine, ex: &Export, buf: &mut [u8], len: usize) -> Result<usize, Outcome> {
+pub fn mask_list(
+    engine: &Engine,
+    ex: &Export,
+    buf: &mut [u8],
+    len: usize,
+) -> Result<usize, Outcome> {
     let Ok(req) = MaskRepr::parse(&buf[..len]) else {
         return Err(Outcome::Ignore(Ignore::Malformed));
     };

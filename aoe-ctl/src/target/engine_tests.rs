@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use aoe_common::wire::ata::{
-    AtaCommand, AtaRepr, AFLAG_LBA48, AFLAG_WRITE, ERROR_ABRT, ERROR_IDNF, STATUS_DRDY,
-    STATUS_ERR,
+    AtaCommand, AtaRepr, AFLAG_LBA48, AFLAG_WRITE, ERROR_ABRT, ERROR_IDNF, STATUS_DRDY, STATUS_ERR,
 };
 use aoe_common::wire::config::{ConfigCommand, ConfigRepr};
 use aoe_common::wire::mask::{Directive, MaskRepr, DCMD_ADD, DCMD_DELETE, MERROR_BAD_DCMD};
@@ -90,7 +89,9 @@ fn ata_status(r: &[u8]) -> (u8, u8) {
 #[test]
 fn reply_header_per_spec() {
     let mut r = rig();
-    let rep = r.send(|b| frames::read(b, &from(HOST_A), 0xdead_beef, 0, 1)).unwrap();
+    let rep = r
+        .send(|b| frames::read(b, &from(HOST_A), 0xdead_beef, 0, 1))
+        .unwrap();
     assert_eq!(&rep[0..6], &HOST_A); // back to the sender
     assert_eq!(&rep[6..12], &TARGET); // from us
     assert_eq!(&rep[12..14], &[0x88, 0xa2]);
@@ -104,10 +105,14 @@ fn reply_header_per_spec() {
 fn write_then_read_lba48_and_lba28() {
     let mut r = rig();
     let data: Vec<u8> = (0..1024).map(|i| (i * 7) as u8).collect();
-    let rep = r.send(|b| frames::write(b, &from(HOST_A), 1, 10, &data)).unwrap();
+    let rep = r
+        .send(|b| frames::write(b, &from(HOST_A), 1, 10, &data))
+        .unwrap();
     assert_eq!(ata_status(&rep), (STATUS_DRDY, 0));
     assert_eq!(rep.len(), 60); // 36 bytes padded
-    let rep = r.send(|b| frames::read(b, &from(HOST_A), 2, 10, 2)).unwrap();
+    let rep = r
+        .send(|b| frames::read(b, &from(HOST_A), 2, 10, 2))
+        .unwrap();
     assert_eq!(ata_status(&rep), (STATUS_DRDY, 0));
     assert_eq!(&rep[36..], &data[..]);
     // LBA28 READ SECTORS of sector 11 with device bits in lba3.
@@ -138,7 +143,9 @@ fn write_then_read_lba48_and_lba28() {
         })
         .unwrap();
     assert_eq!(ata_status(&rep), (STATUS_DRDY, 0));
-    let rep = r.send(|b| frames::read(b, &from(HOST_A), 5, 12, 1)).unwrap();
+    let rep = r
+        .send(|b| frames::read(b, &from(HOST_A), 5, 12, 1))
+        .unwrap();
     assert!(rep[36..].iter().all(|&x| x == 0x5a));
 }
 
@@ -146,12 +153,18 @@ fn write_then_read_lba48_and_lba28() {
 fn out_of_range_is_idnf_and_writes_nothing() {
     let mut r = rig();
     // Straddling the end.
-    let rep = r.send(|b| frames::write(b, &from(HOST_A), 1, SECTORS - 1, &[1; 1024])).unwrap();
+    let rep = r
+        .send(|b| frames::write(b, &from(HOST_A), 1, SECTORS - 1, &[1; 1024]))
+        .unwrap();
     assert_eq!(ata_status(&rep), (STATUS_DRDY | STATUS_ERR, ERROR_IDNF));
-    let rep = r.send(|b| frames::read(b, &from(HOST_A), 2, SECTORS - 1, 1)).unwrap();
+    let rep = r
+        .send(|b| frames::read(b, &from(HOST_A), 2, SECTORS - 1, 1))
+        .unwrap();
     assert!(rep[36..].iter().all(|&x| x == 0), "nothing written");
     // Huge LBA: no overflow.
-    let rep = r.send(|b| frames::read(b, &from(HOST_A), 3, 0xFFFF_FFFF_FFFF, 2)).unwrap();
+    let rep = r
+        .send(|b| frames::read(b, &from(HOST_A), 3, 0xFFFF_FFFF_FFFF, 2))
+        .unwrap();
     assert_eq!(ata_status(&rep), (STATUS_DRDY | STATUS_ERR, ERROR_IDNF));
     assert_eq!(rep.len(), 60);
 }
@@ -238,7 +251,9 @@ fn flush_power_and_unknown_opcode() {
 #[test]
 fn read_only_refuses_writes() {
     let mut r = rig_with(|o| o.read_only = true);
-    let rep = r.send(|b| frames::write(b, &from(HOST_A), 1, 0, &[1; 512])).unwrap();
+    let rep = r
+        .send(|b| frames::write(b, &from(HOST_A), 1, 0, &[1; 512]))
+        .unwrap();
     assert_eq!(ata_status(&rep), (STATUS_DRDY | STATUS_ERR, ERROR_ABRT));
     let rep = r.send(|b| frames::read(b, &from(HOST_A), 2, 0, 1)).unwrap();
     assert_eq!(ata_status(&rep), (STATUS_DRDY, 0));
@@ -277,13 +292,30 @@ fn responses_truncated_and_foreign_ignored() {
         }),
         Err(Ignore::Response)
     );
-    assert_eq!(r.send(|b| frames::read(b, &from(HOST_A), 1, 0, 1) - 3), Err(Ignore::Malformed));
+    assert_eq!(
+        r.send(|b| frames::read(b, &from(HOST_A), 1, 0, 1) - 3),
+        Err(Ignore::Malformed)
+    );
     assert_eq!(r.send(|_| 20), Err(Ignore::Malformed));
-    let other = Addr { slot: 9, ..from(HOST_A) };
-    assert_eq!(r.send(|b| frames::read(b, &other, 1, 0, 1)), Err(Ignore::NotOurs));
+    let other = Addr {
+        slot: 9,
+        ..from(HOST_A)
+    };
+    assert_eq!(
+        r.send(|b| frames::read(b, &other, 1, 0, 1)),
+        Err(Ignore::NotOurs)
+    );
     // ATA to a broadcast address is never executed.
-    let bcast = Addr { shelf: 0xFFFF, slot: 0xFF, dst: BROADCAST_MAC, ..from(HOST_A) };
-    assert_eq!(r.send(|b| frames::write(b, &bcast, 1, 0, &[1; 512])), Err(Ignore::BroadcastAta));
+    let bcast = Addr {
+        shelf: 0xFFFF,
+        slot: 0xFF,
+        dst: BROADCAST_MAC,
+        ..from(HOST_A)
+    };
+    assert_eq!(
+        r.send(|b| frames::write(b, &bcast, 1, 0, &[1; 512])),
+        Err(Ignore::BroadcastAta)
+    );
 }
 
 fn config_of(rep: &[u8]) -> ConfigRepr<'_> {
@@ -293,8 +325,15 @@ fn config_of(rep: &[u8]) -> ConfigRepr<'_> {
 #[test]
 fn config_read_and_broadcast() {
     let mut r = rig_with(|o| o.config = b"hello".to_vec());
-    let bcast = Addr { shelf: 0xFFFF, slot: 0xFF, dst: BROADCAST_MAC, ..from(HOST_A) };
-    let rep = r.send(|b| frames::config(b, &bcast, 9, ConfigCommand::Read, b"")).unwrap();
+    let bcast = Addr {
+        shelf: 0xFFFF,
+        slot: 0xFF,
+        dst: BROADCAST_MAC,
+        ..from(HOST_A)
+    };
+    let rep = r
+        .send(|b| frames::config(b, &bcast, 9, ConfigCommand::Read, b""))
+        .unwrap();
     // Real shelf/slot, never the broadcast address.
     assert_eq!(&rep[16..19], &[0, 1, 2]);
     let c = config_of(&rep);
@@ -309,12 +348,16 @@ fn config_read_and_broadcast() {
 fn config_test_and_prefix() {
     let mut r = rig_with(|o| o.config = b"hello".to_vec());
     let a = from(HOST_A);
-    assert!(r.send(|b| frames::config(b, &a, 1, ConfigCommand::Test, b"hello")).is_ok());
+    assert!(r
+        .send(|b| frames::config(b, &a, 1, ConfigCommand::Test, b"hello"))
+        .is_ok());
     assert_eq!(
         r.send(|b| frames::config(b, &a, 1, ConfigCommand::Test, b"hell")),
         Err(Ignore::ConfigMismatch)
     );
-    assert!(r.send(|b| frames::config(b, &a, 1, ConfigCommand::TestPrefix, b"hell")).is_ok());
+    assert!(r
+        .send(|b| frames::config(b, &a, 1, ConfigCommand::TestPrefix, b"hell"))
+        .is_ok());
     assert_eq!(
         r.send(|b| frames::config(b, &a, 1, ConfigCommand::TestPrefix, b"help")),
         Err(Ignore::ConfigMismatch)
@@ -325,20 +368,30 @@ fn config_test_and_prefix() {
 fn config_set_rules() {
     let mut r = rig();
     let a = from(HOST_A);
-    let rep = r.send(|b| frames::config(b, &a, 1, ConfigCommand::SetIfEmpty, b"one")).unwrap();
+    let rep = r
+        .send(|b| frames::config(b, &a, 1, ConfigCommand::SetIfEmpty, b"one"))
+        .unwrap();
     assert_eq!(config_of(&rep).string, b"one");
     assert_eq!(r.changes.load(Ordering::SeqCst), 1);
     // Identical string: accepted, as vblade does.
-    assert!(r.send(|b| frames::config(b, &a, 2, ConfigCommand::SetIfEmpty, b"one")).is_ok());
+    assert!(r
+        .send(|b| frames::config(b, &a, 2, ConfigCommand::SetIfEmpty, b"one"))
+        .is_ok());
     // Different string: error 4, the reply carries the current string.
-    let rep = r.send(|b| frames::config(b, &a, 3, ConfigCommand::SetIfEmpty, b"two")).unwrap();
+    let rep = r
+        .send(|b| frames::config(b, &a, 3, ConfigCommand::SetIfEmpty, b"two"))
+        .unwrap();
     assert_eq!((rep[14], rep[15]), (0x1C, 4));
     assert_eq!(config_of(&rep).string, b"one");
-    let rep = r.send(|b| frames::config(b, &a, 4, ConfigCommand::ForceSet, b"two")).unwrap();
+    let rep = r
+        .send(|b| frames::config(b, &a, 4, ConfigCommand::ForceSet, b"two"))
+        .unwrap();
     assert_eq!(rep[14], 0x18);
     assert_eq!(config_of(&rep).string, b"two");
     assert_eq!(r.changes.load(Ordering::SeqCst), 2);
-    let rep = r.send(|b| frames::config(b, &a, 5, ConfigCommand::Unknown(7), b"")).unwrap();
+    let rep = r
+        .send(|b| frames::config(b, &a, 5, ConfigCommand::Unknown(7), b""))
+        .unwrap();
     assert_eq!((rep[14], rep[15]), (0x1C, 2));
     // A lying string length is dropped.
     assert_eq!(
@@ -355,14 +408,30 @@ fn config_set_rules() {
 fn mask_list_edit_and_enforce() {
     let mut r = rig();
     let rep = r
-        .send(|b| frames::mask_edit(b, &from(HOST_A), 1, &[Directive { dcmd: DCMD_ADD, mac: HOST_A }]))
+        .send(|b| {
+            frames::mask_edit(
+                b,
+                &from(HOST_A),
+                1,
+                &[Directive {
+                    dcmd: DCMD_ADD,
+                    mac: HOST_A,
+                }],
+            )
+        })
         .unwrap();
     let m = MaskRepr::parse(&rep).unwrap();
     assert_eq!((m.merror, m.count), (0, 1));
     assert_eq!(m.directives().next().unwrap().mac, HOST_A);
     // B is now ignored, for every command.
-    assert_eq!(r.send(|b| frames::read(b, &from(HOST_B), 1, 0, 1)), Err(Ignore::Acl));
-    assert_eq!(r.send(|b| frames::mask_read(b, &from(HOST_B), 1)), Err(Ignore::Acl));
+    assert_eq!(
+        r.send(|b| frames::read(b, &from(HOST_B), 1, 0, 1)),
+        Err(Ignore::Acl)
+    );
+    assert_eq!(
+        r.send(|b| frames::mask_read(b, &from(HOST_B), 1)),
+        Err(Ignore::Acl)
+    );
     assert!(r.send(|b| frames::read(b, &from(HOST_A), 1, 0, 1)).is_ok());
     // A bad directive after a good one: merror 2, count = its index.
     let rep = r
@@ -371,7 +440,16 @@ fn mask_list_edit_and_enforce() {
                 b,
                 &from(HOST_A),
                 2,
-                &[Directive { dcmd: DCMD_ADD, mac: HOST_B }, Directive { dcmd: 5, mac: HOST_B }],
+                &[
+                    Directive {
+                        dcmd: DCMD_ADD,
+                        mac: HOST_B,
+                    },
+                    Directive {
+                        dcmd: 5,
+                        mac: HOST_B,
+                    },
+                ],
             )
         })
         .unwrap();
@@ -384,7 +462,16 @@ fn mask_list_edit_and_enforce() {
             b,
             &from(HOST_A),
             3,
-            &[Directive { dcmd: DCMD_DELETE, mac: HOST_A }, Directive { dcmd: DCMD_DELETE, mac: HOST_B }],
+            &[
+                Directive {
+                    dcmd: DCMD_DELETE,
+                    mac: HOST_A,
+                },
+                Directive {
+                    dcmd: DCMD_DELETE,
+                    mac: HOST_B,
+                },
+            ],
         )
     })
     .unwrap();
@@ -395,24 +482,37 @@ fn mask_list_edit_and_enforce() {
 #[test]
 fn reservations_with_two_hosts() {
     let mut r = rig();
-    let rep = r.send(|b| frames::reserve(b, &from(HOST_A), 1, RCMD_SET, &[HOST_A])).unwrap();
+    let rep = r
+        .send(|b| frames::reserve(b, &from(HOST_A), 1, RCMD_SET, &[HOST_A]))
+        .unwrap();
     assert_eq!(rep[14], 0x18);
-    assert_eq!(ReserveRepr::parse(&rep).unwrap().macs().collect::<Vec<_>>(), vec![HOST_A]);
+    assert_eq!(
+        ReserveRepr::parse(&rep).unwrap().macs().collect::<Vec<_>>(),
+        vec![HOST_A]
+    );
     // B's ATA commands and set: error 6; B may still read the list.
     let rep = r.send(|b| frames::read(b, &from(HOST_B), 2, 0, 1)).unwrap();
     assert_eq!((rep[14], rep[15]), (0x1C, 6));
-    let rep = r.send(|b| frames::reserve(b, &from(HOST_B), 3, RCMD_SET, &[HOST_B])).unwrap();
+    let rep = r
+        .send(|b| frames::reserve(b, &from(HOST_B), 3, RCMD_SET, &[HOST_B]))
+        .unwrap();
     assert_eq!((rep[14], rep[15]), (0x1C, 6));
-    let rep = r.send(|b| frames::reserve(b, &from(HOST_B), 4, RCMD_READ, &[])).unwrap();
+    let rep = r
+        .send(|b| frames::reserve(b, &from(HOST_B), 4, RCMD_READ, &[]))
+        .unwrap();
     assert_eq!(rep[14], 0x18);
     assert!(r.send(|b| frames::read(b, &from(HOST_A), 5, 0, 1)).is_ok());
     // Release by the holder, then B gets in.
-    r.send(|b| frames::reserve(b, &from(HOST_A), 6, RCMD_SET, &[])).unwrap();
+    r.send(|b| frames::reserve(b, &from(HOST_A), 6, RCMD_SET, &[]))
+        .unwrap();
     let rep = r.send(|b| frames::read(b, &from(HOST_B), 7, 0, 1)).unwrap();
     assert_eq!(rep[14], 0x18);
     // Force set always wins.
-    r.send(|b| frames::reserve(b, &from(HOST_A), 8, RCMD_SET, &[HOST_A])).unwrap();
-    let rep = r.send(|b| frames::reserve(b, &from(HOST_B), 9, RCMD_FORCE_SET, &[HOST_B])).unwrap();
+    r.send(|b| frames::reserve(b, &from(HOST_A), 8, RCMD_SET, &[HOST_A]))
+        .unwrap();
+    let rep = r
+        .send(|b| frames::reserve(b, &from(HOST_B), 9, RCMD_FORCE_SET, &[HOST_B]))
+        .unwrap();
     assert_eq!(rep[14], 0x18);
     assert_eq!(r.changes.load(Ordering::SeqCst), 4);
 }
@@ -449,7 +549,8 @@ fn garbage_never_panics() {
     let ex = &r.engine.exports()[0];
     ex.access.set_masks(vec![]);
     ex.access.clear_reservation();
-    r.send(|b| frames::write(b, &from(HOST_A), 1, 3, &[0x77; 512])).unwrap();
+    r.send(|b| frames::write(b, &from(HOST_A), 1, 3, &[0x77; 512]))
+        .unwrap();
     let rep = r.send(|b| frames::read(b, &from(HOST_A), 2, 3, 1)).unwrap();
     assert!(rep[36..].iter().all(|&x| x == 0x77));
     let _ = Frame::new_checked(&rep[..]).unwrap();

@@ -8,6 +8,10 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod export;
+pub mod serve;
+pub mod worker;
+pub mod xdp;
+pub mod xsk;
 
 #[cfg(test)]
 mod engine_tests;

@@ -64,7 +64,8 @@ impl MmapBackend {
             None => available,
         };
         let mut mo = MmapOptions::new();
-        mo.offset(opts.offset * SECTOR).len((sectors * SECTOR) as usize);
+        mo.offset(opts.offset * SECTOR)
+            .len((sectors * SECTOR) as usize);
         let map = if opts.read_only {
             mo.map_raw_read_only(&file)
         } else {
@@ -177,8 +178,16 @@ mod tests {
     fn bad_geometry_named() {
         let (_d, p) = image(8 * 512);
         let err = |o: OpenOptions| MmapBackend::open(&p, &o).err().unwrap().to_string();
-        assert!(err(OpenOptions { offset: 8, ..Default::default() }).contains("beyond the end"));
-        assert!(err(OpenOptions { length: Some(9), ..Default::default() }).contains("beyond"));
+        assert!(err(OpenOptions {
+            offset: 8,
+            ..Default::default()
+        })
+        .contains("beyond the end"));
+        assert!(err(OpenOptions {
+            length: Some(9),
+            ..Default::default()
+        })
+        .contains("beyond"));
         let (_d2, tiny) = image(100);
         assert!(MmapBackend::open(&tiny, &OpenOptions::default())
             .err()

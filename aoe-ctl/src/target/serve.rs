@@ -1,0 +1,189 @@
+//! `aoe-ctl export`: attach, open the image, start one worker per rx queue, announce, serve
+//! until SIGINT/SIGTERM, then detach and leave nothing behind.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use aoe_common::maps::counter;
+use aoe_common::wire::{sectors_per_frame, Mac, SECTOR_SIZE};
+
+use super::backend::{Backend, MmapBackend, OpenOptions};
+use super::engine::Engine;
+use super::export::{Export, ExportOptions};
+use super::worker::Worker;
+use super::xdp::{entry_for, Classifier, ModeChoice};
+use super::xsk::{XskConfig, MAX_FRAME};
+use crate::initiator::socket::RawSocket;
+use crate::net::Interface;
+
+/// Entries per AF_XDP ring.
+pub const RING: u32 = 2048;
+/// Default buffer count: a sixteenth of the rx ring, so sixteen initiators with full
+/// windows fit in one queue's ring (the Linux initiator caps its window at 64 anyway).
+pub const DEFAULT_BUFFERS: u16 = (RING / 16) as u16;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub iface: String,
+    pub path: PathBuf,
+    pub shelf: u16,
+    pub slot: u8,
+    pub read_only: bool,
+    pub sync: bool,
+    pub buffers: Option<u16>,
+    pub allow: Vec<Mac>,
+    pub offset: u64,
+    pub length: Option<u64>,
+    pub config: Vec<u8>,
+    pub mode: ModeChoice,
+    pub queues: Option<u32>,
+}
+
+pub fn export(o: &ServeOptions) -> Result<()> {
+    let iface = Interface::lookup(&o.iface)?;
+    let max_sectors = sectors_per_frame(iface.mtu).min((MAX_FRAME - 36) / SECTOR_SIZE);
+    if max_sectors == 0 {
+        bail!(
+            "MTU {} of {} cannot carry one 512-byte sector",
+            iface.mtu,
+            iface.name
+        );
+    }
+    let buffers = o.buffers.unwrap_or(DEFAULT_BUFFERS);
+    if buffers < 2 {
+        bail!("--buffers must be at least 2 (the Linux initiator's window starts at half of it)");
+    }
+    let backend = MmapBackend::open(
+        &o.path,
+        &OpenOptions {
+            read_only: o.read_only,
+            offset: o.offset,
+            length: o.length,
+        },
+    )?;
+    let sectors = backend.sectors();
+    let ex = Arc::new(Export::new(
+        ExportOptions {
+            shelf: o.shelf,
+            slot: o.slot,
+            read_only: o.read_only,
+            sync: o.sync,
+            buffers,
+            allow: o.allow.clone(),
+            config: o.config.clone(),
+        },
+        Box::new(backend),
+    ));
+
+    let classifier = Classifier::attach(&iface.name, o.mode, iface.mac, max_sectors)?;
+    if let Some(why) = &classifier.fallback_reason {
+        eprintln!(
+            "native XDP unavailable on {} ({why}); using generic (skb) mode",
+            iface.name
+        );
+    }
+    let classifier = Arc::new(Mutex::new(classifier));
+    classifier
+        .lock()
+        .unwrap()
+        .set_exports(std::slice::from_ref(&ex))?;
+    let observed = classifier.clone();
+    let engine = Arc::new(
+        Engine::new(vec![ex.clone()], iface.mac, max_sectors).with_observer(Box::new(move |ex| {
+            if let Err(e) = observed.lock().unwrap().sync_export(ex) {
+                log::error!("{}: kernel entry not updated: {e:#}", ex.name());
+            }
+        })),
+    );
+
+    let queues = o.queues.unwrap_or(iface.rx_queues).max(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for q in 0..queues {
+        let cfg = XskConfig {
+            ifname: iface.name.clone(),
+            queue: q,
+            ring: RING,
+            frames: RING * 2,
+        };
+        match Worker::spawn(cfg, engine.clone(), classifier.clone(), stop.clone()) {
+            Ok(w) => workers.push(w),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                for w in workers {
+                    let _ = w.join();
+                }
+                return Err(e).context(format!("starting the worker of queue {q}"));
+            }
+        }
+    }
+    let mode = classifier.lock().unwrap().mode;
+    println!(
+        "{} {} {} sectors on {}, xdp {}, {} queue{}",
+        ex.name(),
+        o.path.display(),
+        sectors,
+        iface.name,
+        mode,
+        queues,
+        if queues == 1 { "" } else { "s" }
+    );
+    announce(&iface, &ex, max_sectors);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(wait_for_signal(&classifier))?;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut received = 0;
+    let mut replied = 0;
+    for w in workers {
+        received += w.stats.received.load(Ordering::Relaxed);
+        replied += w.stats.replied.load(Ordering::Relaxed);
+        w.join()?;
+    }
+    let counters = classifier.lock().unwrap().counters().unwrap_or_default();
+    eprintln!(
+        "{}: stopped; user space handled {received} frames ({replied} replies); kernel: {}",
+        ex.name(),
+        counter::NAMES
+            .iter()
+            .zip(counters)
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // Dropping the classifier detaches the program; nothing was pinned.
+    drop(engine);
+    drop(classifier);
+    Ok(())
+}
+
+async fn wait_for_signal(classifier: &Mutex<Classifier>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = tick.tick() => classifier.lock().unwrap().flush_log(),
+        }
+    }
+}
+
+/// The unsolicited config reply (tag 0) a target broadcasts when it comes up.
+fn announce(iface: &Interface, ex: &Export, max_sectors: usize) {
+    let entry = entry_for(ex, iface.mac, max_sectors);
+    let mut frame = entry.reply[..entry.reply_len as usize].to_vec();
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    match RawSocket::open(&iface.name).and_then(|s| s.send(&frame)) {
+        Ok(()) => {}
+        Err(e) => log::warn!("announcement not sent: {e:#}"),
+    }
+}

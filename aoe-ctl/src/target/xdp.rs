@@ -1,0 +1,179 @@
+//! The user side of the kernel classifier: loads the embedded object, attaches it, and keeps
+//! the export table, settings and XSKMAP in step with the exports.
+
+use std::os::fd::RawFd;
+
+use anyhow::{anyhow, Context, Result};
+use aoe_common::maps::{
+    counter, ExportEntry, ExportKey, Settings, MAP_COUNTERS, MAP_EXPORTS, MAP_SETTINGS, MAP_XSKS,
+    MAX_MASKS, MIN_REPLY, PROG_CLASSIFIER, PROG_PASS,
+};
+use aoe_common::wire::header::{HeaderRepr, FLAG_RESPONSE};
+use aoe_common::wire::{Command, Frame, Mac};
+use aya::maps::{Array, HashMap, PerCpuArray, XskMap};
+use aya::programs::{Xdp as XdpProgram, XdpMode};
+use aya::Ebpf;
+
+use super::config;
+use super::export::Export;
+
+/// The eBPF object built from aoe-ebpf by build.rs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/aoe"));
+
+/// How to attach: `auto` tries native (driver) mode and falls back to generic (skb) mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeChoice {
+    Auto,
+    Native,
+    Skb,
+}
+
+pub struct Classifier {
+    bpf: Ebpf,
+    pub mode: &'static str,
+    pub fallback_reason: Option<String>,
+    mac: Mac,
+    max_sectors: usize,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+fn map<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    bpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+impl Classifier {
+    /// Load and attach the classifier to `iface`.
+    pub fn attach(iface: &str, choice: ModeChoice, mac: Mac, max_sectors: usize) -> Result<Self> {
+        let mut bpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
+        let logger = aya_log::EbpfLogger::init(&mut bpf).ok();
+        let prog: &mut XdpProgram = bpf
+            .program_mut(PROG_CLASSIFIER)
+            .ok_or_else(|| anyhow!("program {PROG_CLASSIFIER} missing"))?
+            .try_into()?;
+        prog.load().context("the kernel refused the XDP program")?;
+        let (mode, fallback_reason) = match choice {
+            ModeChoice::Native => {
+                prog.attach(iface, XdpMode::Driver)
+                    .with_context(|| format!("attaching XDP in native mode to {iface}"))?;
+                ("native", None)
+            }
+            ModeChoice::Skb => {
+                prog.attach(iface, XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP in skb mode to {iface}"))?;
+                ("skb", None)
+            }
+            ModeChoice::Auto => match prog.attach(iface, XdpMode::Driver) {
+                Ok(_) => ("native", None),
+                Err(e) => {
+                    prog.attach(iface, XdpMode::Skb).with_context(|| {
+                        format!("attaching XDP to {iface} (native failed: {e})")
+                    })?;
+                    ("skb", Some(e.to_string()))
+                }
+            },
+        };
+        Ok(Classifier {
+            bpf,
+            mode,
+            fallback_reason,
+            mac,
+            max_sectors,
+            logger,
+        })
+    }
+
+    /// Write an export's entry: config reply template, mask list, reservation flag.
+    pub fn sync_export(&mut self, ex: &Export) -> Result<()> {
+        let entry = entry_for(ex, self.mac, self.max_sectors);
+        let mut exports: HashMap<_, ExportKey, ExportEntry> =
+            HashMap::try_from(map(&mut self.bpf, MAP_EXPORTS)?)?;
+        exports
+            .insert(ExportKey::new(ex.shelf, ex.slot), entry, 0)
+            .with_context(|| format!("updating the kernel entry of {}", ex.name()))?;
+        Ok(())
+    }
+
+    /// Make the kernel know exactly these exports.
+    pub fn set_exports(&mut self, exports: &[std::sync::Arc<Export>]) -> Result<()> {
+        for ex in exports {
+            self.sync_export(ex)?;
+        }
+        let settings = Settings {
+            export_count: exports.len() as u32,
+            single: exports
+                .first()
+                .map(|e| ExportKey::new(e.shelf, e.slot))
+                .unwrap_or_default(),
+        };
+        let mut s: Array<_, Settings> = Array::try_from(map(&mut self.bpf, MAP_SETTINGS)?)?;
+        s.set(0, settings, 0)?;
+        Ok(())
+    }
+
+    /// Register the AF_XDP socket of rx queue `queue`.
+    pub fn bind_socket(&mut self, queue: u32, fd: RawFd) -> Result<()> {
+        let mut x: XskMap<_> = XskMap::try_from(map(&mut self.bpf, MAP_XSKS)?)?;
+        x.set(queue, fd, 0)
+            .with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
+        Ok(())
+    }
+
+    /// Counters summed over CPUs, indexed by `aoe_common::maps::counter`.
+    pub fn counters(&mut self) -> Result<[u64; counter::COUNT as usize]> {
+        let c: PerCpuArray<_, u64> = PerCpuArray::try_from(map(&mut self.bpf, MAP_COUNTERS)?)?;
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = c.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Print whatever the program logged.
+    pub fn flush_log(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
+    }
+}
+
+/// The kernel's view of an export.
+pub fn entry_for(ex: &Export, mac: Mac, max_sectors: usize) -> ExportEntry {
+    let mut e = ExportEntry::zeroed();
+    let n = config::write_reply(ex, max_sectors, &mut e.reply);
+    HeaderRepr {
+        dst: [0; 6],
+        src: mac,
+        flags: FLAG_RESPONSE,
+        error: 0,
+        shelf: ex.shelf,
+        slot: ex.slot,
+        command: Command::QueryConfig,
+        tag: 0,
+    }
+    .emit(&mut Frame::new_unchecked(&mut e.reply[..]));
+    e.reply_len = n.max(MIN_REPLY) as u32;
+    e.config_len = ex.config().len() as u32;
+    let lists = ex.access.snapshot();
+    for (slot, m) in e.masks.iter_mut().zip(lists.masks.iter().take(MAX_MASKS)) {
+        slot[..6].copy_from_slice(m);
+    }
+    e.mask_count = lists.masks.len().min(MAX_MASKS) as u32;
+    e.reserved = u32::from(!lists.reserve.is_empty());
+    e
+}
+
+/// Attach the XDP_PASS program to a lab veth peer so native XDP_TX frames reach it. The
+/// returned object keeps it attached until dropped.
+pub fn attach_pass(iface: &str) -> Result<Ebpf> {
+    let mut bpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
+    let prog: &mut XdpProgram = bpf
+        .program_mut(PROG_PASS)
+        .ok_or_else(|| anyhow!("program {PROG_PASS} missing"))?
+        .try_into()?;
+    prog.load()?;
+    prog.attach(iface, XdpMode::Driver)
+        .or_else(|_| prog.attach(iface, XdpMode::Skb))
+        .with_context(|| format!("attaching the pass program to {iface}"))?;
+    Ok(bpf)
+}

@@ -1,0 +1,133 @@
+//! One AF_XDP socket bound to one rx queue, with its own UMEM (xdpilone for the rings).
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+
+use anyhow::{anyhow, Result};
+use memmap2::MmapMut;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig};
+
+/// One UMEM chunk per frame. The kernel allows at most one page; 4096 leaves room for the
+/// largest single-buffer reply after the 256-byte XDP headroom.
+pub const FRAME_SIZE: u32 = 4096;
+/// Bytes the kernel puts before a received frame in copy mode (XDP_PACKET_HEADROOM).
+pub const RX_HEADROOM: usize = 256;
+/// Largest frame one descriptor holds.
+pub const MAX_FRAME: usize = FRAME_SIZE as usize - RX_HEADROOM;
+
+#[derive(Debug, Clone)]
+pub struct XskConfig {
+    pub ifname: String,
+    pub queue: u32,
+    /// Entries in each ring (fill, completion, rx, tx); a power of two.
+    pub ring: u32,
+    /// UMEM chunks: the rings plus spares.
+    pub frames: u32,
+}
+
+pub struct XskSocket {
+    // Field order matters: the rings and UMEM go before the memory they point into.
+    pub device: DeviceQueue,
+    pub rx: RingRx,
+    pub tx: RingTx,
+    _umem: Umem,
+    area: MmapMut,
+    pub frames: u32,
+}
+
+fn errno(what: &str) -> impl FnOnce(xdpilone::Errno) -> anyhow::Error + '_ {
+    move |e| anyhow!("{what}: {e}")
+}
+
+impl XskSocket {
+    pub fn open(cfg: &XskConfig) -> Result<Self> {
+        let len = cfg.frames as usize * FRAME_SIZE as usize;
+        let mut area = MmapMut::map_anon(len)?;
+        let mem = NonNull::new(std::ptr::slice_from_raw_parts_mut(area.as_mut_ptr(), len))
+            .ok_or_else(|| anyhow!("UMEM mapping is null"))?;
+        let umem_cfg = UmemConfig {
+            fill_size: cfg.ring,
+            complete_size: cfg.ring,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        // SAFETY: `area` is page aligned, `len` bytes long and outlives the Umem (field order).
+        let umem = unsafe { Umem::new(umem_cfg, mem) }.map_err(errno("registering UMEM"))?;
+        let mut info = IfInfo::invalid();
+        let name = CString::new(cfg.ifname.as_str())?;
+        info.from_name(&name)
+            .map_err(errno("AF_XDP interface lookup"))?;
+        info.set_queue(cfg.queue);
+        let sock = Socket::with_shared(&info, &umem).map_err(errno("AF_XDP socket"))?;
+        let device = umem.fq_cq(&sock).map_err(errno("fill/completion rings"))?;
+        let user = umem
+            .rx_tx(
+                &sock,
+                &SocketConfig {
+                    rx_size: NonZeroU32::new(cfg.ring),
+                    tx_size: NonZeroU32::new(cfg.ring),
+                    // No COPY/ZEROCOPY flag: the kernel tries zero-copy and falls back to copy.
+                    bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP,
+                },
+            )
+            .map_err(errno("rx/tx rings"))?;
+        let rx = user.map_rx().map_err(errno("mapping the rx ring"))?;
+        let tx = user.map_tx().map_err(errno("mapping the tx ring"))?;
+        // Rebinding a queue right after the previous socket closed can fail with EBUSY once.
+        let mut tries = 0;
+        loop {
+            match umem.bind(&user) {
+                Ok(()) => break,
+                Err(e) if e.get_raw() == libc::EBUSY && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(anyhow!(
+                        "binding AF_XDP to {} queue {}: {e}",
+                        cfg.ifname,
+                        cfg.queue
+                    ))
+                }
+            }
+        }
+        Ok(XskSocket {
+            device,
+            rx,
+            tx,
+            _umem: umem,
+            area,
+            frames: cfg.frames,
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.rx.as_raw_fd()
+    }
+
+    /// The bytes of the UMEM from `addr` to the end of its chunk.
+    ///
+    /// # Safety
+    /// The chunk must be owned by user space (not in the fill or tx ring), and no other
+    /// slice of it may be alive.
+    pub unsafe fn chunk_from(&mut self, addr: u64) -> &mut [u8] {
+        let base = addr & !(u64::from(FRAME_SIZE) - 1);
+        let end = (base + u64::from(FRAME_SIZE)).min(self.area.len() as u64);
+        let start = addr.min(end);
+        // SAFETY: start..end lies inside `area`; exclusivity is the caller's promise.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.area.as_mut_ptr().add(start as usize),
+                (end - start) as usize,
+            )
+        }
+    }
+}
+
+/// Chunk base address of a descriptor address.
+pub fn chunk_base(addr: u64) -> u64 {
+    addr & !(u64::from(FRAME_SIZE) - 1)
+}
