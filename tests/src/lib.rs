@@ -1,1 +1,234 @@
+//! The lab: two network namespaces joined by a veth pair, a sparse image, and the processes
+//! running in them. Everything is named uniquely and removed on drop.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// The aoe-ctl binary under test: $AOE_CTL, else target/release/aoe-ctl.
+pub fn aoe_ctl() -> PathBuf {
+    if let Some(p) = std::env::var_os("AOE_CTL") {
+        return PathBuf::from(p);
+    }
+    workspace_root().join("target/release/aoe-ctl")
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    sh(Command::new("ip").args(args))
+}
+
+/// A running process, stopped with SIGTERM (then SIGKILL) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub first_line: String,
+    pub name: String,
+}
+
+impl Proc {
+    /// SIGTERM and wait; returns the process's stderr.
+    pub fn stop(mut self) -> Result<String> {
+        self.terminate();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        Ok(err)
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+pub struct Lab {
+    pub target_ns: String,
+    pub initiator_ns: String,
+    pub target_if: String,
+    pub initiator_if: String,
+    pub dir: PathBuf,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Options for the veth pair.
+#[derive(Debug, Clone, Copy)]
+pub struct LabOptions {
+    pub mtu: u32,
+    pub queues: u32,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions { mtu: 1500, queues: 1 }
+    }
+}
+
+impl Lab {
+    pub fn new() -> Result<Lab> {
+        Lab::with(LabOptions::default())
+    }
+
+    pub fn with(o: LabOptions) -> Result<Lab> {
+        let id = format!("{:x}{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let lab = Lab {
+            target_ns: format!("aoe-{id}-t"),
+            initiator_ns: format!("aoe-{id}-i"),
+            target_if: format!("at{id}"),
+            initiator_if: format!("ai{id}"),
+            dir: std::env::temp_dir().join(format!("aoe-lab-{id}")),
+        };
+        std::fs::create_dir_all(&lab.dir)?;
+        ip(&["netns", "add", &lab.target_ns])?;
+        ip(&["netns", "add", &lab.initiator_ns])?;
+        let q = o.queues.to_string();
+        ip(&[
+            "link", "add", &lab.target_if, "numtxqueues", &q, "numrxqueues", &q, "type", "veth",
+            "peer", "name", &lab.initiator_if, "numtxqueues", &q, "numrxqueues", &q,
+        ])?;
+        let mtu = o.mtu.to_string();
+        for (ns, dev) in [(&lab.target_ns, &lab.target_if), (&lab.initiator_ns, &lab.initiator_if)] {
+            ip(&["link", "set", dev, "netns", ns])?;
+            ip(&["-n", ns, "link", "set", dev, "mtu", &mtu, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            // No IPv6 chatter on the segment.
+            let _ = sh(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw"]).arg(format!("net.ipv6.conf.{dev}.disable_ipv6=1")));
+        }
+        Ok(lab)
+    }
+
+    /// A sparse image of `bytes` in the lab's directory.
+    pub fn image(&self, name: &str, bytes: u64) -> Result<PathBuf> {
+        let p = self.dir.join(name);
+        std::fs::File::create(&p)?.set_len(bytes)?;
+        Ok(p)
+    }
+
+    /// Start `aoe-ctl ARGS` in a namespace and wait for its first line of output.
+    pub fn spawn(&self, ns: &str, args: &[&str]) -> Result<Proc> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(aoe_ctl())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting aoe-ctl")?;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(l)) = lines.next() {
+                let _ = tx.send(l);
+            }
+            for _ in lines {}
+        });
+        let name = args.first().copied().unwrap_or("").to_string();
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(first_line) => Ok(Proc { child, first_line, name }),
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output()?;
+                Err(anyhow!(
+                    "aoe-ctl {} printed nothing: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        }
+    }
+
+    /// `aoe-ctl export` of `image` as e1.2 on the target side, plus the lab peer program on
+    /// the initiator side (native XDP_TX on veth needs one there).
+    pub fn start_target(&self, image: &Path, extra: &[&str]) -> Result<(Proc, Proc)> {
+        let peer = self.spawn(&self.initiator_ns, &["lab-peer", "--iface", &self.initiator_if])?;
+        let img = image.to_str().unwrap();
+        let mut args = vec!["export", "--shelf", "1", "--slot", "2", "--iface", &self.target_if];
+        args.extend_from_slice(extra);
+        args.push(img);
+        let target = self.spawn(&self.target_ns, &args)?;
+        Ok((target, peer))
+    }
+
+    /// Run `aoe-ctl ARGS` to completion in a namespace.
+    pub fn run(&self, ns: &str, args: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(aoe_ctl())
+            .args(args)
+            .output()
+            .context("running aoe-ctl")
+    }
+
+    /// Run `f` on a thread that has entered network namespace `ns` (sockets it opens stay
+    /// in that namespace).
+    pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || -> Result<T> {
+            let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow!("namespace thread panicked"))?
+    }
+
+    /// Is any XDP program attached to the target interface?
+    pub fn target_has_xdp(&self) -> Result<bool> {
+        let out = Command::new("ip")
+            .args(["-n", &self.target_ns, "link", "show", "dev", &self.target_if])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("xdp"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Deleting the namespaces deletes the veth pair with them.
+        let _ = ip(&["netns", "del", &self.target_ns]);
+        let _ = ip(&["netns", "del", &self.initiator_ns]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
