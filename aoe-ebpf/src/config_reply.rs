@@ -42,7 +42,8 @@ pub fn answer(ctx: &XdpContext, entry: &ExportEntry, src: [u8; 6]) -> Option<u32
             arg[config::field::STRING_LEN],
             arg[config::field::STRING_LEN + 1],
         ]));
-        if len > CONFIG_STRING_MAX {
+        // A string longer than the frame or the spec: user space decides (it drops it).
+        if len > CONFIG_STRING_MAX || config::CONFIG_HEADER_LEN + len > packet::len(ctx) {
             return None;
         }
         let current = entry.config_len as usize;
@@ -102,8 +103,16 @@ pub fn answer(ctx: &XdpContext, entry: &ExportEntry, src: [u8; 6]) -> Option<u32
 /// `None` when the frame does not carry the bytes it claims (left to user space).
 #[inline(always)]
 fn string_matches(ctx: &XdpContext, entry: &ExportEntry, len: usize) -> Option<bool> {
-    let start = ctx.data() + config::CONFIG_HEADER_LEN;
-    let end = ctx.data_end();
+    // Volatile reads: otherwise LLVM drops the per-byte check below as implied by the
+    // caller's length check, and the verifier (which cannot see that) rejects the program.
+    // SAFETY: reading fields of our own context.
+    let (data, end) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+        )
+    };
+    let start = data + config::CONFIG_HEADER_LEN;
     for i in 0..CONFIG_STRING_MAX {
         if i >= len {
             break;

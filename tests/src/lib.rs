@@ -19,13 +19,19 @@ pub fn aoe_ctl() -> PathBuf {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn sh(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -98,7 +104,10 @@ pub struct LabOptions {
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { mtu: 1500, queues: 1 }
+        LabOptions {
+            mtu: 1500,
+            queues: 1,
+        }
     }
 }
 
@@ -108,7 +117,11 @@ impl Lab {
     }
 
     pub fn with(o: LabOptions) -> Result<Lab> {
-        let id = format!("{:x}{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{:x}{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let lab = Lab {
             target_ns: format!("aoe-{id}-t"),
             initiator_ns: format!("aoe-{id}-i"),
@@ -121,16 +134,35 @@ impl Lab {
         ip(&["netns", "add", &lab.initiator_ns])?;
         let q = o.queues.to_string();
         ip(&[
-            "link", "add", &lab.target_if, "numtxqueues", &q, "numrxqueues", &q, "type", "veth",
-            "peer", "name", &lab.initiator_if, "numtxqueues", &q, "numrxqueues", &q,
+            "link",
+            "add",
+            &lab.target_if,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.initiator_if,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ])?;
         let mtu = o.mtu.to_string();
-        for (ns, dev) in [(&lab.target_ns, &lab.target_if), (&lab.initiator_ns, &lab.initiator_if)] {
+        for (ns, dev) in [
+            (&lab.target_ns, &lab.target_if),
+            (&lab.initiator_ns, &lab.initiator_if),
+        ] {
             ip(&["link", "set", dev, "netns", ns])?;
             ip(&["-n", ns, "link", "set", dev, "mtu", &mtu, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             // No IPv6 chatter on the segment.
-            let _ = sh(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw"]).arg(format!("net.ipv6.conf.{dev}.disable_ipv6=1")));
+            let _ = sh(Command::new("ip")
+                .args(["netns", "exec", ns, "sysctl", "-qw"])
+                .arg(format!("net.ipv6.conf.{dev}.disable_ipv6=1")));
         }
         Ok(lab)
     }
@@ -163,7 +195,11 @@ impl Lab {
         });
         let name = args.first().copied().unwrap_or("").to_string();
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(first_line) => Ok(Proc { child, first_line, name }),
+            Ok(first_line) => Ok(Proc {
+                child,
+                first_line,
+                name,
+            }),
             Err(_) => {
                 let _ = child.kill();
                 let out = child.wait_with_output()?;
@@ -179,9 +215,20 @@ impl Lab {
     /// `aoe-ctl export` of `image` as e1.2 on the target side, plus the lab peer program on
     /// the initiator side (native XDP_TX on veth needs one there).
     pub fn start_target(&self, image: &Path, extra: &[&str]) -> Result<(Proc, Proc)> {
-        let peer = self.spawn(&self.initiator_ns, &["lab-peer", "--iface", &self.initiator_if])?;
+        let peer = self.spawn(
+            &self.initiator_ns,
+            &["lab-peer", "--iface", &self.initiator_if],
+        )?;
         let img = image.to_str().unwrap();
-        let mut args = vec!["export", "--shelf", "1", "--slot", "2", "--iface", &self.target_if];
+        let mut args = vec![
+            "export",
+            "--shelf",
+            "1",
+            "--slot",
+            "2",
+            "--iface",
+            &self.target_if,
+        ];
         args.extend_from_slice(extra);
         args.push(img);
         let target = self.spawn(&self.target_ns, &args)?;
@@ -218,7 +265,14 @@ impl Lab {
     /// Is any XDP program attached to the target interface?
     pub fn target_has_xdp(&self) -> Result<bool> {
         let out = Command::new("ip")
-            .args(["-n", &self.target_ns, "link", "show", "dev", &self.target_if])
+            .args([
+                "-n",
+                &self.target_ns,
+                "link",
+                "show",
+                "dev",
+                &self.target_if,
+            ])
             .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).contains("xdp"))
     }

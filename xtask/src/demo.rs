@@ -12,18 +12,36 @@ pub fn run() -> Result<()> {
     );
     let image = lab.image("disk.img", 64 << 20)?;
     let (target, _peer) = lab.start_target(&image, &[])?;
-    println!("demo: $ aoe-ctl export --shelf 1 --slot 2 --iface {} {}", lab.target_if, image.display());
+    println!(
+        "demo: $ aoe-ctl export --shelf 1 --slot 2 --iface {} {}",
+        lab.target_if,
+        image.display()
+    );
     println!("{}", target.first_line);
 
     println!("demo: $ aoe-ctl discover --iface {}", lab.initiator_if);
-    let d = lab.run(&lab.initiator_ns, &["discover", "--iface", &lab.initiator_if])?;
+    let d = lab.run(
+        &lab.initiator_ns,
+        &["discover", "--iface", &lab.initiator_if],
+    )?;
     print!("{}", String::from_utf8_lossy(&d.stdout));
     eprint!("{}", String::from_utf8_lossy(&d.stderr));
 
-    println!("demo: $ aoe-ctl verify --iface {} --target e1.2 --bytes 16M", lab.initiator_if);
+    println!(
+        "demo: $ aoe-ctl verify --iface {} --target e1.2 --bytes 16M",
+        lab.initiator_if
+    );
     let v = lab.run(
         &lab.initiator_ns,
-        &["verify", "--iface", &lab.initiator_if, "--target", "e1.2", "--bytes", "16M"],
+        &[
+            "verify",
+            "--iface",
+            &lab.initiator_if,
+            "--target",
+            "e1.2",
+            "--bytes",
+            "16M",
+        ],
     )?;
     print!("{}", String::from_utf8_lossy(&v.stdout));
     eprint!("{}", String::from_utf8_lossy(&v.stderr));

@@ -87,7 +87,11 @@ pub fn run() -> Result<()> {
             root.display()
         );
         let ok = Command::new("cargo")
-            .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+            .args([
+                "install",
+                "--locked",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            ])
             .args(["--no-default-features", "--features", "llvm-22", "--root"])
             .arg(&root)
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")

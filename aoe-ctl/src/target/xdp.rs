@@ -37,21 +37,40 @@ pub struct Classifier {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
+fn program(bpf: &mut Ebpf) -> Result<&mut XdpProgram> {
+    Ok(bpf
+        .program_mut(PROG_CLASSIFIER)
+        .ok_or_else(|| anyhow!("program {PROG_CLASSIFIER} missing"))?
+        .try_into()?)
+}
+
 fn map<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     bpf.map_mut(name)
         .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
 impl Classifier {
-    /// Load and attach the classifier to `iface`.
-    pub fn attach(iface: &str, choice: ModeChoice, mac: Mac, max_sectors: usize) -> Result<Self> {
+    /// Load the classifier into the kernel (not attached yet).
+    pub fn load(mac: Mac, max_sectors: usize) -> Result<Self> {
         let mut bpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
         let logger = aya_log::EbpfLogger::init(&mut bpf).ok();
-        let prog: &mut XdpProgram = bpf
-            .program_mut(PROG_CLASSIFIER)
-            .ok_or_else(|| anyhow!("program {PROG_CLASSIFIER} missing"))?
-            .try_into()?;
-        prog.load().context("the kernel refused the XDP program")?;
+        program(&mut bpf)?
+            .load()
+            .context("the kernel refused the XDP program")?;
+        Ok(Classifier {
+            bpf,
+            mode: "detached",
+            fallback_reason: None,
+            mac,
+            max_sectors,
+            logger,
+        })
+    }
+
+    /// Load and attach the classifier to `iface`.
+    pub fn attach(iface: &str, choice: ModeChoice, mac: Mac, max_sectors: usize) -> Result<Self> {
+        let mut c = Classifier::load(mac, max_sectors)?;
+        let prog = program(&mut c.bpf)?;
         let (mode, fallback_reason) = match choice {
             ModeChoice::Native => {
                 prog.attach(iface, XdpMode::Driver)
@@ -73,14 +92,22 @@ impl Classifier {
                 }
             },
         };
-        Ok(Classifier {
-            bpf,
-            mode,
-            fallback_reason,
-            mac,
-            max_sectors,
-            logger,
-        })
+        c.mode = mode;
+        c.fallback_reason = fallback_reason;
+        Ok(c)
+    }
+
+    /// Run the classifier on one frame with BPF_PROG_TEST_RUN: (XDP action, frame after).
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut out = vec![0u8; frame.len() + 4096];
+        let r = program(&mut self.bpf)?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
     }
 
     /// Write an export's entry: config reply template, mask list, reservation flag.
