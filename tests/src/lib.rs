@@ -219,6 +219,11 @@ impl Lab {
             &self.initiator_ns,
             &["lab-peer", "--iface", &self.initiator_if],
         )?;
+        Ok((self.start_export(image, extra)?, peer))
+    }
+
+    /// `aoe-ctl export` of `image` as e1.2 on the target side.
+    pub fn start_export(&self, image: &Path, extra: &[&str]) -> Result<Proc> {
         let img = image.to_str().unwrap();
         let mut args = vec![
             "export",
@@ -231,8 +236,7 @@ impl Lab {
         ];
         args.extend_from_slice(extra);
         args.push(img);
-        let target = self.spawn(&self.target_ns, &args)?;
-        Ok((target, peer))
+        self.spawn(&self.target_ns, &args)
     }
 
     /// Run `aoe-ctl ARGS` to completion in a namespace.

@@ -162,6 +162,26 @@ impl Client {
         bail!("no reply after {} tries", self.retries + 1)
     }
 
+    /// Send one prepared frame once and wait up to `timeout` for the reply with its tag.
+    pub fn exchange(&mut self, frame: &[u8], timeout: Duration) -> Result<Option<Vec<u8>>> {
+        let tag = u32::from_be_bytes([frame[20], frame[21], frame[22], frame[23]]);
+        self.sock.send(frame)?;
+        let mut buf = vec![0u8; FRAME_MAX];
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some(m) = self.sock.recv(&mut buf, left)? else {
+                break;
+            };
+            let Ok(f) = Frame::new_checked(&buf[..m]) else {
+                continue;
+            };
+            if f.is_response() && f.tag() == tag {
+                return Ok(Some(buf[..m].to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
     /// IDENTIFY DEVICE.
     pub fn identify(&mut self, t: &Target) -> Result<identify::Parsed> {
         let addr = t.addr;

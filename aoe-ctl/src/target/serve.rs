@@ -99,6 +99,16 @@ pub fn export(o: &ServeOptions) -> Result<()> {
         })),
     );
 
+    // Signal handlers go in before the ready line, so a SIGTERM right after it still
+    // detaches cleanly.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signals = {
+        let _guard = rt.enter();
+        Signals::new()?
+    };
+
     let queues = o.queues.unwrap_or(iface.rx_queues).max(1);
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -133,10 +143,7 @@ pub fn export(o: &ServeOptions) -> Result<()> {
     );
     announce(&iface, &ex, max_sectors);
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(wait_for_signal(&classifier))?;
+    rt.block_on(signals.wait(&classifier));
 
     stop.store(true, Ordering::Relaxed);
     let mut received = 0;
@@ -163,16 +170,39 @@ pub fn export(o: &ServeOptions) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal(classifier: &Mutex<Classifier>) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
+/// SIGINT and SIGTERM, registered up front.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Call inside a tokio runtime context.
+    pub fn new() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Wait for either, flushing the XDP program's log meanwhile.
+    async fn wait(mut self, classifier: &Mutex<Classifier>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = tick.tick() => classifier.lock().unwrap().flush_log(),
+            }
+        }
+    }
+
+    /// Wait for either.
+    pub async fn wait_plain(mut self) {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = tick.tick() => classifier.lock().unwrap().flush_log(),
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
         }
     }
 }

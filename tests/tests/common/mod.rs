@@ -1,0 +1,88 @@
+//! A running target in a lab, and a raw initiator socket in the initiator namespace.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aoe_common::wire::Mac;
+use aoe_ctl::initiator::client::Client;
+use aoe_ctl::initiator::frames::Addr;
+use aoe_integration::{Lab, Proc};
+
+pub const SECTORS: u64 = 8192; // 4 MiB
+
+pub struct Rig {
+    pub client: Client,
+    pub target_mac: Mac,
+    pub image: PathBuf,
+    pub target: Option<Proc>,
+    pub peer: Proc,
+    pub lab: Lab, // dropped last: removes the namespaces
+}
+
+impl Rig {
+    pub fn start(extra: &[&str]) -> Rig {
+        let lab = Lab::new().expect("lab (root needed)");
+        let image = lab.image("disk.img", SECTORS * 512).unwrap();
+        let (target, peer) = lab.start_target(&image, extra).expect("target starts");
+        let ifname = lab.initiator_if.clone();
+        let mut client = Lab::in_ns(&lab.initiator_ns, move || Client::open(&ifname))
+            .unwrap()
+            .expect("raw socket in the initiator namespace");
+        client.timeout = Duration::from_millis(300);
+        let t = client.find(1, 2).expect("target answers a config query");
+        Rig {
+            client,
+            target_mac: t.addr.dst,
+            image,
+            target: Some(target),
+            peer,
+            lab,
+        }
+    }
+
+    /// Address the export from `src` (any MAC: the veth peer delivers replies to it).
+    pub fn from(&self, src: Mac) -> Addr {
+        Addr {
+            src,
+            dst: self.target_mac,
+            shelf: 1,
+            slot: 2,
+        }
+    }
+
+    pub fn mine(&self) -> Addr {
+        self.from(self.client.mac())
+    }
+
+    /// Build with `f` (tag given), send once, wait for the reply.
+    pub fn ask(&mut self, f: impl FnOnce(&mut [u8], u32) -> usize) -> Option<Vec<u8>> {
+        let mut b = vec![0u8; 9216];
+        let tag = 0x8000_0000 | rand_tag();
+        let n = f(&mut b, tag);
+        self.client
+            .exchange(&b[..n], Duration::from_millis(400))
+            .unwrap()
+    }
+
+    pub fn image_bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.image).unwrap()
+    }
+}
+
+fn rand_tag() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(1);
+    N.fetch_add(1, Ordering::Relaxed) | (std::process::id() << 16) & 0x7FFF_0000
+}
+
+/// ATA (status, error) of a reply.
+pub fn ata(rep: &[u8]) -> (u8, u8) {
+    (rep[27], rep[25])
+}
+
+/// AoE (flags nibble, error) of a reply.
+pub fn aoe(rep: &[u8]) -> (u8, u8) {
+    (rep[14], rep[15])
+}
