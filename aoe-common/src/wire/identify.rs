@@ -152,7 +152,7 @@ mod tests {
         // LBA28 capacity saturates at 0x0FFFFFFF.
         assert_eq!(&d[120..124], &[0xff, 0xff, 0xff, 0x0f]);
         // Model "ab" is stored byte-swapped: 'b','a', then spaces.
-        assert_eq!(&d[54..58], &[b'b', b'a', b' ', b' ']);
+        assert_eq!(&d[54..58], b"ba  ");
         let p = parse(&d);
         assert!(p.lba48);
         assert_eq!(p.sectors, 0x1_2345_6789);
