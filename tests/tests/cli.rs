@@ -215,3 +215,85 @@ fn sync_export_writes_through() {
         .iter()
         .all(|&x| x == 0xee));
 }
+
+#[test]
+fn falls_back_to_skb_mode_and_says_so() {
+    // An ifb interface has no native XDP: auto mode must fall back and say so.
+    let lab = Lab::new().unwrap();
+    let dev = format!("ad{}", &lab.target_if[2..]);
+    let ok = std::process::Command::new("ip")
+        .args(["-n", &lab.target_ns, "link", "add", &dev, "type", "ifb"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    std::process::Command::new("ip")
+        .args(["-n", &lab.target_ns, "link", "set", &dev, "up"])
+        .status()
+        .unwrap();
+    let img = lab.image("disk.img", 1 << 20).unwrap();
+    let p = lab
+        .spawn(
+            &lab.target_ns,
+            &[
+                "export",
+                "--shelf",
+                "3",
+                "--slot",
+                "4",
+                "--iface",
+                &dev,
+                img.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    assert!(
+        p.first_line.ends_with(", xdp skb, 1 queue"),
+        "{}",
+        p.first_line
+    );
+    let log = p.stop().unwrap();
+    assert!(log.contains("native XDP unavailable"), "{log}");
+    // Forcing native mode on it is a clear error.
+    let out = lab
+        .run(
+            &lab.target_ns,
+            &[
+                "export",
+                "--shelf",
+                "3",
+                "--slot",
+                "4",
+                "--iface",
+                &dev,
+                "--xdp-mode",
+                "native",
+                img.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("native mode"));
+}
+
+#[test]
+fn allow_list_enforced_in_the_kernel() {
+    // Only a MAC that is not ours may talk: our frames are dropped by the classifier.
+    let lab = Lab::new().unwrap();
+    let img = lab.image("disk.img", 1 << 20).unwrap();
+    let (target, _peer) = lab
+        .start_target(&img, &["--allow", "02:00:00:00:00:99"])
+        .unwrap();
+    let d = lab
+        .run(
+            &lab.initiator_ns,
+            &["discover", "--iface", &lab.initiator_if, "--wait-ms", "300"],
+        )
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&d.stdout).is_empty(),
+        "a MAC off the list sees nothing"
+    );
+    let log = target.stop().unwrap();
+    assert!(log.contains("dropped_acl 1"), "{log}");
+}

@@ -88,7 +88,7 @@ impl Classifier {
                     prog.attach(iface, XdpMode::Skb).with_context(|| {
                         format!("attaching XDP to {iface} (native failed: {e})")
                     })?;
-                    ("skb", Some(e.to_string()))
+                    ("skb", Some(format!("{:#}", anyhow::Error::from(e))))
                 }
             },
         };
