@@ -145,18 +145,8 @@ impl Client {
         for _ in 0..=self.retries {
             let tag = self.next_tag();
             let n = build(&mut buf, tag);
-            self.sock.send(&buf[..n])?;
-            let deadline = Instant::now() + self.timeout;
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                let Some(m) = self.sock.recv(&mut buf, left)? else {
-                    break;
-                };
-                let Ok(f) = Frame::new_checked(&buf[..m]) else {
-                    continue;
-                };
-                if f.is_response() && f.tag() == tag {
-                    return Ok(buf[..m].to_vec());
-                }
+            if let Some(reply) = self.exchange(&buf[..n], self.timeout)? {
+                return Ok(reply);
             }
         }
         bail!("no reply after {} tries", self.retries + 1)
