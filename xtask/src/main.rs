@@ -1,5 +1,6 @@
 //! `cargo xtask`: setup, build, demo, test.
 
+mod compare;
 mod demo;
 mod setup;
 
@@ -25,6 +26,8 @@ enum Cmd {
     Demo,
     /// Everything: fmt, clippy, unit and integration tests.
     Test,
+    /// vblade and aoe-ctl side by side in one lab, with the same client (figures, no test).
+    Compare,
 }
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
         Cmd::Build => build(),
         Cmd::Demo => build().and_then(|()| demo::run()),
         Cmd::Test => build().and_then(|()| test()),
+        Cmd::Compare => build().and_then(|()| compare::run()),
     };
     if let Err(e) = r {
         eprintln!("xtask: {e:#}");

@@ -1,0 +1,102 @@
+//! `cargo xtask compare`: the same lab and the same client (`aoe-ctl verify`, AF_PACKET,
+//! window 64, 2 sectors per frame) against Debian's vblade and against `aoe-ctl export`,
+//! alternating, so both are measured in one run. Information, not a test.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+use aoe_integration::Lab;
+
+const RUNS: usize = 3;
+const BYTES: &str = "128M";
+
+fn rates(out: &str) -> (f64, f64) {
+    let rate = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split('(').nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (rate("write:"), rate("read:"))
+}
+
+pub fn run() -> Result<()> {
+    let lab = Lab::new()?;
+    let image = lab.image("disk.img", 256 << 20)?;
+    let img = image.to_str().unwrap();
+    // The lab peer program stays attached for both targets, so the client pays the same.
+    let _peer = lab.spawn(
+        &lab.initiator_ns,
+        &["lab-peer", "--iface", &lab.initiator_if],
+    )?;
+    let verify = || -> Result<(f64, f64)> {
+        let v = lab.run(
+            &lab.initiator_ns,
+            &[
+                "verify",
+                "--iface",
+                &lab.initiator_if,
+                "--target",
+                "e1.2",
+                "--bytes",
+                BYTES,
+            ],
+        )?;
+        anyhow::ensure!(
+            v.status.success(),
+            "verify failed: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+        Ok(rates(&String::from_utf8_lossy(&v.stdout)))
+    };
+    let mut rows = Vec::new();
+    for run in 1..=RUNS {
+        let mut vblade = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.target_ns,
+                "vblade",
+                "-b",
+                "64",
+                "1",
+                "2",
+                &lab.target_if,
+                img,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting vblade (apt-get install vblade)")?;
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        let v = verify();
+        let _ = vblade.kill();
+        let _ = vblade.wait();
+        let v = v?;
+        let ours = lab.start_export(&image, &[])?;
+        let a = verify()?;
+        drop(ours);
+        println!(
+            "run {run}: vblade write {:.0} read {:.0} MB/s | aoe-ctl write {:.0} read {:.0} MB/s",
+            v.0, v.1, a.0, a.1
+        );
+        rows.push((v, a));
+    }
+    let mean = |f: &dyn Fn(&((f64, f64), (f64, f64))) -> f64| {
+        rows.iter().map(f).sum::<f64>() / rows.len() as f64
+    };
+    let (vw, vr) = (mean(&|r| r.0 .0), mean(&|r| r.0 .1));
+    let (aw, ar) = (mean(&|r| r.1 .0), mean(&|r| r.1 .1));
+    println!(
+        "mean:  write vblade {vw:.0} / aoe-ctl {aw:.0} MB/s ({:.2}x)",
+        aw / vw
+    );
+    println!(
+        "mean:  read  vblade {vr:.0} / aoe-ctl {ar:.0} MB/s ({:.2}x)",
+        ar / vr
+    );
+    println!("(veth, MTU 1500, {BYTES} per run, one AF_PACKET client; client and targets share the CPUs)");
+    Ok(())
+}
