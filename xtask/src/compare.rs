@@ -8,9 +8,12 @@ use anyhow::{Context, Result};
 use aoe_integration::Lab;
 
 const RUNS: usize = 3;
+
+/// (write, read) MB/s of one target in one run.
+type Rates = (f64, f64);
 const BYTES: &str = "128M";
 
-fn rates(out: &str) -> (f64, f64) {
+fn rates(out: &str) -> Rates {
     let rate = |prefix: &str| {
         out.lines()
             .find(|l| l.starts_with(prefix))
@@ -31,7 +34,7 @@ pub fn run() -> Result<()> {
         &lab.initiator_ns,
         &["lab-peer", "--iface", &lab.initiator_if],
     )?;
-    let verify = || -> Result<(f64, f64)> {
+    let verify = || -> Result<Rates> {
         let v = lab.run(
             &lab.initiator_ns,
             &[
@@ -84,11 +87,10 @@ pub fn run() -> Result<()> {
         );
         rows.push((v, a));
     }
-    let mean = |f: &dyn Fn(&((f64, f64), (f64, f64))) -> f64| {
-        rows.iter().map(f).sum::<f64>() / rows.len() as f64
-    };
-    let (vw, vr) = (mean(&|r| r.0 .0), mean(&|r| r.0 .1));
-    let (aw, ar) = (mean(&|r| r.1 .0), mean(&|r| r.1 .1));
+    let n = rows.len() as f64;
+    let mean = |pick: fn(&(Rates, Rates)) -> f64| rows.iter().map(pick).sum::<f64>() / n;
+    let (vw, vr) = (mean(|r| r.0 .0), mean(|r| r.0 .1));
+    let (aw, ar) = (mean(|r| r.1 .0), mean(|r| r.1 .1));
     println!(
         "mean:  write vblade {vw:.0} / aoe-ctl {aw:.0} MB/s ({:.2}x)",
         aw / vw
