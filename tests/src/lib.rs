@@ -249,6 +249,21 @@ impl Lab {
             .context("running aoe-ctl")
     }
 
+    /// `aoe-ctl verify` of e1.2 from the initiator side, writing `bytes` (e.g. "16M").
+    pub fn verify(&self, bytes: &str, extra: &[&str]) -> Result<Output> {
+        let mut args = vec![
+            "verify",
+            "--iface",
+            &self.initiator_if,
+            "--target",
+            "e1.2",
+            "--bytes",
+            bytes,
+        ];
+        args.extend_from_slice(extra);
+        self.run(&self.initiator_ns, &args)
+    }
+
     /// Run `f` on a thread that has entered network namespace `ns` (sockets it opens stay
     /// in that namespace).
     pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {

@@ -19,18 +19,11 @@ const HOST: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const STRANGER: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
 
 fn export(config: &[u8]) -> Arc<Export> {
-    Arc::new(Export::new(
-        ExportOptions {
-            shelf: 1,
-            slot: 2,
-            read_only: false,
-            sync: false,
-            buffers: 16,
-            allow: vec![],
-            config: config.to_vec(),
-        },
-        Box::new(MemBackend::new(128)),
-    ))
+    let opts = ExportOptions {
+        config: config.to_vec(),
+        ..ExportOptions::new(1, 2)
+    };
+    Arc::new(Export::new(opts, Box::new(MemBackend::new(128))))
 }
 
 fn loaded(ex: &Arc<Export>) -> Classifier {

@@ -32,22 +32,7 @@ fn discover_and_verify() {
         out.contains("bufcnt 128  2 sectors/frame  \"demo disk\""),
         "{out}"
     );
-    let v = lab
-        .run(
-            &lab.initiator_ns,
-            &[
-                "verify",
-                "--iface",
-                &lab.initiator_if,
-                "--target",
-                "e1.2",
-                "--bytes",
-                "2M",
-                "--offset",
-                "1000",
-            ],
-        )
-        .unwrap();
+    let v = lab.verify("2M", &["--offset", "1000"]).unwrap();
     let out = String::from_utf8_lossy(&v.stdout);
     assert!(
         v.status.success(),

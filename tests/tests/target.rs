@@ -36,26 +36,19 @@ fn ata_commands_and_errors() {
     // LBA28 forms.
     let rep = r
         .ask(|b, t| {
-            let a = AtaRepr {
-                aflags: AFLAG_WRITE,
-                feature: 0,
-                sector_count: 1,
-                command: AtaCommand::WriteSectors,
-                lba_regs: [7, 0, 0, 0xE0, 0, 0],
-            };
+            let a = AtaRepr::new(
+                AFLAG_WRITE,
+                1,
+                AtaCommand::WriteSectors,
+                [7, 0, 0, 0xE0, 0, 0],
+            );
             frames::ata(b, &me, t, a, &[0x42; 512])
         })
         .unwrap();
     assert_eq!(ata(&rep), OK);
     let rep = r
         .ask(|b, t| {
-            let a = AtaRepr {
-                aflags: 0,
-                feature: 0,
-                sector_count: 1,
-                command: AtaCommand::ReadSectors,
-                lba_regs: [7, 0, 0, 0xE0, 0, 0],
-            };
+            let a = AtaRepr::new(0, 1, AtaCommand::ReadSectors, [7, 0, 0, 0xE0, 0, 0]);
             frames::ata(b, &me, t, a, &[])
         })
         .unwrap();
@@ -74,13 +67,7 @@ fn ata_commands_and_errors() {
     ] {
         let rep = r
             .ask(|b, t| {
-                let a = AtaRepr {
-                    aflags: 0x40,
-                    feature: 0,
-                    sector_count: 0,
-                    command: AtaCommand::from(op),
-                    lba_regs: [0; 6],
-                };
+                let a = AtaRepr::new(0x40, 0, AtaCommand::from(op), [0; 6]);
                 frames::ata(b, &me, t, a, &[])
             })
             .unwrap();

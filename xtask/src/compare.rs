@@ -35,18 +35,7 @@ pub fn run() -> Result<()> {
         &["lab-peer", "--iface", &lab.initiator_if],
     )?;
     let verify = || -> Result<Rates> {
-        let v = lab.run(
-            &lab.initiator_ns,
-            &[
-                "verify",
-                "--iface",
-                &lab.initiator_if,
-                "--target",
-                "e1.2",
-                "--bytes",
-                BYTES,
-            ],
-        )?;
+        let v = lab.verify(BYTES, &[])?;
         anyhow::ensure!(
             v.status.success(),
             "verify failed: {}",

@@ -31,18 +31,7 @@ pub fn run() -> Result<()> {
         "demo: $ aoe-ctl verify --iface {} --target e1.2 --bytes 16M",
         lab.initiator_if
     );
-    let v = lab.run(
-        &lab.initiator_ns,
-        &[
-            "verify",
-            "--iface",
-            &lab.initiator_if,
-            "--target",
-            "e1.2",
-            "--bytes",
-            "16M",
-        ],
-    )?;
+    let v = lab.verify("16M", &[])?;
     print!("{}", String::from_utf8_lossy(&v.stdout));
     eprint!("{}", String::from_utf8_lossy(&v.stderr));
 

@@ -95,6 +95,17 @@ pub struct AtaRepr {
 }
 
 impl AtaRepr {
+    /// A request's arguments (feature register 0).
+    pub fn new(aflags: u8, sector_count: u8, command: AtaCommand, lba_regs: [u8; 6]) -> AtaRepr {
+        AtaRepr {
+            aflags,
+            feature: 0,
+            sector_count,
+            command,
+            lba_regs,
+        }
+    }
+
     /// Parse the ATA arguments of a whole frame.
     pub fn parse(frame: &[u8]) -> Result<AtaRepr, Truncated> {
         if frame.len() < ATA_HEADER_LEN {
@@ -235,13 +246,12 @@ mod tests {
     #[test]
     fn emit_matches_spec_bytes() {
         let mut f = [0xa5u8; 36];
-        AtaRepr {
-            aflags: AFLAG_LBA48 | AFLAG_WRITE,
-            feature: 0,
-            sector_count: 17,
-            command: AtaCommand::WriteSectorsExt,
-            lba_regs: AtaRepr::lba48_regs(0x0000_1122_3344_5566),
-        }
+        AtaRepr::new(
+            AFLAG_LBA48 | AFLAG_WRITE,
+            17,
+            AtaCommand::WriteSectorsExt,
+            AtaRepr::lba48_regs(0x0000_1122_3344_5566),
+        )
         .emit(&mut f);
         assert_eq!(
             &f[24..36],

@@ -41,37 +41,29 @@ pub fn ata(buf: &mut [u8], a: &Addr, tag: u32, args: AtaRepr, data: &[u8]) -> us
 
 /// READ SECTORS EXT.
 pub fn read(buf: &mut [u8], a: &Addr, tag: u32, lba: u64, count: u8) -> usize {
-    let args = AtaRepr {
-        aflags: AFLAG_LBA48,
-        feature: 0,
-        sector_count: count,
-        command: AtaCommand::ReadSectorsExt,
-        lba_regs: AtaRepr::lba48_regs(lba),
-    };
+    let args = AtaRepr::new(
+        AFLAG_LBA48,
+        count,
+        AtaCommand::ReadSectorsExt,
+        AtaRepr::lba48_regs(lba),
+    );
     ata(buf, a, tag, args, &[])
 }
 
 /// WRITE SECTORS EXT of `data` (whole sectors).
 pub fn write(buf: &mut [u8], a: &Addr, tag: u32, lba: u64, data: &[u8]) -> usize {
-    let args = AtaRepr {
-        aflags: AFLAG_LBA48 | AFLAG_WRITE,
-        feature: 0,
-        sector_count: (data.len() / SECTOR_SIZE) as u8,
-        command: AtaCommand::WriteSectorsExt,
-        lba_regs: AtaRepr::lba48_regs(lba),
-    };
+    let args = AtaRepr::new(
+        AFLAG_LBA48 | AFLAG_WRITE,
+        (data.len() / SECTOR_SIZE) as u8,
+        AtaCommand::WriteSectorsExt,
+        AtaRepr::lba48_regs(lba),
+    );
     ata(buf, a, tag, args, data)
 }
 
 /// IDENTIFY DEVICE, in the LBA28 form initiators use (device register 0xA0).
 pub fn identify(buf: &mut [u8], a: &Addr, tag: u32) -> usize {
-    let args = AtaRepr {
-        aflags: 0,
-        feature: 0,
-        sector_count: 1,
-        command: AtaCommand::IdentifyDevice,
-        lba_regs: [0, 0, 0, 0xA0, 0, 0],
-    };
+    let args = AtaRepr::new(0, 1, AtaCommand::IdentifyDevice, [0, 0, 0, 0xA0, 0, 0]);
     ata(buf, a, tag, args, &[])
 }
 

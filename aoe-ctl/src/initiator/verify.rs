@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use aoe_common::wire::SECTOR_SIZE;
 
-use super::client::{Client, Op};
+use super::client::{Client, Op, RunStats};
 
 /// The pattern of one sector: a function of the seed and the LBA only, so the reader can
 /// regenerate it without keeping what was written.
@@ -103,21 +103,8 @@ pub fn run(o: &Options) -> Result<()> {
         &|_, _| {},
         &mut |_, _| Ok(()),
     )?;
-    let mbps = |b: u64, d: std::time::Duration| b as f64 / 1e6 / d.as_secs_f64().max(1e-9);
-    println!(
-        "write: {} bytes in {:.3} s ({:.1} MB/s, {} retransmits)",
-        w.bytes,
-        w.elapsed.as_secs_f64(),
-        mbps(w.bytes, w.elapsed),
-        w.retransmits
-    );
-    println!(
-        "read:  {} bytes in {:.3} s ({:.1} MB/s, {} retransmits)",
-        r.bytes,
-        r.elapsed.as_secs_f64(),
-        mbps(r.bytes, r.elapsed),
-        r.retransmits
-    );
+    report("write:", &w);
+    report("read: ", &r);
     if mismatches > 0 {
         bail!("{mismatches} of {sectors} sectors read back differently");
     }
@@ -126,6 +113,16 @@ pub fn run(o: &Options) -> Result<()> {
         id.sectors - 1
     );
     Ok(())
+}
+
+fn report(label: &str, s: &RunStats) {
+    let secs = s.elapsed.as_secs_f64();
+    println!(
+        "{label} {} bytes in {secs:.3} s ({:.1} MB/s, {} retransmits)",
+        s.bytes,
+        s.bytes as f64 / 1e6 / secs.max(1e-9),
+        s.retransmits
+    );
 }
 
 #[cfg(test)]

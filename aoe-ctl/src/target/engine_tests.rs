@@ -29,15 +29,7 @@ struct Rig {
 }
 
 fn rig_with(opts: impl FnOnce(&mut ExportOptions)) -> Rig {
-    let mut o = ExportOptions {
-        shelf: 1,
-        slot: 2,
-        read_only: false,
-        sync: false,
-        buffers: 16,
-        allow: vec![],
-        config: vec![],
-    };
+    let mut o = ExportOptions::new(1, 2);
     opts(&mut o);
     let ex = Arc::new(Export::new(o, Box::new(MemBackend::new(SECTORS))));
     let changes = Arc::new(AtomicUsize::new(0));
@@ -118,13 +110,7 @@ fn write_then_read_lba48_and_lba28() {
     // LBA28 READ SECTORS of sector 11 with device bits in lba3.
     let rep = r
         .send(|b| {
-            let args = AtaRepr {
-                aflags: 0,
-                feature: 0,
-                sector_count: 1,
-                command: AtaCommand::ReadSectors,
-                lba_regs: [11, 0, 0, 0xE0, 0, 0],
-            };
+            let args = AtaRepr::new(0, 1, AtaCommand::ReadSectors, [11, 0, 0, 0xE0, 0, 0]);
             frames::ata(b, &from(HOST_A), 3, args, &[])
         })
         .unwrap();
@@ -132,13 +118,12 @@ fn write_then_read_lba48_and_lba28() {
     // LBA28 WRITE SECTORS.
     let rep = r
         .send(|b| {
-            let args = AtaRepr {
-                aflags: AFLAG_WRITE,
-                feature: 0,
-                sector_count: 1,
-                command: AtaCommand::WriteSectors,
-                lba_regs: [12, 0, 0, 0xE0, 0, 0],
-            };
+            let args = AtaRepr::new(
+                AFLAG_WRITE,
+                1,
+                AtaCommand::WriteSectors,
+                [12, 0, 0, 0xE0, 0, 0],
+            );
             frames::ata(b, &from(HOST_A), 4, args, &[0x5a; 512])
         })
         .unwrap();
@@ -208,13 +193,7 @@ fn flush_power_and_unknown_opcode() {
     for op in [0xE7u8, 0xEA] {
         let rep = r
             .send(|b| {
-                let args = AtaRepr {
-                    aflags: AFLAG_LBA48,
-                    feature: 0,
-                    sector_count: 0,
-                    command: AtaCommand::from(op),
-                    lba_regs: [0; 6],
-                };
+                let args = AtaRepr::new(AFLAG_LBA48, 0, AtaCommand::from(op), [0; 6]);
                 frames::ata(b, &from(HOST_A), 1, args, &[])
             })
             .unwrap();
@@ -222,26 +201,14 @@ fn flush_power_and_unknown_opcode() {
     }
     let rep = r
         .send(|b| {
-            let args = AtaRepr {
-                aflags: 0,
-                feature: 0,
-                sector_count: 0,
-                command: AtaCommand::CheckPowerMode,
-                lba_regs: [0; 6],
-            };
+            let args = AtaRepr::new(0, 0, AtaCommand::CheckPowerMode, [0; 6]);
             frames::ata(b, &from(HOST_A), 2, args, &[])
         })
         .unwrap();
     assert_eq!((ata_status(&rep), rep[26]), ((STATUS_DRDY, 0), 0xFF));
     let rep = r
         .send(|b| {
-            let args = AtaRepr {
-                aflags: 0,
-                feature: 0,
-                sector_count: 1,
-                command: AtaCommand::Unknown(0xC8),
-                lba_regs: [0; 6],
-            };
+            let args = AtaRepr::new(0, 1, AtaCommand::Unknown(0xC8), [0; 6]);
             frames::ata(b, &from(HOST_A), 3, args, &[])
         })
         .unwrap();

@@ -54,6 +54,21 @@ pub struct ExportOptions {
     pub config: Vec<u8>,
 }
 
+impl ExportOptions {
+    /// Read-write, write-back, vblade's buffer count of 16, open to every MAC, no string.
+    pub fn new(shelf: u16, slot: u8) -> Self {
+        ExportOptions {
+            shelf,
+            slot,
+            read_only: false,
+            sync: false,
+            buffers: 16,
+            allow: vec![],
+            config: vec![],
+        }
+    }
+}
+
 /// Firmware version reported in config replies and IDENTIFY.
 pub const FIRMWARE_VERSION: u16 = 0x0001;
 pub const FIRMWARE_STRING: &[u8] = concat!("aoe", env!("CARGO_PKG_VERSION")).as_bytes();
