@@ -15,7 +15,8 @@ use crate::{
 const CMD_ATA: u8 = 0;
 const CMD_QUERY_CONFIG: u8 = 1;
 
-#[xdp]
+// `frags`: jumbo frames arrive as several buffers; the AoE headers are always in the first.
+#[xdp(frags)]
 pub fn aoe_classifier(ctx: XdpContext) -> u32 {
     count(counter::SEEN);
     let action = classify(&ctx);
@@ -26,7 +27,7 @@ pub fn aoe_classifier(ctx: XdpContext) -> u32 {
 }
 
 /// Lets XDP_TX frames from a veth peer in; see `aoe_common::maps::PROG_PASS`.
-#[xdp]
+#[xdp(frags)]
 pub fn aoe_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }

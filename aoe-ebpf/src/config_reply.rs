@@ -24,6 +24,10 @@ const CCMD_TEST_PREFIX: u8 = 2;
 /// `Some(action)` when handled here, `None` to leave the frame to user space.
 #[inline(always)]
 pub fn answer(ctx: &XdpContext, entry: &ExportEntry, src: [u8; 6]) -> Option<u32> {
+    // A query is short; resizing a fragmented one here would send its fragments along.
+    if packet::has_frags(ctx) {
+        return None;
+    }
     let arg = packet::bytes_at::<{ config::CONFIG_HEADER_LEN }>(ctx, 0)?;
     // SAFETY: bounds checked by bytes_at.
     let arg = unsafe { &*arg };

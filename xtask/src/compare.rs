@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
-use aoe_integration::Lab;
+use aoe_integration::{Lab, LabOptions};
 
 const RUNS: usize = 3;
 
@@ -25,8 +25,8 @@ fn rates(out: &str) -> Rates {
     (rate("write:"), rate("read:"))
 }
 
-pub fn run() -> Result<()> {
-    let lab = Lab::new()?;
+pub fn run(mtu: u32) -> Result<()> {
+    let lab = Lab::with(LabOptions { mtu, queues: 1 })?;
     let image = lab.image("disk.img", 256 << 20)?;
     let img = image.to_str().unwrap();
     // The lab peer program stays attached for both targets, so the client pays the same.
@@ -88,6 +88,6 @@ pub fn run() -> Result<()> {
         "mean:  read  vblade {vr:.0} / aoe-ctl {ar:.0} MB/s ({:.2}x)",
         ar / vr
     );
-    println!("(veth, MTU 1500, {BYTES} per run, one AF_PACKET client; client and targets share the CPUs)");
+    println!("(veth, MTU {mtu}, {BYTES} per run, one AF_PACKET client; client and targets share the CPUs)");
     Ok(())
 }

@@ -27,7 +27,11 @@ enum Cmd {
     /// Everything: fmt, clippy, unit and integration tests.
     Test,
     /// vblade and aoe-ctl side by side in one lab, with the same client (figures, no test).
-    Compare,
+    Compare {
+        /// MTU of the lab's veth pair (9000: 17 sectors per frame).
+        #[arg(long, default_value_t = 1500)]
+        mtu: u32,
+    },
 }
 
 fn main() {
@@ -37,7 +41,7 @@ fn main() {
         Cmd::Build => build(),
         Cmd::Demo => build().and_then(|()| demo::run()),
         Cmd::Test => build().and_then(|()| test()),
-        Cmd::Compare => build().and_then(|()| compare::run()),
+        Cmd::Compare { mtu } => build().and_then(|()| compare::run(mtu)),
     };
     if let Err(e) = r {
         eprintln!("xtask: {e:#}");

@@ -15,6 +15,10 @@ use aoe_common::wire::{
 use super::export::{Export, ExportStats};
 use super::{ata, config, control};
 
+/// The longest reply to anything but an ATA read: a mask list of 255 entries (a config
+/// reply is at most 1056 bytes).
+const CONTROL_REPLY_MAX: usize = aoe_common::wire::header::HEADER_LEN + 4 + 255 * 8;
+
 /// Why a frame got no reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ignore {
@@ -120,6 +124,25 @@ impl Engine {
             Some(i) => Route::One(i),
             None => Route::Ignore(Ignore::NotOurs),
         }
+    }
+
+    /// The longest reply the request in `frame` can get: the room it must be answered in.
+    pub fn reply_room(&self, frame: &[u8]) -> usize {
+        use aoe_common::wire::ata::{AtaCommand, AtaRepr, ATA_HEADER_LEN};
+        use aoe_common::wire::SECTOR_SIZE;
+        let small = frame.len().max(CONTROL_REPLY_MAX);
+        let is_ata = Frame::new_checked(frame).is_ok_and(|f| f.command() == Command::Ata);
+        let Some(a) = is_ata.then(|| AtaRepr::parse(frame).ok()).flatten() else {
+            return small;
+        };
+        let data = match a.command {
+            AtaCommand::ReadSectors | AtaCommand::ReadSectorsExt => {
+                (a.sectors() as usize).min(self.max_sectors) * SECTOR_SIZE
+            }
+            AtaCommand::IdentifyDevice => SECTOR_SIZE,
+            _ => 0,
+        };
+        frame.len().max(ATA_HEADER_LEN + data).max(MIN_FRAME_LEN)
     }
 
     /// Answer the request in `buf[..len]` for export `idx`, writing the reply into `buf`.

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod ata;
 pub mod backend;
+pub mod chunks;
 pub mod config;
 pub mod control;
 pub mod engine;

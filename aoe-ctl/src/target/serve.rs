@@ -11,11 +11,12 @@ use aoe_common::maps::counter;
 use aoe_common::wire::{sectors_per_frame, Mac, SECTOR_SIZE};
 
 use super::backend::{Backend, MmapBackend, OpenOptions};
+use super::chunks::Layout;
 use super::engine::Engine;
 use super::export::{Export, ExportOptions};
 use super::worker::Worker;
 use super::xdp::{entry_for, Classifier, ModeChoice};
-use super::xsk::{XskConfig, MAX_FRAME};
+use super::xsk::{XskConfig, FRAME_SIZE, MAX_FRAME, MAX_TX_CHAIN};
 use crate::initiator::socket::RawSocket;
 use crate::net::Interface;
 
@@ -44,7 +45,10 @@ pub struct ServeOptions {
 
 pub fn export(o: &ServeOptions) -> Result<()> {
     let iface = Interface::lookup(&o.iface)?;
-    let max_sectors = sectors_per_frame(iface.mtu).min((MAX_FRAME - 36) / SECTOR_SIZE);
+    // The longest frame on the wire (a VLAN tag included) and the longest chain we can send.
+    let max_frame = iface.mtu + 18;
+    let max_sectors =
+        sectors_per_frame(iface.mtu).min((MAX_TX_CHAIN * FRAME_SIZE as usize - 36) / SECTOR_SIZE);
     if max_sectors == 0 {
         bail!(
             "MTU {} of {} cannot carry one 512-byte sector",
@@ -117,7 +121,7 @@ pub fn export(o: &ServeOptions) -> Result<()> {
             ifname: iface.name.clone(),
             queue: q,
             ring: RING,
-            frames: RING * 2,
+            layout: Layout::for_frames(RING, max_frame, MAX_FRAME),
         };
         match Worker::spawn(cfg, engine.clone(), classifier.clone(), stop.clone()) {
             Ok(w) => workers.push(w),

@@ -1,5 +1,6 @@
 //! One worker thread per rx queue: AF_XDP rx -> engine -> AF_XDP tx, replies built in place
-//! in the UMEM chunk the request arrived in. Batched ring operations, no allocation and no
+//! in the UMEM chunk the request arrived in (or, for jumbo frames, in a run of adjacent
+//! chunks sent as a descriptor chain). Batched ring operations, no allocation and no
 //! syscall per frame (a poll only when idle, a sendto kick only when the kernel asks).
 
 use std::collections::VecDeque;
@@ -12,11 +13,14 @@ use anyhow::{anyhow, Result};
 use aoe_common::wire::Frame;
 use xdpilone::xdp::XdpDesc;
 
+use super::chunks::{Chunks, Layout};
 use super::engine::{Engine, Route, Verdict};
 use super::xdp::Classifier;
-use super::xsk::{chunk_base, XskConfig, XskSocket, FRAME_SIZE};
+use super::xsk::{chunk_base, XskConfig, XskSocket, FRAME_SIZE, MAX_TX_CHAIN, XDP_PKT_CONTD};
 
 const BATCH: u32 = 64;
+/// More descriptors than any frame the kernel delivers (a 64 KiB frame is 17).
+const MAX_RX_CHAIN: usize = 32;
 /// Empty loops before the worker sleeps in poll(): a request usually follows the last reply
 /// within microseconds, and a poll wake-up costs more than a few spins.
 const SPINS_BEFORE_SLEEP: u32 = 256;
@@ -67,7 +71,7 @@ impl Worker {
                         return Ok(());
                     }
                 };
-                serve(sock, &engine, &stop, &s)
+                serve(sock, cfg.layout, &engine, &stop, &s)
             })?;
         ready_rx
             .recv()
@@ -88,16 +92,18 @@ impl Worker {
 
 fn serve(
     mut sock: XskSocket,
+    layout: Layout,
     engine: &Engine,
     stop: &AtomicBool,
     stats: &WorkerStats,
 ) -> Result<()> {
-    let frames = sock.frames as usize;
-    let mut free: Vec<u64> = (0..sock.frames as u64)
-        .map(|i| i * u64::from(FRAME_SIZE))
-        .collect();
-    let mut tx_queue: VecDeque<XdpDesc> = VecDeque::with_capacity(frames);
-    refill(&mut sock, &mut free);
+    let mut chunks = Chunks::new(layout);
+    let mut tx_queue: VecDeque<XdpDesc> = VecDeque::with_capacity(layout.total() as usize);
+    // Received descriptors not answered yet: the tail of a chain still arriving, or frames
+    // waiting for a free run.
+    let mut held: Vec<XdpDesc> = Vec::with_capacity(2 * BATCH as usize + MAX_RX_CHAIN);
+    let mut waiting_for_run = false;
+    refill(&mut sock, &mut chunks);
     let mut idle = 0u32;
 
     while !stop.load(Ordering::Relaxed) {
@@ -105,36 +111,57 @@ fn serve(
         {
             let mut done = sock.device.complete(BATCH * 4);
             while let Some(addr) = done.read() {
-                free.push(chunk_base(addr));
+                chunks.put(addr);
             }
             done.release();
         }
 
-        let mut received = 0u64;
-        let mut replied = 0u64;
-        {
+        let mut arrived = 0;
+        if !waiting_for_run || chunks.has_run() {
             let mut rx = sock.rx.receive(BATCH);
-            let mut descs = [XdpDesc {
-                addr: 0,
-                len: 0,
-                options: 0,
-            }; BATCH as usize];
-            let mut n = 0;
             while let Some(d) = rx.read() {
-                descs[n] = d;
-                n += 1;
+                held.push(d);
+                arrived += 1;
             }
             rx.release();
-            drop(rx);
-            for d in &descs[..n] {
-                received += 1;
-                replied += handle(&mut sock, engine, d, &mut free, &mut tx_queue);
-            }
         }
 
+        let mut received = 0u64;
+        let mut replied = 0u64;
+        let mut at = 0;
+        waiting_for_run = false;
+        while at < held.len() {
+            let Some(last) = held[at..]
+                .iter()
+                .position(|d| d.options & XDP_PKT_CONTD == 0)
+            else {
+                if held.len() - at > MAX_RX_CHAIN {
+                    // Longer than any MTU allows: the kernel would never send it; let it go.
+                    held[at..].iter().for_each(|d| chunks.put(d.addr));
+                    at = held.len();
+                }
+                break;
+            };
+            let chain = &held[at..=at + last];
+            match handle(&mut sock, engine, chain, &mut chunks, &mut tx_queue) {
+                Some(n) => {
+                    received += 1;
+                    replied += n;
+                    at += last + 1;
+                }
+                None => {
+                    waiting_for_run = true;
+                    break;
+                }
+            }
+        }
+        held.drain(..at);
+
         if !tx_queue.is_empty() {
-            let mut w = sock.tx.transmit(tx_queue.len().min(frames) as u32);
+            let mut w = sock.tx.transmit(tx_queue.len() as u32);
             let room = w.capacity() as usize;
+            // Partial chains are committed too: the kernel holds a half-built frame until its
+            // last descriptor arrives, and waiting for room for a whole chain can stall.
             let sent = w.insert(tx_queue.iter().take(room).copied()) as usize;
             w.commit();
             drop(w);
@@ -143,7 +170,7 @@ fn serve(
         if sock.tx.needs_wakeup() && (sock.tx.pending() > 0 || !tx_queue.is_empty()) {
             sock.tx.wake();
         }
-        refill(&mut sock, &mut free);
+        refill(&mut sock, &mut chunks);
 
         stats.received.fetch_add(received, Ordering::Relaxed);
         stats.replied.fetch_add(replied, Ordering::Relaxed);
@@ -151,7 +178,7 @@ fn serve(
             .ignored
             .fetch_add(received - replied.min(received), Ordering::Relaxed);
 
-        if received == 0 && tx_queue.is_empty() && sock.tx.pending() == 0 {
+        if arrived == 0 && received == 0 && tx_queue.is_empty() && sock.tx.pending() == 0 {
             idle += 1;
             if idle >= SPINS_BEFORE_SLEEP {
                 idle_wait(&sock, Duration::from_millis(100));
@@ -166,42 +193,47 @@ fn serve(
     Ok(())
 }
 
-/// Answer one received frame; returns the number of replies queued.
+/// Answer one received frame (a chain of one or more descriptors); returns the number of
+/// replies queued, or None when it needs a run and none is free (try again later).
 fn handle(
     sock: &mut XskSocket,
     engine: &Engine,
-    d: &XdpDesc,
-    free: &mut Vec<u64>,
+    chain: &[XdpDesc],
+    chunks: &mut Chunks,
     tx_queue: &mut VecDeque<XdpDesc>,
-) -> u64 {
-    let base = chunk_base(d.addr);
+) -> Option<u64> {
+    let first = chain[0];
     // SAFETY: the kernel handed this chunk to us through the rx ring; it is ours until we
     // put it in the tx or fill ring, and no other slice of it exists.
-    let buf = unsafe { sock.chunk_from(d.addr) };
-    let len = (d.len as usize).min(buf.len());
-    match engine.route(&buf[..len]) {
-        Route::One(i) => match engine.handle(i, buf, len) {
+    let buf = unsafe { sock.chunk_from(first.addr) };
+    let len = (first.len as usize).min(buf.len());
+    let route = engine.route(&buf[..len]);
+    let in_place =
+        chain.len() == 1 && (engine.reply_room(&buf[..len]) <= buf.len() || chunks.run_len() == 0);
+    match route {
+        Route::One(i) if in_place => match engine.handle(i, buf, len) {
             Verdict::Reply(n) => {
                 tx_queue.push_back(XdpDesc {
-                    addr: d.addr,
+                    addr: first.addr,
                     len: n as u32,
                     options: 0,
                 });
-                1
+                Some(1)
             }
             Verdict::Ignore(_) => {
-                free.push(base);
-                0
+                chunks.put(first.addr);
+                Some(0)
             }
         },
+        Route::One(i) => answer_in_run(sock, engine, i, chain, chunks, tx_queue),
         Route::Each => {
             // A broadcast: each matching export answers from a spare chunk of its own.
             let mut request = [0u8; 64];
             let n = len.min(request.len());
             request[..n].copy_from_slice(&buf[..n]);
-            free.push(base);
+            chain.iter().for_each(|d| chunks.put(d.addr));
             let Ok(f) = Frame::new_checked(&request[..n]) else {
-                return 0;
+                return Some(0);
             };
             let (shelf, slot) = (f.shelf(), f.slot());
             let mut replies = 0;
@@ -209,7 +241,7 @@ fn handle(
                 if !ex.matches(shelf, slot) {
                     continue;
                 }
-                let Some(spare) = free.pop() else { break };
+                let Some(spare) = chunks.take() else { break };
                 // SAFETY: a free chunk is owned by us and not referenced elsewhere.
                 let out = unsafe { sock.chunk_from(spare) };
                 out[..n].copy_from_slice(&request[..n]);
@@ -222,19 +254,67 @@ fn handle(
                         });
                         replies += 1;
                     }
-                    Verdict::Ignore(_) => free.push(spare),
+                    Verdict::Ignore(_) => chunks.put(spare),
                 }
             }
-            replies
+            Some(replies)
         }
         Route::Ignore(_) => {
-            free.push(base);
-            0
+            chain.iter().for_each(|d| chunks.put(d.addr));
+            Some(0)
         }
     }
 }
 
-fn refill(sock: &mut XskSocket, free: &mut Vec<u64>) {
+/// Answer a frame in a run: its descriptors gathered into one contiguous buffer, and the
+/// reply sent from there as a chain (jumbo writes in, jumbo reads out).
+fn answer_in_run(
+    sock: &mut XskSocket,
+    engine: &Engine,
+    export: usize,
+    chain: &[XdpDesc],
+    chunks: &mut Chunks,
+    tx_queue: &mut VecDeque<XdpDesc>,
+) -> Option<u64> {
+    let run_len = chunks.run_len();
+    let total: usize = chain.iter().map(|d| d.len as usize).sum();
+    if total > run_len {
+        // Longer than the MTU the runs were sized for.
+        chain.iter().for_each(|d| chunks.put(d.addr));
+        return Some(0);
+    }
+    let run = chunks.take_run()?;
+    let mut at = 0;
+    for d in chain {
+        let room = (FRAME_SIZE as usize).saturating_sub((d.addr - chunk_base(d.addr)) as usize);
+        at += sock.copy(d.addr, (d.len as usize).min(room), run + at as u64);
+        chunks.put(d.addr);
+    }
+    // SAFETY: the run was taken from the free list above; nothing else refers to it.
+    let buf = unsafe { sock.region(run, run_len) };
+    match engine.handle(export, buf, at) {
+        Verdict::Reply(n) => {
+            let pieces = n.div_ceil(FRAME_SIZE as usize).min(MAX_TX_CHAIN);
+            for k in 0..pieces {
+                let offset = k * FRAME_SIZE as usize;
+                tx_queue.push_back(XdpDesc {
+                    addr: run + offset as u64,
+                    len: (n - offset).min(FRAME_SIZE as usize) as u32,
+                    options: if k + 1 < pieces { XDP_PKT_CONTD } else { 0 },
+                });
+            }
+            chunks.run_sent(run, pieces);
+            Some(1)
+        }
+        Verdict::Ignore(_) => {
+            chunks.put_run(run);
+            Some(0)
+        }
+    }
+}
+
+fn refill(sock: &mut XskSocket, chunks: &mut Chunks) {
+    let free = chunks.singles_mut();
     if free.is_empty() {
         return;
     }

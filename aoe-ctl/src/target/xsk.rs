@@ -6,6 +6,8 @@ use std::os::fd::RawFd;
 use std::ptr::NonNull;
 
 use anyhow::{anyhow, Result};
+
+use super::chunks::Layout;
 use memmap2::MmapMut;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig};
 
@@ -14,8 +16,14 @@ use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, 
 pub const FRAME_SIZE: u32 = 4096;
 /// Bytes the kernel puts before a received frame in copy mode (XDP_PACKET_HEADROOM).
 pub const RX_HEADROOM: usize = 256;
-/// Largest frame one descriptor holds.
+/// Largest received frame one descriptor holds; longer ones arrive as a chain.
 pub const MAX_FRAME: usize = FRAME_SIZE as usize - RX_HEADROOM;
+/// Descriptor option: more descriptors of this frame follow (multi-buffer).
+pub const XDP_PKT_CONTD: u32 = 1;
+/// Bind flag for multi-buffer (scatter-gather) frames, kernel >= 6.6.
+const XDP_USE_SG: u16 = 1 << 4;
+/// Most descriptors the kernel accepts for one transmitted frame (MAX_SKB_FRAGS + 1).
+pub const MAX_TX_CHAIN: usize = 18;
 
 #[derive(Debug, Clone)]
 pub struct XskConfig {
@@ -23,8 +31,8 @@ pub struct XskConfig {
     pub queue: u32,
     /// Entries in each ring (fill, completion, rx, tx); a power of two.
     pub ring: u32,
-    /// UMEM chunks: the rings plus spares.
-    pub frames: u32,
+    /// How the UMEM is cut up; runs mean jumbo frames as descriptor chains (XDP_USE_SG).
+    pub layout: Layout,
 }
 
 pub struct XskSocket {
@@ -34,7 +42,6 @@ pub struct XskSocket {
     pub tx: RingTx,
     _umem: Umem,
     area: MmapMut,
-    pub frames: u32,
 }
 
 fn errno(what: &str) -> impl FnOnce(xdpilone::Errno) -> anyhow::Error + '_ {
@@ -43,7 +50,7 @@ fn errno(what: &str) -> impl FnOnce(xdpilone::Errno) -> anyhow::Error + '_ {
 
 impl XskSocket {
     pub fn open(cfg: &XskConfig) -> Result<Self> {
-        let len = cfg.frames as usize * FRAME_SIZE as usize;
+        let len = cfg.layout.total() as usize * FRAME_SIZE as usize;
         let mut area = MmapMut::map_anon(len)?;
         let mem = NonNull::new(std::ptr::slice_from_raw_parts_mut(area.as_mut_ptr(), len))
             .ok_or_else(|| anyhow!("UMEM mapping is null"))?;
@@ -70,7 +77,12 @@ impl XskSocket {
                     rx_size: NonZeroU32::new(cfg.ring),
                     tx_size: NonZeroU32::new(cfg.ring),
                     // No COPY/ZEROCOPY flag: the kernel tries zero-copy and falls back to copy.
-                    bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP,
+                    bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP
+                        | if cfg.layout.multi_buffer() {
+                            XDP_USE_SG
+                        } else {
+                            0
+                        },
                 },
             )
             .map_err(errno("rx/tx rings"))?;
@@ -84,6 +96,15 @@ impl XskSocket {
                 Err(e) if e.get_raw() == libc::EBUSY && tries < 20 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) if cfg.layout.multi_buffer() && e.get_raw() == libc::EOPNOTSUPP => {
+                    return Err(anyhow!(
+                        "{} queue {}: the driver has no AF_XDP multi-buffer support, which an \
+                         MTU above {} needs: lower the MTU or use generic XDP mode",
+                        cfg.ifname,
+                        cfg.queue,
+                        MAX_FRAME - 14
+                    ))
                 }
                 Err(e) => {
                     return Err(anyhow!(
@@ -100,7 +121,6 @@ impl XskSocket {
             tx,
             _umem: umem,
             area,
-            frames: cfg.frames,
         })
     }
 
@@ -124,6 +144,29 @@ impl XskSocket {
                 (end - start) as usize,
             )
         }
+    }
+}
+
+impl XskSocket {
+    /// `len` bytes of the UMEM from `addr`, across chunk boundaries.
+    ///
+    /// # Safety
+    /// Every chunk touched must be owned by user space, and no other slice of them alive.
+    pub unsafe fn region(&mut self, addr: u64, len: usize) -> &mut [u8] {
+        let start = (addr as usize).min(self.area.len());
+        let end = start.saturating_add(len).min(self.area.len());
+        // SAFETY: start..end lies inside `area`; exclusivity is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.area.as_mut_ptr().add(start), end - start) }
+    }
+
+    /// Copy `len` bytes inside the UMEM from `from` to `to`, clamped to the area; returns
+    /// the bytes copied. Both ranges must be chunks user space owns.
+    pub fn copy(&mut self, from: u64, len: usize, to: u64) -> usize {
+        let size = self.area.len();
+        let (from, to) = ((from as usize).min(size), (to as usize).min(size));
+        let n = len.min(size - from).min(size - to);
+        self.area.copy_within(from..from + n, to);
+        n
     }
 }
 
