@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+mod tap;
+pub use tap::TapLab;
+
 /// The aoe-ctl binary under test: $AOE_CTL, else target/release/aoe-ctl.
 pub fn aoe_ctl() -> PathBuf {
     if let Some(p) = std::env::var_os("AOE_CTL") {
@@ -25,7 +28,7 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn sh(cmd: &mut Command) -> Result<()> {
+pub(crate) fn sh(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -36,7 +39,7 @@ fn sh(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     sh(Command::new("ip").args(args))
 }
 
@@ -85,6 +88,44 @@ impl Drop for Proc {
     }
 }
 
+/// Start `aoe-ctl ARGS` in namespace `ns` and wait for its first line of output.
+pub fn spawn_in(ns: &str, args: &[&str]) -> Result<Proc> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(aoe_ctl())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting aoe-ctl")?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(l)) = lines.next() {
+            let _ = tx.send(l);
+        }
+        for _ in lines {}
+    });
+    let name = args.first().copied().unwrap_or("").to_string();
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(first_line) => Ok(Proc {
+            child,
+            first_line,
+            name,
+        }),
+        Err(_) => {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            Err(anyhow!(
+                "aoe-ctl {} printed nothing: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
 pub struct Lab {
     pub target_ns: String,
     pub initiator_ns: String,
@@ -94,6 +135,15 @@ pub struct Lab {
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short name part no other lab of this or another process uses.
+pub(crate) fn unique_id() -> String {
+    format!(
+        "{:x}{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 /// Options for the veth pair.
 #[derive(Debug, Clone, Copy)]
@@ -117,11 +167,7 @@ impl Lab {
     }
 
     pub fn with(o: LabOptions) -> Result<Lab> {
-        let id = format!(
-            "{:x}{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = unique_id();
         let lab = Lab {
             target_ns: format!("aoe-{id}-t"),
             initiator_ns: format!("aoe-{id}-i"),
@@ -176,40 +222,7 @@ impl Lab {
 
     /// Start `aoe-ctl ARGS` in a namespace and wait for its first line of output.
     pub fn spawn(&self, ns: &str, args: &[&str]) -> Result<Proc> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(aoe_ctl())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting aoe-ctl")?;
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            for _ in lines {}
-        });
-        let name = args.first().copied().unwrap_or("").to_string();
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(first_line) => Ok(Proc {
-                child,
-                first_line,
-                name,
-            }),
-            Err(_) => {
-                let _ = child.kill();
-                let out = child.wait_with_output()?;
-                Err(anyhow!(
-                    "aoe-ctl {} printed nothing: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
-        }
+        spawn_in(ns, args)
     }
 
     /// `aoe-ctl export` of `image` as e1.2 on the target side, plus the lab peer program on

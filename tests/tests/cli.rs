@@ -29,7 +29,7 @@ fn discover_and_verify() {
     assert!(d.status.success());
     assert!(out.starts_with("e1.2  0.017GB  "), "{out}");
     assert!(
-        out.contains("bufcnt 128  2 sectors/frame  \"demo disk\""),
+        out.contains("bufcnt 16  2 sectors/frame  \"demo disk\""),
         "{out}"
     );
     let v = lab.verify("2M", &["--offset", "1000"]).unwrap();

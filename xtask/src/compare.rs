@@ -67,7 +67,7 @@ pub fn run(mtu: u32) -> Result<()> {
         let _ = vblade.kill();
         let _ = vblade.wait();
         let v = v?;
-        let ours = lab.start_export(&image, &[])?;
+        let ours = lab.start_export(&image, &["--buffers", "64"])?;
         let a = verify()?;
         drop(ours);
         println!(

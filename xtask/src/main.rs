@@ -2,6 +2,7 @@
 
 mod compare;
 mod demo;
+mod interop;
 mod setup;
 
 use std::process::Command;
@@ -24,9 +25,12 @@ enum Cmd {
     Build,
     /// A lab of two namespaces, an image, an export and an initiator talking to it.
     Demo,
-    /// Everything: fmt, clippy, unit and integration tests.
+    /// Everything: fmt, clippy, unit and integration tests, then interop.
     Test,
     /// vblade and aoe-ctl side by side in one lab, with the same client (figures, no test).
+    /// Real initiators against aoe-ctl: Linux aoe.ko in QEMU (MTU 1500 and 9000, vblade as
+    /// the control), iPXE sanboot, tshark on the captures.
+    Interop(interop::Options),
     Compare {
         /// MTU of the lab's veth pair (9000: 17 sectors per frame).
         #[arg(long, default_value_t = 1500)]
@@ -41,6 +45,7 @@ fn main() {
         Cmd::Build => build(),
         Cmd::Demo => build().and_then(|()| demo::run()),
         Cmd::Test => build().and_then(|()| test()),
+        Cmd::Interop(o) => build().and_then(|()| interop::run(&o).map(|_| ())),
         Cmd::Compare { mtu } => build().and_then(|()| compare::run(mtu)),
     };
     if let Err(e) = r {
@@ -79,5 +84,7 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    cargo(&["test", "--release"])
+    cargo(&["test", "--release"])?;
+    // Real initiators in QEMU: says clearly when (and why) it cannot run here.
+    interop::run(&interop::Options::default()).map(|_| ())
 }

@@ -22,7 +22,19 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "vblade",
     "tcpdump",
+    // interop: initiators we did not write, and the tools that judge them
+    "aoetools",
+    "busybox-static",
+    "tshark",
+    "e2fsprogs",
+    "binutils",
+    "qemu-system-x86",
 ];
+
+/// From bookworm-backports: bookworm's qemu-system-x86 7.2 would remove the machine's
+/// preinstalled qemu-utils 10.0 (shared/notes/linux-initiator.md).
+const FROM_BACKPORTS: &[&str] = &["qemu-system-x86"];
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/aoe-bookworm-backports.sources";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -57,6 +69,9 @@ pub fn run() -> Result<()> {
         println!("setup: Debian packages present");
     } else {
         println!("setup: installing {} with apt-get", missing.join(" "));
+        if missing.iter().any(|p| FROM_BACKPORTS.contains(p)) {
+            add_backports()?;
+        }
         let ok = Command::new("apt-get")
             .args(["update", "-q"])
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -66,15 +81,26 @@ pub fn run() -> Result<()> {
         if !ok {
             bail!("apt-get update failed");
         }
-        let ok = Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("apt-get install")?
-            .success();
-        if !ok {
-            bail!("apt-get install {} failed", missing.join(" "));
+        let (backports, plain): (Vec<&str>, Vec<&str>) =
+            missing.iter().partition(|p| FROM_BACKPORTS.contains(p));
+        for (release, set) in [(None, plain), (Some("bookworm-backports"), backports)] {
+            if set.is_empty() {
+                continue;
+            }
+            let mut cmd = Command::new("apt-get");
+            cmd.args(["install", "-y", "-q", "--no-install-recommends"]);
+            if let Some(r) = release {
+                cmd.args(["-t", r]);
+            }
+            let ok = cmd
+                .args(&set)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .context("apt-get install")?
+                .success();
+            if !ok {
+                bail!("apt-get install {} failed", set.join(" "));
+            }
         }
     }
     let linker = bpf_linker();
@@ -102,5 +128,30 @@ pub fn run() -> Result<()> {
             bail!("building bpf-linker failed");
         }
     }
+    Ok(())
+}
+
+/// Add bookworm-backports to apt's sources unless some source already names it.
+fn add_backports() -> Result<()> {
+    let listed = std::fs::read_dir("/etc/apt/sources.list.d")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .chain(std::fs::read_to_string("/etc/apt/sources.list").ok())
+        .any(|text| {
+            text.lines()
+                .any(|l| !l.trim_start().starts_with('#') && l.contains("bookworm-backports"))
+        });
+    if listed {
+        return Ok(());
+    }
+    println!("setup: adding bookworm-backports to apt's sources ({BACKPORTS_SOURCE})");
+    std::fs::write(
+        BACKPORTS_SOURCE,
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )
+    .with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
     Ok(())
 }

@@ -1,0 +1,125 @@
+//! Running a QEMU guest (TCG) in a tap lab and collecting what it prints on its serial port.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use aoe_integration::TapLab;
+
+pub struct Boot<'a> {
+    pub kernel: &'a Path,
+    pub initrd: Option<&'a Path>,
+    pub append: String,
+    pub memory: &'a str,
+    pub capture: Option<&'a Path>,
+}
+
+/// What the guest printed, up to the line `done` returned true for, or until it exited or
+/// `timeout` passed.
+pub struct Serial {
+    pub lines: Vec<String>,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+pub fn run(
+    lab: &TapLab,
+    boot: &Boot,
+    timeout: Duration,
+    done: impl Fn(&str) -> bool,
+) -> Result<Serial> {
+    let mut cmd = lab.command("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        boot.memory,
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-netdev",
+        &format!("tap,id=n0,ifname={},script=no,downscript=no", lab.tap),
+        "-device",
+        "virtio-net-pci,netdev=n0",
+    ])
+    .arg("-kernel")
+    .arg(boot.kernel)
+    .args(["-append", &boot.append]);
+    if let Some(initrd) = boot.initrd {
+        cmd.arg("-initrd").arg(initrd);
+    }
+    if let Some(pcap) = boot.capture {
+        // QEMU's own dump of the guest's link: it sees every frame, whatever path (XDP_TX,
+        // AF_XDP) the host side used, which a capture on the tap would miss.
+        cmd.args([
+            "-object",
+            &format!(
+                "filter-dump,id=d0,netdev=n0,maxlen=65536,file={}",
+                pcap.display()
+            ),
+        ]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    let mut timed_out = false;
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_string();
+                let end = done(&line);
+                lines.push(line);
+                if end {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let elapsed = start.elapsed();
+    // The guest powers off by itself; give it a moment to flush the capture, then make sure.
+    for _ in 0..50 {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(Serial {
+        lines,
+        timed_out,
+        elapsed,
+    })
+}
