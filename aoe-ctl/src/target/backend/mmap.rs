@@ -7,7 +7,7 @@ use std::path::Path;
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use super::{byte_range, Backend, SECTOR};
+use super::{byte_range, fault, Backend, SECTOR};
 
 /// How to open an image.
 #[derive(Debug, Clone, Default)]
@@ -22,7 +22,10 @@ pub struct OpenOptions {
 pub struct MmapBackend {
     map: MmapRaw,
     sectors: u64,
-    _file: File,
+    file: File,
+    /// Byte offset in the file where the mapping's data starts.
+    data_offset: u64,
+    read_only: bool,
 }
 
 impl MmapBackend {
@@ -75,8 +78,46 @@ impl MmapBackend {
         Ok(MmapBackend {
             map,
             sectors,
-            _file: file,
+            file,
+            data_offset: opts.offset * SECTOR,
+            read_only: opts.read_only,
         })
+    }
+
+    /// Copy under SIGBUS protection (see `fault`); `r` is the byte range in the mapping.
+    fn guarded(&self, r: &std::ops::Range<usize>, copy: impl FnOnce()) -> io::Result<()> {
+        let base = self.map.as_ptr() as usize;
+        fault::guarded(base + r.start, base + r.end, copy, |page, size| {
+            self.remap(page, size)
+        })
+    }
+
+    /// Put the file's page back at `page` after a fault replaced it.
+    fn remap(&self, page: usize, size: usize) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let base = self.map.as_ptr() as usize;
+        let file_offset = (self.data_offset as i64) - (base as i64 - page as i64);
+        let prot = if self.read_only {
+            libc::PROT_READ
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        };
+        // SAFETY: `page` is a page of our own mapping (the fault handler checked), mapped
+        // back onto the same file at the offset it had.
+        let p = unsafe {
+            libc::mmap(
+                page as *mut libc::c_void,
+                size,
+                prot,
+                libc::MAP_FIXED | libc::MAP_SHARED,
+                self.file.as_raw_fd(),
+                file_offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
@@ -89,20 +130,18 @@ impl Backend for MmapBackend {
         let r = byte_range(self.sectors, lba, buf.len())?;
         // SAFETY: r lies inside the mapping (checked above). Concurrent writers to the same
         // sectors race as they would on a disk; the initiator orders its own requests.
-        unsafe {
+        self.guarded(&r, || unsafe {
             std::ptr::copy_nonoverlapping(self.map.as_ptr().add(r.start), buf.as_mut_ptr(), r.len())
-        };
-        Ok(())
+        })
     }
 
     fn write_at(&self, lba: u64, buf: &[u8]) -> io::Result<()> {
         let r = byte_range(self.sectors, lba, buf.len())?;
         // SAFETY: as in read_at; a read-only mapping never gets here (the engine refuses
         // writes to read-only exports before calling).
-        unsafe {
+        self.guarded(&r, || unsafe {
             std::ptr::copy_nonoverlapping(buf.as_ptr(), self.map.as_mut_ptr().add(r.start), r.len())
-        };
-        Ok(())
+        })
     }
 
     fn sync_range(&self, lba: u64, len: usize) -> io::Result<()> {
@@ -147,6 +186,40 @@ mod tests {
                 let _ = std::fs::remove_dir_all(&self.0);
             }
         }
+    }
+
+    #[test]
+    fn a_file_shrunk_under_the_mapping_gives_errors_not_sigbus() {
+        let (_d, p) = image(1 << 20);
+        let b = MmapBackend::open(&p, &OpenOptions::default()).unwrap();
+        b.write_at(8, &[7u8; 512]).unwrap();
+        // Shrink the file to 64 KiB under the live mapping.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(64 << 10)
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let beyond = (512 << 10) / 512;
+        assert!(b.read_at(beyond, &mut buf).is_err());
+        assert!(b.write_at(beyond, &buf).is_err());
+        // Again: the file's page was mapped back, so it fails again rather than reading the
+        // stand-in page.
+        assert!(b.read_at(beyond, &mut buf).is_err());
+        // The part still backed by the file keeps working.
+        let mut one = [0u8; 512];
+        b.read_at(8, &mut one).unwrap();
+        assert_eq!(one, [7u8; 512]);
+        // Growing the file back makes the sectors readable again (zeros).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        b.read_at(beyond, &mut buf).unwrap();
+        assert!(buf.iter().all(|&x| x == 0));
     }
 
     #[test]

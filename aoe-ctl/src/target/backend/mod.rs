@@ -1,6 +1,7 @@
 //! The block backend: where sectors live. Positional, `&self` access so every queue worker
 //! uses it at once without a lock.
 
+mod fault;
 mod mem;
 mod mmap;
 

@@ -1,0 +1,131 @@
+//! SIGBUS from a mapped file becomes an I/O error instead of killing the target.
+//!
+//! A file shrunk under the running target, a full filesystem under a sparse image, or a
+//! device error turn an access to the mapping into SIGBUS. Copies to and from the mapping run
+//! inside `guarded`. When such a copy faults, the handler puts an anonymous page where the
+//! file's page was, so the copy can finish, and notes the page. Afterwards the file's page is
+//! mapped back, so a later access tries the file again, and the copy reports an error: an ATA
+//! error to the initiator, never an acknowledgement. A SIGBUS outside a guarded copy is still
+//! fatal.
+
+use std::cell::Cell;
+use std::io;
+use std::sync::atomic::{compiler_fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Once;
+
+/// Pages one copy may span: 255 sectors (130560 bytes) touch at most 33 pages of 4 KiB.
+const MAX_PAGES: usize = 64;
+
+thread_local! {
+    /// The mapping addresses the running guarded copy may touch (empty: none).
+    static RANGE: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    static FAULTS: Cell<usize> = const { Cell::new(0) };
+    static PAGES: [Cell<usize>; MAX_PAGES] = const { [const { Cell::new(0) }; MAX_PAGES] };
+}
+
+/// Bumped by every fault: a copy on another thread that overlapped one cannot trust what it
+/// read or wrote (it may have touched the stand-in page), so it reports an error too.
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+/// Stand-in pages currently mapped.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PAGE: AtomicUsize = AtomicUsize::new(4096);
+static INSTALL: Once = Once::new();
+
+fn install() {
+    INSTALL.call_once(|| {
+        // SAFETY: sysconf and sigaction with a handler that only makes async-signal-safe
+        // calls (mmap, signal) and touches const-initialized thread-locals and atomics.
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE);
+            if page > 0 {
+                PAGE.store(page as usize, Ordering::Relaxed);
+            }
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigbus as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let (lo, hi) = RANGE.with(|r| r.get());
+    let page_size = PAGE.load(Ordering::Relaxed);
+    let fail = || {
+        // Not a guarded copy: return to the faulting instruction with the default action,
+        // which kills the process as an unhandled SIGBUS would have.
+        // SAFETY: signal() is async-signal-safe.
+        unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+    };
+    if addr < lo || addr >= hi {
+        return fail();
+    }
+    let n = FAULTS.with(|f| f.get());
+    if n >= MAX_PAGES {
+        return fail();
+    }
+    let page = addr & !(page_size - 1);
+    // SAFETY: `page` lies in our own mapping; replacing it is what this module is for.
+    let p = unsafe {
+        libc::mmap(
+            page as *mut libc::c_void,
+            page_size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return fail();
+    }
+    EPOCH.fetch_add(1, Ordering::SeqCst);
+    LIVE.fetch_add(1, Ordering::SeqCst);
+    PAGES.with(|pages| pages[n].set(page));
+    FAULTS.with(|f| f.set(n + 1));
+}
+
+/// Run `copy`, which touches only mapping addresses `lo..hi`. If the backing store failed
+/// under it, `restore(page)` maps the file back at each replaced page and the result is an
+/// error.
+pub fn guarded(
+    lo: usize,
+    hi: usize,
+    copy: impl FnOnce(),
+    restore: impl Fn(usize, usize) -> io::Result<()>,
+) -> io::Result<()> {
+    install();
+    let epoch = EPOCH.load(Ordering::SeqCst);
+    let live_before = LIVE.load(Ordering::SeqCst);
+    FAULTS.with(|f| f.set(0));
+    RANGE.with(|r| r.set((lo, hi)));
+    compiler_fence(Ordering::SeqCst);
+    copy();
+    compiler_fence(Ordering::SeqCst);
+    RANGE.with(|r| r.set((0, 0)));
+    let n = FAULTS.with(|f| f.get());
+    let page_size = PAGE.load(Ordering::Relaxed);
+    let mut restored = Ok(());
+    for i in 0..n {
+        let page = PAGES.with(|p| p[i].get());
+        if let Err(e) = restore(page, page_size) {
+            restored = Err(e);
+        }
+        LIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+    restored?;
+    if n > 0 {
+        return Err(io::Error::other(
+            "the backing store failed under the mapping (SIGBUS): file shrunk, filesystem full or device error",
+        ));
+    }
+    if live_before > 0 || EPOCH.load(Ordering::SeqCst) != epoch {
+        return Err(io::Error::other(
+            "a concurrent backing-store fault may have touched this copy",
+        ));
+    }
+    Ok(())
+}
