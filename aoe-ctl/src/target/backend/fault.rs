@@ -23,11 +23,13 @@ thread_local! {
     static PAGES: [Cell<usize>; MAX_PAGES] = const { [const { Cell::new(0) }; MAX_PAGES] };
 }
 
-/// Bumped by every fault: a copy on another thread that overlapped one cannot trust what it
-/// read or wrote (it may have touched the stand-in page), so it reports an error too.
+/// A copy on another thread that touched a page while its stand-in was mapped cannot trust
+/// what it read or wrote, so it reports an error too. Faults are logged (page addresses,
+/// numbered by `EPOCH`) and live stand-ins kept in `LIVE`, so a copy checks only its own range.
 static EPOCH: AtomicU64 = AtomicU64::new(0);
-/// Stand-in pages currently mapped.
-static LIVE: AtomicUsize = AtomicUsize::new(0);
+const LOG: usize = 256;
+static FAULT_LOG: [AtomicUsize; LOG] = [const { AtomicUsize::new(0) }; LOG];
+static LIVE: [AtomicUsize; MAX_PAGES] = [const { AtomicUsize::new(0) }; MAX_PAGES];
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
 static INSTALL: Once = Once::new();
 
@@ -82,8 +84,16 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     if p == libc::MAP_FAILED {
         return fail();
     }
-    EPOCH.fetch_add(1, Ordering::SeqCst);
-    LIVE.fetch_add(1, Ordering::SeqCst);
+    let seq = EPOCH.fetch_add(1, Ordering::SeqCst);
+    FAULT_LOG[seq as usize % LOG].store(page, Ordering::SeqCst);
+    for slot in &LIVE {
+        if slot
+            .compare_exchange(0, page, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            break;
+        }
+    }
     PAGES.with(|pages| pages[n].set(page));
     FAULTS.with(|f| f.set(n + 1));
 }
@@ -98,8 +108,12 @@ pub fn guarded(
     restore: impl Fn(usize, usize) -> io::Result<()>,
 ) -> io::Result<()> {
     install();
+    let page_size = PAGE.load(Ordering::Relaxed);
+    // Pages overlapping lo..hi start at most one page before lo.
+    let touches = |page: usize| page != 0 && page < hi && page + page_size > lo;
+    let live_touches = || LIVE.iter().any(|p| touches(p.load(Ordering::SeqCst)));
     let epoch = EPOCH.load(Ordering::SeqCst);
-    let live_before = LIVE.load(Ordering::SeqCst);
+    let live_before = live_touches();
     FAULTS.with(|f| f.set(0));
     RANGE.with(|r| r.set((lo, hi)));
     compiler_fence(Ordering::SeqCst);
@@ -107,14 +121,15 @@ pub fn guarded(
     compiler_fence(Ordering::SeqCst);
     RANGE.with(|r| r.set((0, 0)));
     let n = FAULTS.with(|f| f.get());
-    let page_size = PAGE.load(Ordering::Relaxed);
     let mut restored = Ok(());
     for i in 0..n {
         let page = PAGES.with(|p| p[i].get());
         if let Err(e) = restore(page, page_size) {
             restored = Err(e);
         }
-        LIVE.fetch_sub(1, Ordering::SeqCst);
+        if let Some(slot) = LIVE.iter().find(|s| s.load(Ordering::SeqCst) == page) {
+            slot.store(0, Ordering::SeqCst);
+        }
     }
     restored?;
     if n > 0 {
@@ -122,7 +137,13 @@ pub fn guarded(
             "the backing store failed under the mapping (SIGBUS): file shrunk, filesystem full or device error",
         ));
     }
-    if live_before > 0 || EPOCH.load(Ordering::SeqCst) != epoch {
+    let now = EPOCH.load(Ordering::SeqCst);
+    let logged = if now - epoch > LOG as u64 {
+        true
+    } else {
+        (epoch..now).any(|seq| touches(FAULT_LOG[seq as usize % LOG].load(Ordering::SeqCst)))
+    };
+    if live_before || logged || live_touches() {
         return Err(io::Error::other(
             "a concurrent backing-store fault may have touched this copy",
         ));
