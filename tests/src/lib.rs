@@ -43,6 +43,13 @@ pub(crate) fn ip(args: &[&str]) -> Result<()> {
     sh(Command::new("ip").args(args))
 }
 
+/// No IPv6 chatter from `dev` on the segment (best effort).
+pub(crate) fn quiet_ipv6(ns: &str, dev: &str) {
+    let _ = sh(Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw"])
+        .arg(format!("net.ipv6.conf.{dev}.disable_ipv6=1")));
+}
+
 /// A running process, stopped with SIGTERM (then SIGKILL) on drop.
 pub struct Proc {
     pub child: Child,
@@ -205,10 +212,7 @@ impl Lab {
             ip(&["link", "set", dev, "netns", ns])?;
             ip(&["-n", ns, "link", "set", dev, "mtu", &mtu, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            // No IPv6 chatter on the segment.
-            let _ = sh(Command::new("ip")
-                .args(["netns", "exec", ns, "sysctl", "-qw"])
-                .arg(format!("net.ipv6.conf.{dev}.disable_ipv6=1")));
+            quiet_ipv6(ns, dev);
         }
         Ok(lab)
     }
@@ -260,6 +264,13 @@ impl Lab {
             .args(args)
             .output()
             .context("running aoe-ctl")
+    }
+
+    /// `aoe-ctl discover` on the initiator side, with `extra` options.
+    pub fn discover(&self, extra: &[&str]) -> Result<Output> {
+        let mut args = vec!["discover", "--iface", &self.initiator_if];
+        args.extend_from_slice(extra);
+        self.run(&self.initiator_ns, &args)
     }
 
     /// `aoe-ctl verify` of e1.2 from the initiator side, writing `bytes` (e.g. "16M").

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{ip, sh, unique_id};
+use crate::{ip, quiet_ipv6, unique_id};
 
 pub struct TapLab {
     pub ns: String,
@@ -27,9 +27,7 @@ impl TapLab {
         ip(&[
             "-n", &lab.ns, "tuntap", "add", "dev", &lab.tap, "mode", "tap",
         ])?;
-        let _ = sh(Command::new("ip")
-            .args(["netns", "exec", &lab.ns, "sysctl", "-qw"])
-            .arg(format!("net.ipv6.conf.{}.disable_ipv6=1", lab.tap)));
+        quiet_ipv6(&lab.ns, &lab.tap);
         ip(&[
             "-n",
             &lab.ns,

@@ -13,6 +13,15 @@ fn in_initiator(lab: &Lab, args: &[&str]) -> Output {
         .expect("running aoetools (apt-get install aoetools)")
 }
 
+/// `aoecfg -c CMD -s STRING` for e1.2, waiting 2 s for replies.
+fn aoecfg(lab: &Lab, cmd: &str, string: &str) -> Output {
+    let ifc = lab.initiator_if.as_str();
+    in_initiator(
+        lab,
+        &["aoecfg", "-c", cmd, "-s", string, "-t", "2", "1", "2", ifc],
+    )
+}
+
 fn ok(out: &Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -46,56 +55,16 @@ fn aoeping_and_aoecfg_against_the_target() {
     // Read, force set, test (match and mismatch), prefix.
     let read = ok(&in_initiator(&lab, &["aoecfg", "-t", "2", "1", "2", ifc]));
     assert_eq!(read.trim(), "hello");
-    let set = ok(&in_initiator(
-        &lab,
-        &[
-            "aoecfg",
-            "-c",
-            "fset",
-            "-s",
-            "storage-a",
-            "-t",
-            "2",
-            "1",
-            "2",
-            ifc,
-        ],
-    ));
+    let set = ok(&aoecfg(&lab, "fset", "storage-a"));
     assert_eq!(set.trim(), "storage-a");
-    let test = ok(&in_initiator(
-        &lab,
-        &[
-            "aoecfg",
-            "-c",
-            "test",
-            "-s",
-            "storage-a",
-            "-t",
-            "2",
-            "1",
-            "2",
-            ifc,
-        ],
-    ));
+    let test = ok(&aoecfg(&lab, "test", "storage-a"));
     assert_eq!(test.trim(), "storage-a");
-    let prefix = ok(&in_initiator(
-        &lab,
-        &[
-            "aoecfg", "-c", "prefix", "-s", "stor", "-t", "2", "1", "2", ifc,
-        ],
-    ));
+    let prefix = ok(&aoecfg(&lab, "prefix", "stor"));
     assert_eq!(prefix.trim(), "storage-a");
     // A test that does not match gets no answer at all.
-    let miss = in_initiator(
-        &lab,
-        &[
-            "aoecfg", "-c", "test", "-s", "other", "-t", "2", "1", "2", ifc,
-        ],
-    );
+    let miss = aoecfg(&lab, "test", "other");
     assert_eq!(String::from_utf8_lossy(&miss.stdout).trim(), "");
     // And the set string is what Linux-style discovery now sees.
-    let d = lab
-        .run(&lab.initiator_ns, &["discover", "--iface", ifc])
-        .unwrap();
+    let d = lab.discover(&[]).unwrap();
     assert!(String::from_utf8_lossy(&d.stdout).contains("\"storage-a\""));
 }

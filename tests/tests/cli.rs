@@ -19,12 +19,7 @@ fn discover_and_verify() {
             lab.target_if
         )
     );
-    let d = lab
-        .run(
-            &lab.initiator_ns,
-            &["discover", "--iface", &lab.initiator_if],
-        )
-        .unwrap();
+    let d = lab.discover(&[]).unwrap();
     let out = String::from_utf8_lossy(&d.stdout);
     assert!(d.status.success());
     assert!(out.starts_with("e1.2  0.017GB  "), "{out}");
@@ -269,12 +264,7 @@ fn allow_list_enforced_in_the_kernel() {
     let (target, _peer) = lab
         .start_target(&img, &["--allow", "02:00:00:00:00:99"])
         .unwrap();
-    let d = lab
-        .run(
-            &lab.initiator_ns,
-            &["discover", "--iface", &lab.initiator_if, "--wait-ms", "300"],
-        )
-        .unwrap();
+    let d = lab.discover(&["--wait-ms", "300"]).unwrap();
     assert!(
         String::from_utf8_lossy(&d.stdout).is_empty(),
         "a MAC off the list sees nothing"

@@ -28,12 +28,7 @@ fn mtu_9000_moves_17_sector_frames() {
         "{}",
         target.first_line
     );
-    let d = lab
-        .run(
-            &lab.initiator_ns,
-            &["discover", "--iface", &lab.initiator_if],
-        )
-        .unwrap();
+    let d = lab.discover(&[]).unwrap();
     let out = String::from_utf8_lossy(&d.stdout);
     assert!(out.contains("17 sectors/frame"), "{out}");
     let out = verified(&lab, "16M");

@@ -20,10 +20,7 @@ pub fn run() -> Result<()> {
     println!("{}", target.first_line);
 
     println!("demo: $ aoe-ctl discover --iface {}", lab.initiator_if);
-    let d = lab.run(
-        &lab.initiator_ns,
-        &["discover", "--iface", &lab.initiator_if],
-    )?;
+    let d = lab.discover(&[])?;
     print!("{}", String::from_utf8_lossy(&d.stdout));
     eprint!("{}", String::from_utf8_lossy(&d.stderr));
 
