@@ -208,8 +208,9 @@ fn handle(
     let buf = unsafe { sock.chunk_from(first.addr) };
     let len = (first.len as usize).min(buf.len());
     let route = engine.route(&buf[..len]);
+    // Without runs (the MTU fits one chunk) every reply fits: skip parsing the request again.
     let in_place =
-        chain.len() == 1 && (engine.reply_room(&buf[..len]) <= buf.len() || chunks.run_len() == 0);
+        chain.len() == 1 && (chunks.run_len() == 0 || engine.reply_room(&buf[..len]) <= buf.len());
     match route {
         Route::One(i) if in_place => match engine.handle(i, buf, len) {
             Verdict::Reply(n) => {

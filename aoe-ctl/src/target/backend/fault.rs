@@ -30,6 +30,8 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 const LOG: usize = 256;
 static FAULT_LOG: [AtomicUsize; LOG] = [const { AtomicUsize::new(0) }; LOG];
 static LIVE: [AtomicUsize; MAX_PAGES] = [const { AtomicUsize::new(0) }; MAX_PAGES];
+/// How many `LIVE` slots are in use: copies skip scanning the table while it is 0.
+static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
 static INSTALL: Once = Once::new();
 
@@ -70,6 +72,19 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         return fail();
     }
     let page = addr & !(page_size - 1);
+    // Announce the stand-in before it exists: a copy on another thread that can touch it
+    // runs after the mmap below, so it is sure to see the page in `LIVE` or in the log.
+    for slot in &LIVE {
+        if slot
+            .compare_exchange(0, page, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            LIVE_COUNT.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+    }
+    let seq = EPOCH.fetch_add(1, Ordering::SeqCst);
+    FAULT_LOG[seq as usize % LOG].store(page, Ordering::SeqCst);
     // SAFETY: `page` lies in our own mapping; replacing it is what this module is for.
     let p = unsafe {
         libc::mmap(
@@ -83,16 +98,6 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     };
     if p == libc::MAP_FAILED {
         return fail();
-    }
-    let seq = EPOCH.fetch_add(1, Ordering::SeqCst);
-    FAULT_LOG[seq as usize % LOG].store(page, Ordering::SeqCst);
-    for slot in &LIVE {
-        if slot
-            .compare_exchange(0, page, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
-            break;
-        }
     }
     PAGES.with(|pages| pages[n].set(page));
     FAULTS.with(|f| f.set(n + 1));
@@ -111,7 +116,10 @@ pub fn guarded(
     let page_size = PAGE.load(Ordering::Relaxed);
     // Pages overlapping lo..hi start at most one page before lo.
     let touches = |page: usize| page != 0 && page < hi && page + page_size > lo;
-    let live_touches = || LIVE.iter().any(|p| touches(p.load(Ordering::SeqCst)));
+    let live_touches = || {
+        LIVE_COUNT.load(Ordering::SeqCst) > 0
+            && LIVE.iter().any(|p| touches(p.load(Ordering::SeqCst)))
+    };
     let epoch = EPOCH.load(Ordering::SeqCst);
     let live_before = live_touches();
     FAULTS.with(|f| f.set(0));
@@ -129,6 +137,7 @@ pub fn guarded(
         }
         if let Some(slot) = LIVE.iter().find(|s| s.load(Ordering::SeqCst) == page) {
             slot.store(0, Ordering::SeqCst);
+            LIVE_COUNT.fetch_sub(1, Ordering::SeqCst);
         }
     }
     restored?;
