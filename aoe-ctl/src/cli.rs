@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 use clap::{Parser, Subcommand};
 
+use aoe_ctl::initiator::bench::Pattern;
 use aoe_ctl::target::xdp::ModeChoice;
 
 #[derive(Parser, Debug)]
@@ -82,6 +83,41 @@ pub enum Cmd {
         #[arg(long, default_value_t = 0x5eed)]
         seed: u64,
     },
+    /// Load generator: keep DEPTH requests in flight against a target for DURATION seconds
+    /// and report IOPS, MB/s, latency percentiles and CPU per I/O.
+    Bench {
+        #[arg(long)]
+        iface: String,
+        /// The target, as eSHELF.SLOT (e.g. e1.2).
+        #[arg(long, value_parser = parse_target)]
+        target: (u16, u8),
+        #[arg(long, value_enum)]
+        pattern: Pattern,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 16)]
+        depth: usize,
+        /// Seconds to run (fractions allowed).
+        #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
+        duration: f64,
+        /// Sectors per request (default: as many as one frame carries).
+        #[arg(long)]
+        sectors: Option<u8>,
+        /// Only address the first SPAN sectors (default: the whole device).
+        #[arg(long)]
+        span: Option<u64>,
+        /// Writes carry a pattern that is read back and compared afterwards; reads are
+        /// compared with the pattern (write it first with the same --seed).
+        #[arg(long)]
+        verify: bool,
+        #[arg(long, default_value_t = 0x5eed)]
+        seed: u64,
+        /// Retransmit a request with a new tag after this long without a reply.
+        #[arg(long, default_value_t = 200)]
+        timeout_ms: u64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Lab helper: attach an XDP_PASS program to a veth peer until SIGINT/SIGTERM, so that
     /// native-mode XDP_TX replies from the other end are delivered (real NICs need no such
     /// thing).
@@ -120,6 +156,16 @@ pub fn parse_target(s: &str) -> Result<(u16, u8)> {
         .split_once('.')
         .ok_or_else(|| anyhow!("target {s:?} is not of the form eSHELF.SLOT (e.g. e1.2)"))?;
     Ok((parse_shelf(shelf)?, parse_slot(slot)?))
+}
+
+pub fn parse_seconds(s: &str) -> Result<f64> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| anyhow!("duration {s:?} is not a number of seconds"))?;
+    if !(v > 0.0 && v <= 86400.0) {
+        bail!("duration {v} is out of range (more than 0, at most 86400 seconds)");
+    }
+    Ok(v)
 }
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6]> {

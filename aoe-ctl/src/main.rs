@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 
-use aoe_ctl::initiator::{discover, verify};
+use aoe_ctl::initiator::{bench, discover, verify};
 use aoe_ctl::target::serve::{self, ServeOptions};
 use cli::{Cli, Cmd};
 
@@ -67,6 +67,33 @@ fn run(cli: Cli) -> Result<()> {
             bytes,
             offset,
             seed,
+        }),
+        Cmd::Bench {
+            iface,
+            target,
+            pattern,
+            depth,
+            duration,
+            sectors,
+            span,
+            verify,
+            seed,
+            timeout_ms,
+            json,
+        } => bench::run(&bench::Options {
+            iface,
+            shelf: target.0,
+            slot: target.1,
+            pattern,
+            depth,
+            duration: Duration::from_secs_f64(duration),
+            sectors,
+            span,
+            verify,
+            seed,
+            timeout: Duration::from_millis(timeout_ms.max(1)),
+            retries: 8,
+            json,
         }),
         Cmd::LabPeer { iface } => {
             let _attached = aoe_ctl::target::xdp::attach_pass(&iface)?;

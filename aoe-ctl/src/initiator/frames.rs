@@ -52,13 +52,19 @@ pub fn read(buf: &mut [u8], a: &Addr, tag: u32, lba: u64, count: u8) -> usize {
 
 /// WRITE SECTORS EXT of `data` (whole sectors).
 pub fn write(buf: &mut [u8], a: &Addr, tag: u32, lba: u64, data: &[u8]) -> usize {
+    buf[ATA_HEADER_LEN..ATA_HEADER_LEN + data.len()].copy_from_slice(data);
+    write_in_place(buf, a, tag, lba, (data.len() / SECTOR_SIZE) as u8)
+}
+
+/// WRITE SECTORS EXT of `count` sectors the caller has already put after the headers.
+pub fn write_in_place(buf: &mut [u8], a: &Addr, tag: u32, lba: u64, count: u8) -> usize {
     let args = AtaRepr::new(
         AFLAG_LBA48 | AFLAG_WRITE,
-        (data.len() / SECTOR_SIZE) as u8,
+        count,
         AtaCommand::WriteSectorsExt,
         AtaRepr::lba48_regs(lba),
     );
-    ata(buf, a, tag, args, data)
+    ata(buf, a, tag, args, &[]) + usize::from(count) * SECTOR_SIZE
 }
 
 /// IDENTIFY DEVICE, in the LBA28 form initiators use (device register 0xA0).

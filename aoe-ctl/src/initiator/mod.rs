@@ -1,7 +1,9 @@
 //! A userspace AoE initiator over AF_PACKET: needs no kernel module.
 
+pub mod bench;
 pub mod client;
 pub mod discover;
 pub mod frames;
+pub mod ring;
 pub mod socket;
 pub mod verify;

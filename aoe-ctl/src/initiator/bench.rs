@@ -1,0 +1,520 @@
+//! `aoe-ctl bench`: a load generator. It keeps `depth` requests in flight against one
+//! target for a fixed time. Requests go out through PACKET_MMAP rings (`ring.rs`), and
+//! timed-out requests are retransmitted with new tags, as the Linux driver does. It reports
+//! IOPS, MB/s, latency percentiles (hdrhistogram) and the machine's CPU time per I/O.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use aoe_common::wire::ata::{ATA_HEADER_LEN, STATUS_BSY, STATUS_DF, STATUS_DRQ, STATUS_ERR};
+use aoe_common::wire::{sectors_per_frame, Frame, SECTOR_SIZE};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::client::Client;
+use super::frames::{self, Addr};
+use super::ring::RingSocket;
+use super::verify::pattern;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    Randread,
+    Randwrite,
+    Seqread,
+    Seqwrite,
+}
+
+impl Pattern {
+    fn writes(self) -> bool {
+        matches!(self, Pattern::Randwrite | Pattern::Seqwrite)
+    }
+    fn random(self) -> bool {
+        matches!(self, Pattern::Randread | Pattern::Randwrite)
+    }
+}
+
+pub struct Options {
+    pub iface: String,
+    pub shelf: u16,
+    pub slot: u8,
+    pub pattern: Pattern,
+    pub depth: usize,
+    pub duration: Duration,
+    /// Sectors per request (default: as many as one frame carries).
+    pub sectors: Option<u8>,
+    /// Sectors from 0 the requests address (default: the whole device).
+    pub span: Option<u64>,
+    pub verify: bool,
+    pub seed: u64,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub json: bool,
+}
+
+/// Most requests in flight: the slot index lives in a tag's low bits.
+pub const MAX_DEPTH: usize = 1 << SLOT_BITS;
+const SLOT_BITS: u32 = 10;
+/// Most replies taken from the ring before the next round of sends.
+const RX_BATCH: usize = 256;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub pattern: Pattern,
+    pub depth: usize,
+    pub sectors_per_io: u8,
+    pub seconds: f64,
+    /// Requests completed within the timed window.
+    pub ios: u64,
+    pub iops: f64,
+    pub mbps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    /// Requests that hit the timeout (each was retransmitted with a new tag).
+    pub timeouts: u64,
+    /// Replies with an AoE error or an ATA error status.
+    pub errors: u64,
+    /// Sectors whose data differed from what was written (with --verify).
+    pub verify_errors: u64,
+    /// Sectors compared (with --verify).
+    pub verified_sectors: u64,
+    /// Replies the kernel dropped because our rx ring was full.
+    pub rx_drops: u64,
+    /// Busy CPU time of the whole machine (all cores, /proc/stat) in the window.
+    pub cpu_busy_s: f64,
+    pub cpu_us_per_io: f64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    tag: u32,
+    lba: u64,
+    write: bool,
+    first_sent: Option<Instant>,
+    sent: Option<Instant>,
+    tries: u32,
+}
+
+/// Counts of one phase.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    ios: u64,
+    timeouts: u64,
+    errors: u64,
+    verify_errors: u64,
+    verified: u64,
+}
+
+struct Engine {
+    ring: RingSocket,
+    addr: Addr,
+    per: u8,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    seq: u32,
+    seed: u64,
+    verify: bool,
+    timeout: Duration,
+    retries: u32,
+    hist: Histogram<u64>,
+    expect: Vec<u8>,
+}
+
+pub fn run(o: &Options) -> Result<()> {
+    ensure!(
+        (1..=MAX_DEPTH).contains(&o.depth),
+        "--depth must be 1 to {MAX_DEPTH}"
+    );
+    ensure!(!o.duration.is_zero(), "--duration must be more than 0");
+    let (target, sectors) = {
+        let mut c = Client::open(&o.iface)?;
+        let t = c.find(o.shelf, o.slot)?;
+        let id = c.identify(&t)?;
+        (t, id.sectors)
+    };
+    if o.depth > usize::from(target.buffers) {
+        // The Linux driver never exceeds this; a target may drop what goes beyond it.
+        eprintln!(
+            "warning: depth {} exceeds the {} buffers e{}.{} advertises",
+            o.depth, target.buffers, o.shelf, o.slot
+        );
+    }
+    let ring = RingSocket::open(&o.iface, 4096, 1024)?;
+    let fits = sectors_per_frame(ring.iface.mtu).min(255) as u8;
+    let most = target.max_sectors.min(fits).max(1);
+    let per = o.sectors.unwrap_or(most);
+    ensure!(
+        (1..=most).contains(&per),
+        "--sectors {per} does not fit: e{}.{} takes at most {} per request here (MTU {} of {})",
+        o.shelf,
+        o.slot,
+        most,
+        ring.iface.mtu,
+        o.iface
+    );
+    let span = o.span.unwrap_or(sectors).min(sectors);
+    let blocks = span / u64::from(per);
+    ensure!(
+        blocks > 0,
+        "the device ({sectors} sectors) is smaller than one request"
+    );
+    ensure!(
+        !o.verify || blocks <= 1 << 28,
+        "--verify keeps a bit per request-sized block: use --span to cover at most 2^28 blocks"
+    );
+
+    let mut e = Engine {
+        addr: target.addr,
+        per,
+        slots: vec![Slot::default(); o.depth],
+        free: (0..o.depth).rev().collect(),
+        seq: 0,
+        seed: o.seed,
+        verify: o.verify,
+        timeout: o.timeout,
+        retries: o.retries,
+        hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"),
+        expect: vec![0u8; usize::from(per) * SECTOR_SIZE],
+        ring,
+    };
+
+    let mut rng = o.seed | 1;
+    let mut cursor = 0u64;
+    let mut written = if o.verify && o.pattern.writes() {
+        vec![0u64; blocks.div_ceil(64) as usize]
+    } else {
+        Vec::new()
+    };
+    let random = o.pattern.random();
+    let mut next = || {
+        let b = if random {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % blocks
+        } else {
+            let b = cursor;
+            cursor = (cursor + 1) % blocks;
+            b
+        };
+        if let Some(w) = written.get_mut((b / 64) as usize) {
+            *w |= 1 << (b % 64);
+        }
+        Some(b * u64::from(per))
+    };
+
+    let cpu0 = cpu_times()?;
+    let start = Instant::now();
+    let deadline = start + o.duration;
+    let timed = e.phase(&mut next, o.pattern.writes(), Some(deadline))?;
+    let cpu1 = cpu_times()?;
+    let seconds = start.elapsed().min(o.duration).as_secs_f64();
+
+    let mut tally = timed;
+    if o.verify && o.pattern.writes() {
+        // Read back every block the timed phase wrote (not timed, not in the figures).
+        let mut blocks_written = written.iter().enumerate().flat_map(|(i, w)| {
+            (0..64)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| (i as u64 * 64 + b) * u64::from(per))
+        });
+        e.verify = true;
+        let back = e.phase(&mut || blocks_written.next(), false, None)?;
+        tally.verify_errors += back.verify_errors;
+        tally.verified += back.verified;
+        tally.errors += back.errors;
+        tally.timeouts += back.timeouts;
+    }
+
+    let busy = (cpu1.0 - cpu0.0) as f64 / cpu1.1 as f64;
+    let q = |p: f64| e.hist.value_at_quantile(p) as f64 / 1000.0;
+    let r = Report {
+        target: format!("e{}.{}", o.shelf, o.slot),
+        pattern: o.pattern,
+        depth: o.depth,
+        sectors_per_io: per,
+        seconds,
+        ios: timed.ios,
+        iops: timed.ios as f64 / seconds,
+        mbps: (timed.ios * u64::from(per) * SECTOR_SIZE as u64) as f64 / 1e6 / seconds,
+        p50_us: q(0.5),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+        max_us: e.hist.max() as f64 / 1000.0,
+        timeouts: tally.timeouts,
+        errors: tally.errors,
+        verify_errors: tally.verify_errors,
+        verified_sectors: tally.verified,
+        rx_drops: e.ring.drops(),
+        cpu_busy_s: busy,
+        cpu_us_per_io: if timed.ios > 0 {
+            busy * 1e6 / timed.ios as f64
+        } else {
+            0.0
+        },
+    };
+    if o.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print_report(&r, o.verify);
+    }
+    if r.errors > 0 || r.verify_errors > 0 {
+        bail!(
+            "{} error replies, {} sectors read back differently",
+            r.errors,
+            r.verify_errors
+        );
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report, verify: bool) {
+    println!(
+        "{} {:?} depth {}, {} sectors/io, {:.1} s: {:.0} IOPS, {:.1} MB/s",
+        r.target, r.pattern, r.depth, r.sectors_per_io, r.seconds, r.iops, r.mbps
+    );
+    println!(
+        "latency us: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+        r.p50_us, r.p99_us, r.p999_us, r.max_us
+    );
+    println!(
+        "{} timeouts, {} errors, {} rx drops; CPU {:.2} us per I/O (whole machine)",
+        r.timeouts, r.errors, r.rx_drops, r.cpu_us_per_io
+    );
+    if verify {
+        println!(
+            "verify: {} sectors compared, {} differed",
+            r.verified_sectors, r.verify_errors
+        );
+    }
+}
+
+impl Engine {
+    fn tag(&mut self, slot: usize) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        0x8000_0000 | ((self.seq << SLOT_BITS) & 0x7FFF_FFFF) | slot as u32
+    }
+
+    /// Issue requests for the LBAs `next` yields until it ends or `deadline` passes, and
+    /// wait for every one of them. Only completions before the deadline are counted.
+    fn phase(
+        &mut self,
+        next: &mut dyn FnMut() -> Option<u64>,
+        write: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Tally> {
+        let mut t = Tally::default();
+        let mut exhausted = false;
+        let mut last_scan = Instant::now();
+        loop {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                exhausted = true;
+            }
+            while !exhausted {
+                let Some(&i) = self.free.last() else { break };
+                let Some(lba) = next() else {
+                    exhausted = true;
+                    break;
+                };
+                let tag = self.tag(i);
+                let slot = Slot {
+                    tag,
+                    lba,
+                    write,
+                    first_sent: Some(now),
+                    sent: Some(now),
+                    tries: 0,
+                };
+                if !self.send(&slot) {
+                    // The tx ring is full: this LBA is dropped from the stream (a random
+                    // or sequential pattern loses nothing by it).
+                    break;
+                }
+                self.slots[i] = slot;
+                self.free.pop();
+            }
+            self.ring.flush()?;
+            let in_flight = self.slots.len() - self.free.len();
+            if exhausted && in_flight == 0 {
+                return Ok(t);
+            }
+
+            let mut got = 0;
+            while got < RX_BATCH {
+                let counted = deadline.is_none_or(|d| Instant::now() < d);
+                let Engine {
+                    ring,
+                    slots,
+                    free,
+                    hist,
+                    expect,
+                    per,
+                    seed,
+                    verify,
+                    ..
+                } = self;
+                let per = *per;
+                let received = ring.receive(|frame| {
+                    complete(
+                        frame,
+                        slots,
+                        free,
+                        hist,
+                        expect,
+                        per,
+                        (*verify).then_some(*seed),
+                        counted,
+                        &mut t,
+                    )
+                });
+                if !received {
+                    break;
+                }
+                got += 1;
+            }
+
+            let now = Instant::now();
+            if now.duration_since(last_scan) >= Duration::from_millis(1) {
+                last_scan = now;
+                self.retransmit(now, &mut t)?;
+            }
+            if got == 0 {
+                let until_deadline = deadline
+                    .filter(|_| !exhausted)
+                    .map(|d| d.saturating_duration_since(now))
+                    .unwrap_or(Duration::MAX);
+                let wait = self
+                    .timeout
+                    .min(Duration::from_millis(5))
+                    .min(until_deadline);
+                self.ring.wait(wait)?;
+            }
+        }
+    }
+
+    /// Build the request of `slot` in the tx ring; false when the ring is full.
+    fn send(&mut self, slot: &Slot) -> bool {
+        let (addr, per, seed, verify) = (self.addr, self.per, self.seed, self.verify);
+        self.ring.queue(|buf| {
+            if slot.write {
+                let n = usize::from(per) * SECTOR_SIZE;
+                let data = &mut buf[ATA_HEADER_LEN..ATA_HEADER_LEN + n];
+                if verify {
+                    pattern(seed, slot.lba, data);
+                }
+                // Without --verify the data is whatever the ring slot held: no cost per
+                // request in the generator.
+                frames::write_in_place(buf, &addr, slot.tag, slot.lba, per)
+            } else {
+                frames::read(buf, &addr, slot.tag, slot.lba, per)
+            }
+        })
+    }
+
+    /// Resend what timed out, with a new tag; fail after `retries` tries.
+    fn retransmit(&mut self, now: Instant, t: &mut Tally) -> Result<()> {
+        for i in 0..self.slots.len() {
+            let s = self.slots[i];
+            let Some(sent) = s.sent else { continue };
+            if now.duration_since(sent) < self.timeout {
+                continue;
+            }
+            if s.tries >= self.retries {
+                bail!(
+                    "lba {}: no reply after {} tries of {:?}",
+                    s.lba,
+                    s.tries + 1,
+                    self.timeout
+                );
+            }
+            let again = Slot {
+                tag: self.tag(i),
+                sent: Some(now),
+                tries: s.tries + 1,
+                ..s
+            };
+            if self.send(&again) {
+                self.slots[i] = again;
+                t.timeouts += 1;
+            }
+        }
+        self.ring.flush()
+    }
+}
+
+/// Match one reply to its request, check it, and free the slot.
+#[allow(clippy::too_many_arguments)]
+fn complete(
+    frame: &[u8],
+    slots: &mut [Slot],
+    free: &mut Vec<usize>,
+    hist: &mut Histogram<u64>,
+    expect: &mut [u8],
+    per: u8,
+    verify_seed: Option<u64>,
+    counted: bool,
+    t: &mut Tally,
+) {
+    let Ok(f) = Frame::new_checked(frame) else {
+        return;
+    };
+    if !f.is_response() {
+        return;
+    }
+    let tag = f.tag();
+    let i = (tag & (MAX_DEPTH as u32 - 1)) as usize;
+    let Some(slot) = slots.get_mut(i) else { return };
+    if slot.sent.is_none() || slot.tag != tag {
+        return; // a late reply to a tag we retransmitted under another
+    }
+    let s = *slot;
+    slot.sent = None;
+    free.push(i);
+    let ok = !f.is_error()
+        && aoe_common::wire::ata::status(frame).is_ok_and(|(status, _)| {
+            status & (STATUS_BSY | STATUS_DF | STATUS_DRQ | STATUS_ERR) == 0
+        });
+    let bytes = usize::from(per) * SECTOR_SIZE;
+    if !ok || (!s.write && frame.len() < ATA_HEADER_LEN + bytes) {
+        t.errors += 1;
+        return;
+    }
+    if let (Some(seed), false) = (verify_seed, s.write) {
+        pattern(seed, s.lba, expect);
+        let data = &frame[ATA_HEADER_LEN..ATA_HEADER_LEN + bytes];
+        t.verify_errors += data
+            .chunks(SECTOR_SIZE)
+            .zip(expect.chunks(SECTOR_SIZE))
+            .filter(|(a, b)| a != b)
+            .count() as u64;
+        t.verified += u64::from(per);
+    }
+    if counted {
+        t.ios += 1;
+        if let Some(first) = s.first_sent {
+            let _ = hist.record(first.elapsed().as_nanos().max(1) as u64);
+        }
+    }
+}
+
+/// (busy, total) jiffies of all CPUs from /proc/stat's first line; total is per second of
+/// one CPU, so busy / USER_HZ is busy seconds.
+fn cpu_times() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    ensure!(v.len() >= 8, "/proc/stat's cpu line is short: {line}");
+    // user nice system idle iowait irq softirq steal
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok((busy, hz))
+}

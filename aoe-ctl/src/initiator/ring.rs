@@ -1,0 +1,302 @@
+//! An AF_PACKET socket with memory-mapped rx and tx rings (PACKET_MMAP, TPACKET_V2), for a
+//! load generator that must outrun any one target core: requests are written straight into
+//! the tx ring and leave with one `send()` per batch; replies are read in place from the rx
+//! ring. No allocation and no copy in user space per frame.
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use aoe_common::wire::{Mac, ETHERTYPE_AOE};
+
+use crate::net::Interface;
+
+/// Where a frame's data starts in a tx slot: the kernel reads it at
+/// `TPACKET2_HDRLEN - sizeof(sockaddr_ll)` (net/packet/af_packet.c, tpacket_fill_skb).
+const TX_DATA_OFFSET: usize = libc::TPACKET2_HDRLEN - std::mem::size_of::<libc::sockaddr_ll>();
+/// Size of one ring block: a power of two the kernel accepts for every slot size here.
+const BLOCK: u32 = 1 << 16;
+
+pub struct RingSocket {
+    fd: libc::c_int,
+    pub iface: Interface,
+    map: NonNull<u8>,
+    map_len: usize,
+    slot: usize,
+    rx_slots: usize,
+    tx_slots: usize,
+    rx_next: usize,
+    tx_next: usize,
+    /// Frames written to the tx ring since the last kick.
+    unsent: usize,
+}
+
+// SAFETY: the mapping belongs to this socket alone; it is moved, never shared.
+unsafe impl Send for RingSocket {}
+
+impl Drop for RingSocket {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping and the descriptor.
+        unsafe {
+            libc::munmap(self.map.as_ptr().cast(), self.map_len);
+            libc::close(self.fd);
+        }
+    }
+}
+
+fn setsockopt<T>(fd: libc::c_int, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
+    // SAFETY: `v` is a valid value of the option's type.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl RingSocket {
+    /// Open the rings on `ifname`, sized for frames of its MTU: `rx_slots` and `tx_slots`
+    /// frames (rounded up to whole blocks).
+    pub fn open(ifname: &str, rx_slots: usize, tx_slots: usize) -> Result<RingSocket> {
+        let iface = Interface::lookup(ifname)?;
+        // A frame of the MTU (a VLAN tag included) after the kernel's header, rounded up.
+        let slot = (iface.mtu + 18 + libc::TPACKET2_HDRLEN + 16)
+            .next_power_of_two()
+            .max(2048);
+        if slot > BLOCK as usize {
+            bail!("MTU {} of {} is too large for the rings", iface.mtu, ifname);
+        }
+        let per_block = BLOCK as usize / slot;
+        let blocks = |n: usize| n.div_ceil(per_block).max(1);
+        let (rx_blocks, tx_blocks) = (blocks(rx_slots), blocks(tx_slots));
+
+        let proto = ETHERTYPE_AOE.to_be() as libc::c_int;
+        // SAFETY: plain socket call.
+        let fd =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error()).context("AF_PACKET socket (are you root?)");
+        }
+        let close_on_err = |e: io::Error, what: &str| {
+            // SAFETY: our own descriptor, not used after this.
+            unsafe { libc::close(fd) };
+            anyhow::Error::from(e).context(what.to_string())
+        };
+        let v2 = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VERSION, &v2)
+            .map_err(|e| close_on_err(e, "PACKET_VERSION"))?;
+        // Our own requests would otherwise come back into the rx ring.
+        let one: libc::c_int = 1;
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)
+            .map_err(|e| close_on_err(e, "PACKET_IGNORE_OUTGOING"))?;
+        // Straight to the driver: a load generator has no use for the qdisc.
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)
+            .map_err(|e| close_on_err(e, "PACKET_QDISC_BYPASS"))?;
+        for (name, nblocks) in [
+            (libc::PACKET_RX_RING, rx_blocks),
+            (libc::PACKET_TX_RING, tx_blocks),
+        ] {
+            let req = libc::tpacket_req {
+                tp_block_size: BLOCK,
+                tp_block_nr: nblocks as u32,
+                tp_frame_size: slot as u32,
+                tp_frame_nr: (nblocks * per_block) as u32,
+            };
+            setsockopt(fd, libc::SOL_PACKET, name, &req)
+                .map_err(|e| close_on_err(e, "setting up a PACKET_MMAP ring"))?;
+        }
+        let map_len = (rx_blocks + tx_blocks) * BLOCK as usize;
+        // SAFETY: mapping the rings the kernel just set up on this socket.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(close_on_err(
+                io::Error::last_os_error(),
+                "mmap of the rings",
+            ));
+        }
+        let sock = RingSocket {
+            fd,
+            map: NonNull::new(map.cast()).expect("mmap returned null"),
+            map_len,
+            slot,
+            rx_slots: rx_blocks * per_block,
+            tx_slots: tx_blocks * per_block,
+            rx_next: 0,
+            tx_next: 0,
+            unsent: 0,
+            iface,
+        };
+        // SAFETY: sockaddr_ll is plain old data.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ETHERTYPE_AOE.to_be();
+        sll.sll_ifindex = sock.iface.index as i32;
+        // SAFETY: valid sockaddr_ll of the right size.
+        let r = unsafe {
+            libc::bind(
+                fd,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("binding to {ifname}"));
+        }
+        Ok(sock)
+    }
+
+    pub fn mac(&self) -> Mac {
+        self.iface.mac
+    }
+
+    /// Largest frame a tx slot holds.
+    pub fn max_frame(&self) -> usize {
+        self.slot - TX_DATA_OFFSET
+    }
+
+    fn header(&self, index: usize) -> *mut libc::tpacket2_hdr {
+        // SAFETY: index < rx_slots + tx_slots, so the slot lies inside the mapping.
+        unsafe { self.map.as_ptr().add(index * self.slot).cast() }
+    }
+
+    /// The status word of a slot, shared with the kernel.
+    fn status(&self, index: usize) -> &AtomicU32 {
+        // SAFETY: tp_status is the first, 4-byte aligned field of the slot header, which
+        // lives as long as the mapping; the kernel and we only touch it atomically.
+        unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*self.header(index)).tp_status)) }
+    }
+
+    /// Write the next request into the tx ring with `build` (which returns its length);
+    /// false when the ring is full (kick and try again later). Frames under 60 bytes are
+    /// padded with zeros.
+    pub fn queue(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        let index = self.rx_slots + self.tx_next;
+        if self.status(index).load(Ordering::Acquire) != libc::TP_STATUS_AVAILABLE {
+            return false;
+        }
+        // SAFETY: an AVAILABLE slot belongs to user space until we hand it over below.
+        let data = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.header(index).cast::<u8>().add(TX_DATA_OFFSET),
+                self.max_frame(),
+            )
+        };
+        let n = build(data).min(data.len());
+        let len = if n < 60 {
+            data[n..60].fill(0);
+            60
+        } else {
+            n
+        };
+        // SAFETY: as above; tp_len is ours to set while the slot is AVAILABLE.
+        unsafe { (*self.header(index)).tp_len = len as u32 };
+        self.status(index)
+            .store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
+        self.tx_next = (self.tx_next + 1) % self.tx_slots;
+        self.unsent += 1;
+        true
+    }
+
+    /// Hand every queued frame to the kernel: one syscall for the whole batch.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.unsent == 0 {
+            return Ok(());
+        }
+        loop {
+            // SAFETY: a send with no buffer kicks the tx ring.
+            let r = unsafe { libc::send(self.fd, std::ptr::null(), 0, libc::MSG_DONTWAIT) };
+            if r >= 0 {
+                self.unsent = 0;
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // The device queue is full: the frames stay queued for the next kick.
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => return Ok(()),
+                _ => return Err(e).context("sending from the tx ring"),
+            }
+        }
+    }
+
+    /// Hand the next received frame to `f`, then give its slot back to the kernel; false
+    /// when the rx ring holds nothing.
+    pub fn receive(&mut self, f: impl FnOnce(&[u8])) -> bool {
+        let index = self.rx_next;
+        if self.status(index).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+            return false;
+        }
+        let h = self.header(index);
+        // SAFETY: a USER slot belongs to user space; tp_mac/tp_snaplen locate the frame
+        // inside the slot (the kernel never writes past it).
+        let frame = unsafe {
+            let (mac, snap) = ((*h).tp_mac as usize, (*h).tp_snaplen as usize);
+            let len = snap.min(self.slot.saturating_sub(mac));
+            std::slice::from_raw_parts(h.cast::<u8>().add(mac), len)
+        };
+        f(frame);
+        fence(Ordering::Release);
+        self.status(index)
+            .store(libc::TP_STATUS_KERNEL, Ordering::Release);
+        self.rx_next = (self.rx_next + 1) % self.rx_slots;
+        true
+    }
+
+    /// Sleep until a frame arrives or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) -> Result<()> {
+        let mut p = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e).context("poll");
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames the kernel dropped because the rx ring was full (PACKET_STATISTICS).
+    pub fn drops(&self) -> u64 {
+        // SAFETY: tpacket_stats is plain old data.
+        let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: valid buffer and length.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd,
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return 0;
+        }
+        u64::from(st.tp_drops)
+    }
+}
