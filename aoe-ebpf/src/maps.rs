@@ -1,6 +1,8 @@
 //! The maps this program shares with aoe-ctl (types from aoe-common).
 
-use aoe_common::maps::{counter, ExportEntry, ExportKey, Settings, MAX_EXPORTS, MAX_QUEUES};
+use aoe_common::maps::{
+    counter, CeilingEntry, ExportEntry, ExportKey, Settings, MAX_EXPORTS, MAX_QUEUES,
+};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, XskMap},
@@ -17,6 +19,10 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// Per-CPU counters, indexed by `aoe_common::maps::counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// What the benchmark ceiling answers with (`ceiling.rs`).
+#[map]
+pub static CEILING: Array<CeilingEntry> = Array::with_max_entries(1, 0);
 
 /// One AF_XDP socket per rx queue.
 #[map]

@@ -18,6 +18,8 @@ use crate::net::Interface;
 const TX_DATA_OFFSET: usize = libc::TPACKET2_HDRLEN - std::mem::size_of::<libc::sockaddr_ll>();
 /// Size of one ring block: a power of two the kernel accepts for every slot size here.
 const BLOCK: u32 = 1 << 16;
+/// Most memory one ring may take: jumbo slots (16 KiB) get fewer of them.
+const RING_BYTES: usize = 16 << 20;
 
 pub struct RingSocket {
     fd: libc::c_int,
@@ -65,7 +67,7 @@ fn setsockopt<T>(fd: libc::c_int, level: libc::c_int, name: libc::c_int, v: &T) 
 
 impl RingSocket {
     /// Open the rings on `ifname`, sized for frames of its MTU: `rx_slots` and `tx_slots`
-    /// frames (rounded up to whole blocks).
+    /// frames (rounded up to whole blocks, at most `RING_BYTES` a ring).
     pub fn open(ifname: &str, rx_slots: usize, tx_slots: usize) -> Result<RingSocket> {
         let iface = Interface::lookup(ifname)?;
         // A frame of the MTU (a VLAN tag included) after the kernel's header, rounded up.
@@ -76,7 +78,7 @@ impl RingSocket {
             bail!("MTU {} of {} is too large for the rings", iface.mtu, ifname);
         }
         let per_block = BLOCK as usize / slot;
-        let blocks = |n: usize| n.div_ceil(per_block).max(1);
+        let blocks = |n: usize| n.min(RING_BYTES / slot).div_ceil(per_block).max(1);
         let (rx_blocks, tx_blocks) = (blocks(rx_slots), blocks(tx_slots));
 
         let proto = ETHERTYPE_AOE.to_be() as libc::c_int;
