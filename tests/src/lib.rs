@@ -256,6 +256,52 @@ impl Lab {
         self.spawn(&self.target_ns, &args)
     }
 
+    /// Debian's vblade serving `image` as e1.2 on the target side (stopped on drop).
+    pub fn start_vblade(&self, image: &Path, args: &[&str]) -> Result<Proc> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.target_ns, "vblade"])
+            .args(args)
+            .args(["1", "2", &self.target_if])
+            .arg(image)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting vblade (apt-get install vblade)")?;
+        // vblade says nothing when it is ready; its socket is open within milliseconds,
+        // and initiators retry their first query anyway.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Proc {
+            child,
+            first_line: String::new(),
+            name: "vblade".into(),
+        })
+    }
+
+    /// The benchmark ceiling answering as e1.2 with `sectors` on the target side.
+    pub fn start_ceiling(&self, sectors: u64) -> Result<Proc> {
+        self.spawn(
+            &self.target_ns,
+            &[
+                "ceiling",
+                "--iface",
+                &self.target_if,
+                "--shelf",
+                "1",
+                "--slot",
+                "2",
+                "--sectors",
+                &sectors.to_string(),
+            ],
+        )
+    }
+
+    /// `aoe-ctl bench` of e1.2 from the initiator side with `args`.
+    pub fn bench(&self, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["bench", "--iface", &self.initiator_if, "--target", "e1.2"];
+        all.extend_from_slice(args);
+        self.run(&self.initiator_ns, &all)
+    }
+
     /// Run `aoe-ctl ARGS` to completion in a namespace.
     pub fn run(&self, ns: &str, args: &[&str]) -> Result<Output> {
         Command::new("ip")

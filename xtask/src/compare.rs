@@ -2,9 +2,7 @@
 //! window 64, 2 sectors per frame) against Debian's vblade and against `aoe-ctl export`,
 //! alternating, so both are measured in one run. Information, not a test.
 
-use std::process::{Command, Stdio};
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aoe_integration::{Lab, LabOptions};
 
 const RUNS: usize = 3;
@@ -28,7 +26,6 @@ fn rates(out: &str) -> Rates {
 pub fn run(mtu: u32) -> Result<()> {
     let lab = Lab::with(LabOptions { mtu, queues: 1 })?;
     let image = lab.image("disk.img", 256 << 20)?;
-    let img = image.to_str().unwrap();
     // The lab peer program stays attached for both targets, so the client pays the same.
     let _peer = lab.spawn(
         &lab.initiator_ns,
@@ -45,27 +42,9 @@ pub fn run(mtu: u32) -> Result<()> {
     };
     let mut rows = Vec::new();
     for run in 1..=RUNS {
-        let mut vblade = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.target_ns,
-                "vblade",
-                "-b",
-                "64",
-                "1",
-                "2",
-                &lab.target_if,
-                img,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting vblade (apt-get install vblade)")?;
-        std::thread::sleep(std::time::Duration::from_millis(800));
+        let vblade = lab.start_vblade(&image, &["-b", "64"])?;
         let v = verify();
-        let _ = vblade.kill();
-        let _ = vblade.wait();
+        drop(vblade);
         let v = v?;
         let ours = lab.start_export(&image, &["--buffers", "64"])?;
         let a = verify()?;

@@ -1,5 +1,6 @@
 //! `cargo xtask`: setup, build, demo, test.
 
+mod bench;
 mod compare;
 mod demo;
 mod interop;
@@ -27,10 +28,13 @@ enum Cmd {
     Demo,
     /// Everything: fmt, clippy, unit and integration tests, then interop.
     Test,
-    /// vblade and aoe-ctl side by side in one lab, with the same client (figures, no test).
+    /// The same load generator against aoe-ctl, vblade and the in-kernel ceiling in one run:
+    /// prints the table, writes docs/benchmarks.md's table and docs/benchmarks.svg.
+    Bench(bench::Options),
     /// Real initiators against aoe-ctl: Linux aoe.ko in QEMU (MTU 1500 and 9000, vblade as
     /// the control), iPXE sanboot, tshark on the captures.
     Interop(interop::Options),
+    /// vblade and aoe-ctl side by side in one lab, with the verify client (figures, no test).
     Compare {
         /// MTU of the lab's veth pair (9000: 17 sectors per frame).
         #[arg(long, default_value_t = 1500)]
@@ -46,6 +50,7 @@ fn main() {
         Cmd::Demo => build().and_then(|()| demo::run()),
         Cmd::Test => build().and_then(|()| test()),
         Cmd::Interop(o) => build().and_then(|()| interop::run(&o).map(|_| ())),
+        Cmd::Bench(o) => build().and_then(|()| bench::run(&o)),
         Cmd::Compare { mtu } => build().and_then(|()| compare::run(mtu)),
     };
     if let Err(e) = r {
@@ -85,6 +90,16 @@ fn test() -> Result<()> {
         "warnings",
     ])?;
     cargo(&["test", "--release"])?;
+    // The side-by-side benchmark works on this machine (short rows, figures not judged;
+    // written to a scratch directory, not over docs/).
+    let out = std::env::temp_dir().join(format!("aoe-bench-smoke-{}", std::process::id()));
+    let smoke = bench::run(&bench::Options {
+        duration: 0.3,
+        runs: 1,
+        out: Some(out.clone()),
+    });
+    let _ = std::fs::remove_dir_all(&out);
+    smoke.context("cargo xtask bench (smoke run)")?;
     // Real initiators in QEMU: says clearly when (and why) it cannot run here.
     interop::run(&interop::Options::default()).map(|_| ())
 }

@@ -1,0 +1,231 @@
+//! `aoe-ctl bench` (the load generator) and `aoe-ctl ceiling` (the in-kernel benchmark
+//! ceiling), end to end in a lab. Figures are only checked for being there and non-zero:
+//! no test asserts a timing.
+
+use aoe_integration::{Lab, LabOptions};
+use serde_json::Value;
+
+/// Run `aoe-ctl bench ARGS --json`; (success, the JSON object, stderr).
+fn bench(lab: &Lab, args: &[&str]) -> (bool, Value, String) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = lab.bench(&all).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON from bench {args:?}: {stdout}{stderr}"));
+    (out.status.success(), json, stderr)
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("key {key} missing or not a number in {v}"))
+}
+
+#[test]
+fn bench_reports_figures_and_verifies_what_it_wrote() {
+    let lab = Lab::new().unwrap();
+    let img = lab.image("disk.img", 16 << 20).unwrap();
+    let (target, _peer) = lab.start_target(&img, &["--buffers", "64"]).unwrap();
+
+    // Writes with a pattern, then read back by bench itself.
+    let (ok, w, err) = bench(
+        &lab,
+        &[
+            "--pattern",
+            "seqwrite",
+            "--depth",
+            "16",
+            "--duration",
+            "1",
+            "--span",
+            "8192",
+            "--verify",
+        ],
+    );
+    assert!(ok, "{w} {err}");
+    for key in [
+        "iops",
+        "mbps",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "cpu_us_per_io",
+    ] {
+        assert!(num(&w, key) > 0.0, "{key} in {w}");
+    }
+    assert_eq!(num(&w, "timeouts"), 0.0, "{w}");
+    assert_eq!(num(&w, "verify_errors"), 0.0, "{w}");
+    assert!(
+        num(&w, "verified_sectors") >= 8192.0,
+        "whole span read back: {w}"
+    );
+    assert_eq!(num(&w, "sectors_per_io"), 2.0, "{w}");
+    // The pattern really is in the image, at the right place.
+    let raw = std::fs::read(&img).unwrap();
+    let mut want = vec![0u8; 1024];
+    aoe_ctl::initiator::verify::pattern(0x5eed, 4000, &mut want);
+    assert_eq!(&raw[4000 * 512..4002 * 512], &want[..]);
+
+    // Random reads of that span match the pattern...
+    let (ok, r, err) = bench(
+        &lab,
+        &[
+            "--pattern",
+            "randread",
+            "--depth",
+            "64",
+            "--duration",
+            "1",
+            "--span",
+            "8192",
+            "--verify",
+        ],
+    );
+    assert!(ok, "{r} {err}");
+    assert!(num(&r, "verified_sectors") > 0.0, "{r}");
+    assert_eq!(num(&r, "errors"), 0.0, "{r}");
+
+    // ... and the check can fail: another seed's pattern is not there.
+    let (ok, r, _) = bench(
+        &lab,
+        &[
+            "--pattern",
+            "randread",
+            "--depth",
+            "4",
+            "--duration",
+            "0.3",
+            "--span",
+            "8192",
+            "--verify",
+            "--seed",
+            "7",
+        ],
+    );
+    assert!(!ok, "a wrong pattern must fail: {r}");
+    assert!(num(&r, "verify_errors") > 0.0, "{r}");
+    target.stop().unwrap();
+}
+
+#[test]
+fn bench_bad_input_gets_one_line_errors() {
+    let lab = Lab::new().unwrap();
+    let img = lab.image("disk.img", 1 << 20).unwrap();
+    let (_target, _peer) = lab.start_target(&img, &[]).unwrap();
+    for (args, says) in [
+        (vec!["--pattern", "randread", "--depth", "0"], "--depth"),
+        (vec!["--pattern", "randread", "--duration", "0"], "duration"),
+        (
+            vec!["--pattern", "randread", "--sectors", "3"],
+            "does not fit",
+        ),
+        (vec!["--pattern", "sideways"], "invalid value"),
+    ] {
+        let out = lab.bench(&args).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // Deeper than the target advertises: done, with a warning.
+    let out = lab
+        .bench(&[
+            "--pattern",
+            "randread",
+            "--depth",
+            "32",
+            "--duration",
+            "0.2",
+        ])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("exceeds the 16 buffers"), "{err}");
+}
+
+#[test]
+fn bench_at_mtu_9000_moves_17_sector_frames_both_ways() {
+    let lab = Lab::with(LabOptions {
+        mtu: 9000,
+        queues: 1,
+    })
+    .unwrap();
+    let img = lab.image("disk.img", 32 << 20).unwrap();
+    let (target, _peer) = lab.start_target(&img, &["--buffers", "64"]).unwrap();
+    let (ok, w, err) = bench(
+        &lab,
+        &[
+            "--pattern",
+            "seqwrite",
+            "--depth",
+            "16",
+            "--duration",
+            "1",
+            "--verify",
+            "--span",
+            "65535",
+        ],
+    );
+    assert!(ok, "{w} {err}");
+    assert_eq!(num(&w, "sectors_per_io"), 17.0, "{w}");
+    assert_eq!(num(&w, "verify_errors"), 0.0, "{w}");
+    assert!(num(&w, "verified_sectors") > 0.0, "{w}");
+    target.stop().unwrap();
+}
+
+#[test]
+fn ceiling_answers_every_request_in_the_kernel_with_no_storage() {
+    let lab = Lab::new().unwrap();
+    let sectors = 1u64 << 20;
+    let ceiling = lab.start_ceiling(sectors).unwrap();
+    let _peer = lab
+        .spawn(
+            &lab.initiator_ns,
+            &["lab-peer", "--iface", &lab.initiator_if],
+        )
+        .unwrap();
+    assert!(
+        ceiling.first_line.contains("answered in the kernel"),
+        "{}",
+        ceiling.first_line
+    );
+    let d = lab.discover(&[]).unwrap();
+    let out = String::from_utf8_lossy(&d.stdout);
+    // IDENTIFY from the template: the pretended size.
+    assert!(out.contains("e1.2  0.537GB"), "{out}");
+    assert!(out.contains("bufcnt 64"), "{out}");
+    for pattern in ["randread", "randwrite", "seqread"] {
+        let (ok, r, err) = bench(
+            &lab,
+            &["--pattern", pattern, "--depth", "16", "--duration", "0.5"],
+        );
+        assert!(ok, "{pattern}: {r} {err}");
+        assert!(num(&r, "ios") > 0.0, "{r}");
+        assert_eq!(num(&r, "errors"), 0.0, "{r}");
+    }
+    // Writes are discarded: a written pattern does not read back (reads are zeros).
+    let (ok, r, _) = bench(
+        &lab,
+        &[
+            "--pattern",
+            "seqwrite",
+            "--depth",
+            "4",
+            "--duration",
+            "0.3",
+            "--span",
+            "64",
+            "--verify",
+        ],
+    );
+    assert!(!ok, "the ceiling kept data? {r}");
+    assert_eq!(num(&r, "verify_errors"), num(&r, "verified_sectors"), "{r}");
+    drop(ceiling);
+    // Gone with its process: nothing answers any more.
+    let d = lab.discover(&["--wait-ms", "300"]).unwrap();
+    assert!(!String::from_utf8_lossy(&d.stdout).contains("e1.2"));
+}

@@ -1,0 +1,236 @@
+//! `cargo xtask bench`: the same client (`aoe-ctl bench`), in one run, against `aoe-ctl
+//! export`, Debian's vblade 25 and the in-kernel ceiling, over a matrix of patterns, depths
+//! and MTUs. Prints the table, and writes it (with the machine, the command and the goals)
+//! into docs/benchmarks.md between markers, and the plot into docs/benchmarks.svg.
+//! Figures, not a test: nothing here asserts a timing.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aoe_integration::{Lab, LabOptions, Proc};
+use serde::Deserialize;
+
+mod plot;
+mod report;
+
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Seconds per row and target.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Runs of the whole matrix, targets alternating; each cell is the run with the median
+    /// IOPS (the same binary moves by ±15% between runs on this 2-core lab).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Where to write benchmarks.md's table and the SVG (default: docs/ of the workspace).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// One row of the matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    pub pattern: &'static str,
+    pub depth: u32,
+    pub mtu: u32,
+}
+
+impl Row {
+    pub fn label(&self) -> String {
+        format!("{} d{} @{}", self.pattern, self.depth, self.mtu)
+    }
+}
+
+pub const ROWS: &[Row] = &[
+    Row {
+        pattern: "randread",
+        depth: 1,
+        mtu: 1500,
+    },
+    Row {
+        pattern: "randread",
+        depth: 16,
+        mtu: 1500,
+    },
+    Row {
+        pattern: "randread",
+        depth: 64,
+        mtu: 1500,
+    },
+    Row {
+        pattern: "randwrite",
+        depth: 1,
+        mtu: 1500,
+    },
+    Row {
+        pattern: "randwrite",
+        depth: 16,
+        mtu: 1500,
+    },
+    Row {
+        pattern: "randwrite",
+        depth: 64,
+        mtu: 1500,
+    },
+    Row {
+        pattern: "seqread",
+        depth: 16,
+        mtu: 1500,
+    },
+    Row {
+        pattern: "seqwrite",
+        depth: 16,
+        mtu: 1500,
+    },
+    Row {
+        pattern: "seqread",
+        depth: 16,
+        mtu: 9000,
+    },
+    Row {
+        pattern: "seqwrite",
+        depth: 16,
+        mtu: 9000,
+    },
+];
+
+/// The targets, in table order.
+pub const TARGETS: [&str; 3] = ["vblade", "aoe-ctl", "ceiling"];
+pub const VBLADE: usize = 0;
+pub const OURS: usize = 1;
+pub const CEILING: usize = 2;
+
+/// Image size: large enough that random I/O is spread, small enough to stay in page cache.
+const IMAGE_BYTES: u64 = 256 << 20;
+/// Buffers every target advertises: the deepest row must not exceed it.
+const BUFFERS: &str = "64";
+
+/// What `aoe-ctl bench --json` reports (the keys used here).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Figures {
+    pub sectors_per_io: u32,
+    pub iops: f64,
+    pub mbps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub timeouts: u64,
+    pub cpu_us_per_io: f64,
+}
+
+/// Every row with the figures of each target.
+pub type Results = Vec<(Row, [Figures; 3])>;
+
+pub fn run(o: &Options) -> Result<()> {
+    if o.duration.is_nan() || o.duration <= 0.0 {
+        bail!("--duration must be more than 0 seconds");
+    }
+    if o.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let mut results: Results = Vec::new();
+    for mtu in [1500, 9000] {
+        let rows: Vec<Row> = ROWS.iter().copied().filter(|r| r.mtu == mtu).collect();
+        let lab = Lab::with(LabOptions { mtu, queues: 1 })?;
+        let image = filled_image(&lab)?;
+        // Native XDP_TX (our config replies) needs a program on the peer; it stays on for
+        // every target so the client pays the same.
+        let _peer = lab.spawn(
+            &lab.initiator_ns,
+            &["lab-peer", "--iface", &lab.initiator_if],
+        )?;
+        // samples[target][row]: one Figures per run.
+        let mut samples: Vec<Vec<Vec<Figures>>> = vec![vec![Vec::new(); rows.len()]; TARGETS.len()];
+        for run in 1..=o.runs {
+            for (t, target) in TARGETS.iter().enumerate() {
+                let running = start(&lab, target, &image)?;
+                for (i, row) in rows.iter().enumerate() {
+                    let f = measure(&lab, row, o.duration)
+                        .with_context(|| format!("{target}: {}", row.label()))?;
+                    println!(
+                        "run {run} {:<20} {:<8} {:>9.0} IOPS {:>8.1} MB/s  p50 {:>7.1} us  p99 {:>7.1} us  CPU {:>5.2} us/io",
+                        row.label(),
+                        target,
+                        f.iops,
+                        f.mbps,
+                        f.p50_us,
+                        f.p99_us,
+                        f.cpu_us_per_io
+                    );
+                    samples[t][i].push(f);
+                }
+                drop(running);
+            }
+        }
+        for (i, row) in rows.iter().enumerate() {
+            let f = |t: usize| median(&samples[t][i]);
+            results.push((*row, [f(VBLADE), f(OURS), f(CEILING)]));
+        }
+    }
+
+    let table = report::markdown(&results, o);
+    println!("\n{table}");
+    let out = o
+        .out
+        .clone()
+        .unwrap_or_else(|| aoe_integration::workspace_root().join("docs"));
+    std::fs::create_dir_all(&out)?;
+    let svg = out.join("benchmarks.svg");
+    plot::svg(&results, &svg)?;
+    let doc = out.join("benchmarks.md");
+    report::write_block(&doc, &table)?;
+    println!("bench: wrote {} and {}", doc.display(), svg.display());
+    Ok(())
+}
+
+/// The sample with the median IOPS (its other figures come with it, from the same run).
+fn median(samples: &[Figures]) -> Figures {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+    sorted[sorted.len() / 2].clone()
+}
+
+/// The lab's image, written through once so every target reads real pages.
+fn filled_image(lab: &Lab) -> Result<PathBuf> {
+    let image = lab.image("bench.img", IMAGE_BYTES)?;
+    let chunk: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&image)?;
+    for _ in 0..IMAGE_BYTES >> 20 {
+        std::io::Write::write_all(&mut f, &chunk)?;
+    }
+    Ok(image)
+}
+
+fn start(lab: &Lab, target: &str, image: &Path) -> Result<Proc> {
+    match target {
+        "vblade" => lab.start_vblade(image, &["-b", BUFFERS]),
+        "aoe-ctl" => lab.start_export(image, &["--buffers", BUFFERS]),
+        _ => lab.start_ceiling(IMAGE_BYTES / 512),
+    }
+}
+
+fn measure(lab: &Lab, row: &Row, duration: f64) -> Result<Figures> {
+    let out = lab.bench(&[
+        "--pattern",
+        row.pattern,
+        "--depth",
+        &row.depth.to_string(),
+        "--duration",
+        &duration.to_string(),
+        "--json",
+    ])?;
+    if !out.status.success() {
+        bail!(
+            "aoe-ctl bench failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .last()
+        .context("aoe-ctl bench printed nothing")?;
+    serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))
+}
