@@ -7,13 +7,10 @@
 //! buffer of a short frame has too little tailroom (and 256 bytes of headroom) to grow that
 //! much (shared/notes/lab.md). `bpf_skb_change_tail` grows an skb by any amount.
 
-use aoe_common::{
-    maps::CeilingEntry,
-    wire::{
-        ata::{field as ata, ERROR_ABRT, STATUS_DRDY, STATUS_ERR},
-        header::{field, FLAG_RESPONSE},
-        MIN_FRAME_LEN, SECTOR_SIZE, SHELF_BROADCAST, SLOT_BROADCAST,
-    },
+use aoe_common::wire::{
+    ata::{field as ata, ERROR_ABRT, STATUS_DRDY, STATUS_ERR},
+    header::{field, FLAG_RESPONSE},
+    MIN_FRAME_LEN, SECTOR_SIZE, SHELF_BROADCAST, SLOT_BROADCAST,
 };
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},

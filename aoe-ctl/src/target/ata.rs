@@ -13,17 +13,22 @@ use aoe_common::wire::SECTOR_SIZE;
 use super::engine::{Ignore, Outcome};
 use super::export::{Export, ExportStats, FIRMWARE_STRING, MODEL};
 
-/// Execute the ATA request in `buf[..len]`; returns the reply length.
+/// Most pieces a write's payload may arrive in (the worker's longest descriptor chain).
+pub const MAX_WRITE_PARTS: usize = 32;
+
+/// Execute the ATA request in `buf[..len]`, whose payload may continue in `tail` (a write
+/// that arrived as a chain of buffers); returns the reply length (written into `buf`).
 pub fn execute(
     ex: &Export,
     max_sectors: usize,
     buf: &mut [u8],
     len: usize,
+    tail: &[&[u8]],
 ) -> Result<usize, Outcome> {
     let Ok(a) = AtaRepr::parse(&buf[..len]) else {
         return Err(Outcome::Ignore(Ignore::Malformed));
     };
-    let (status, error, n) = run(ex, max_sectors, &a, buf, len);
+    let (status, error, n) = run(ex, max_sectors, &a, buf, len, tail);
     if status & STATUS_ERR != 0 {
         ExportStats::add(&ex.stats.ata_errors, 1);
     }
@@ -40,6 +45,7 @@ fn run(
     a: &AtaRepr,
     buf: &mut [u8],
     len: usize,
+    tail: &[&[u8]],
 ) -> (u8, u8, usize) {
     let h = ATA_HEADER_LEN;
     match a.command {
@@ -63,13 +69,17 @@ fn run(
             let count = a.sectors() as usize;
             let bytes = count * SECTOR_SIZE;
             // A short payload or a count the frame cannot carry: nothing is written.
-            if ex.read_only || count > max_sectors || len < h + bytes {
+            let mut parts: [&[u8]; MAX_WRITE_PARTS] = [&[]; MAX_WRITE_PARTS];
+            let Some(n) = payload(&buf[h..len.max(h)], tail, bytes, &mut parts) else {
+                return (FAIL, ERROR_ABRT, h);
+            };
+            if ex.read_only || count > max_sectors {
                 return (FAIL, ERROR_ABRT, h);
             }
             if !in_range(ex, a.lba(), count) {
                 return (FAIL, ERROR_IDNF, h);
             }
-            if ex.backend.write_at(a.lba(), &buf[h..h + bytes]).is_err() {
+            if ex.backend.write_parts_at(a.lba(), &parts[..n]).is_err() {
                 return (FAIL, ERROR_ABRT, h);
             }
             if ex.sync && ex.backend.sync_range(a.lba(), bytes).is_err() {
@@ -104,6 +114,28 @@ fn run(
         }
         AtaCommand::Unknown(_) => (FAIL, ERROR_ABRT, h),
     }
+}
+
+/// The first `bytes` of `head` followed by `tail`, as slices in `parts`; how many, or None
+/// when they carry fewer bytes (or come in more pieces than `parts` holds).
+fn payload<'a>(
+    head: &'a [u8],
+    tail: &[&'a [u8]],
+    bytes: usize,
+    parts: &mut [&'a [u8]; MAX_WRITE_PARTS],
+) -> Option<usize> {
+    let mut need = bytes;
+    let mut n = 0;
+    for piece in std::iter::once(head).chain(tail.iter().copied()) {
+        if need == 0 {
+            break;
+        }
+        let take = piece.len().min(need);
+        *parts.get_mut(n)? = &piece[..take];
+        n += 1;
+        need -= take;
+    }
+    (need == 0).then_some(n)
 }
 
 fn in_range(ex: &Export, lba: u64, count: usize) -> bool {

@@ -147,6 +147,13 @@ impl Engine {
 
     /// Answer the request in `buf[..len]` for export `idx`, writing the reply into `buf`.
     pub fn handle(&self, idx: usize, buf: &mut [u8], len: usize) -> Verdict {
+        self.handle_parts(idx, buf, len, &[])
+    }
+
+    /// `handle` for a request whose bytes continue in `tail` (a frame that arrived as a chain
+    /// of buffers). Only an ATA write reads its tail, writing it to the backend where it
+    /// lies; callers gather any other chained request into one buffer first.
+    pub fn handle_parts(&self, idx: usize, buf: &mut [u8], len: usize, tail: &[&[u8]]) -> Verdict {
         let Some(ex) = self.exports.get(idx) else {
             return Verdict::Ignore(Ignore::NotOurs);
         };
@@ -181,7 +188,7 @@ impl Engine {
                 if !ex.access.reservation_allows(&req.src) {
                     return self.error(ex, buf, len, reply, AoeError::TargetReserved);
                 }
-                ata::execute(ex, self.max_sectors, buf, len)
+                ata::execute(ex, self.max_sectors, buf, len, tail)
             }
             Command::QueryConfig => config::handle(self, ex, buf, len),
             Command::MacMaskList => control::mask_list(self, ex, buf, len),

@@ -528,3 +528,45 @@ fn lba48_write_flag_consistency() {
     // AFLAG constants as the spec gives them.
     assert_eq!((AFLAG_LBA48, AFLAG_WRITE), (0x40, 0x01));
 }
+
+#[test]
+fn a_write_in_pieces_lands_as_one() {
+    let mut r = rig();
+    let data: Vec<u8> = (0..1024).map(|i| (i * 13 + 1) as u8).collect();
+    let n = frames::write(&mut r.buf, &from(HOST_A), 1, 20, &data);
+    // As a jumbo frame arrives: the headers and a little data, then odd-sized pieces.
+    let (head, rest) = r.buf[..n].split_at(36 + 100);
+    let (mid, last) = rest.split_at(411);
+    let (head, mid, last) = (head.to_vec(), mid.to_vec(), last.to_vec());
+    let mut buf = head.clone();
+    buf.resize(3840, 0);
+    let v = r
+        .engine
+        .handle_parts(0, &mut buf, head.len(), &[&mid, &last]);
+    let Verdict::Reply(m) = v else {
+        panic!("no reply: {v:?}")
+    };
+    assert_eq!(ata_status(&buf[..m]), (STATUS_DRDY, 0));
+    assert_eq!(m, 60);
+    let rep = r
+        .send(|b| frames::read(b, &from(HOST_A), 2, 20, 2))
+        .unwrap();
+    assert_eq!(&rep[36..], &data[..]);
+
+    // Pieces that carry less than the count: refused, nothing written.
+    let mut buf = head.clone();
+    buf[28] = 40; // lba 40
+    buf.resize(3840, 0);
+    let v = r.engine.handle_parts(0, &mut buf, head.len(), &[&mid]);
+    let Verdict::Reply(m) = v else {
+        panic!("no reply: {v:?}")
+    };
+    assert_eq!(
+        ata_status(&buf[..m]),
+        (STATUS_DRDY | STATUS_ERR, ERROR_ABRT)
+    );
+    let rep = r
+        .send(|b| frames::read(b, &from(HOST_A), 3, 40, 2))
+        .unwrap();
+    assert!(rep[36..].iter().all(|&x| x == 0), "nothing written");
+}

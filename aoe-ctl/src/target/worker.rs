@@ -10,7 +10,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use aoe_common::wire::Frame;
+use aoe_common::wire::ata::{self, ATA_HEADER_LEN};
+use aoe_common::wire::{header, Frame};
 use xdpilone::xdp::XdpDesc;
 
 use super::chunks::{Chunks, Layout};
@@ -20,7 +21,7 @@ use super::xsk::{chunk_base, XskConfig, XskSocket, FRAME_SIZE, MAX_TX_CHAIN, XDP
 
 const BATCH: u32 = 64;
 /// More descriptors than any frame the kernel delivers (a 64 KiB frame is 17).
-const MAX_RX_CHAIN: usize = 32;
+const MAX_RX_CHAIN: usize = super::ata::MAX_WRITE_PARTS;
 /// Empty loops before the worker sleeps in poll(): a request usually follows the last reply
 /// within microseconds, and a poll wake-up costs more than a few spins.
 const SPINS_BEFORE_SLEEP: u32 = 256;
@@ -229,6 +230,9 @@ fn handle(
                 Some(0)
             }
         },
+        Route::One(i) if is_write(&buf[..len]) => {
+            Some(answer_write(sock, engine, i, chain, chunks, tx_queue))
+        }
         Route::One(i) => answer_in_run(sock, engine, i, chain, chunks, tx_queue),
         Route::Each => {
             // A broadcast: each matching export answers from a spare chunk of its own.
@@ -266,6 +270,48 @@ fn handle(
         Route::Ignore(_) => {
             chain.iter().for_each(|d| chunks.put(d.addr));
             Some(0)
+        }
+    }
+}
+
+/// An ATA write: its reply (headers only) fits where it arrived, whatever its length.
+fn is_write(frame: &[u8]) -> bool {
+    frame.len() >= ATA_HEADER_LEN
+        && frame[header::field::COMMAND] == 0
+        && frame[ata::field::AFLAGS] & ata::AFLAG_WRITE != 0
+}
+
+/// Answer a write that arrived as a chain: its pieces go from the descriptors to the
+/// backend (one copy, no run), and the reply is built in the first chunk.
+fn answer_write(
+    sock: &mut XskSocket,
+    engine: &Engine,
+    export: usize,
+    chain: &[XdpDesc],
+    chunks: &mut Chunks,
+    tx_queue: &mut VecDeque<XdpDesc>,
+) -> u64 {
+    let first = chain[0];
+    let mut tail: [&[u8]; MAX_RX_CHAIN] = [&[]; MAX_RX_CHAIN];
+    let pieces = (chain.len() - 1).min(MAX_RX_CHAIN);
+    // SAFETY: the kernel handed these chunks to us through the rx ring, each descriptor in
+    // its own chunk; they are ours until put back below.
+    let head = unsafe { sock.chain(chain, &mut tail[..pieces]) };
+    let len = (first.len as usize).min(head.len());
+    let verdict = engine.handle_parts(export, head, len, &tail[..pieces]);
+    chain[1..].iter().for_each(|d| chunks.put(d.addr));
+    match verdict {
+        Verdict::Reply(n) => {
+            tx_queue.push_back(XdpDesc {
+                addr: first.addr,
+                len: n as u32,
+                options: 0,
+            });
+            1
+        }
+        Verdict::Ignore(_) => {
+            chunks.put(first.addr);
+            0
         }
     }
 }

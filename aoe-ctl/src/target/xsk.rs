@@ -9,6 +9,7 @@ use anyhow::{anyhow, Result};
 
 use super::chunks::Layout;
 use memmap2::MmapMut;
+use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig};
 
 /// One UMEM chunk per frame. The kernel allows at most one page; 4096 leaves room for the
@@ -157,6 +158,36 @@ impl XskSocket {
         let end = start.saturating_add(len).min(self.area.len());
         // SAFETY: start..end lies inside `area`; exclusivity is the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(self.area.as_mut_ptr().add(start), end - start) }
+    }
+
+    /// The bytes of a frame that arrived as a chain: the first descriptor's chunk from its
+    /// address (mutable: the reply is written there), and the other descriptors' bytes, read
+    /// only, in `tail` (which must hold `chain.len() - 1`).
+    ///
+    /// # Safety
+    /// Every chunk of the chain must be owned by user space, the chunks distinct, and no
+    /// other slice of them alive.
+    pub unsafe fn chain<'a>(
+        &'a mut self,
+        chain: &[XdpDesc],
+        tail: &mut [&'a [u8]],
+    ) -> &'a mut [u8] {
+        let size = self.area.len() as u64;
+        let base = self.area.as_mut_ptr();
+        let span = |addr: u64, len: u64| {
+            let end = (chunk_base(addr) + u64::from(FRAME_SIZE)).min(size);
+            let start = addr.min(end);
+            (start as usize, (end - start).min(len) as usize)
+        };
+        for (t, d) in tail.iter_mut().zip(&chain[1..]) {
+            let (start, len) = span(d.addr, u64::from(d.len));
+            // SAFETY: start..start+len lies inside `area` and its chunk; the chunks are
+            // distinct from the first one (the caller's promise), so nothing aliases.
+            *t = unsafe { std::slice::from_raw_parts(base.add(start), len) };
+        }
+        let (start, len) = span(chain[0].addr, u64::MAX);
+        // SAFETY: as above, for the first chunk.
+        unsafe { std::slice::from_raw_parts_mut(base.add(start), len) }
     }
 
     /// Copy `len` bytes inside the UMEM from `from` to `to`, clamped to the area; returns

@@ -33,9 +33,14 @@ impl Backend for MemBackend {
         buf.copy_from_slice(&self.data.lock().unwrap()[r]);
         Ok(())
     }
-    fn write_at(&self, lba: u64, buf: &[u8]) -> io::Result<()> {
-        let r = byte_range(self.sectors, lba, buf.len())?;
-        self.data.lock().unwrap()[r].copy_from_slice(buf);
+    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> io::Result<()> {
+        let r = byte_range(self.sectors, lba, parts.iter().map(|p| p.len()).sum())?;
+        let mut data = self.data.lock().unwrap();
+        let mut at = r.start;
+        for p in parts {
+            data[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
         Ok(())
     }
     fn sync_range(&self, _lba: u64, _len: usize) -> io::Result<()> {

@@ -135,12 +135,23 @@ impl Backend for MmapBackend {
         })
     }
 
-    fn write_at(&self, lba: u64, buf: &[u8]) -> io::Result<()> {
-        let r = byte_range(self.sectors, lba, buf.len())?;
-        // SAFETY: as in read_at; a read-only mapping never gets here (the engine refuses
-        // writes to read-only exports before calling).
-        self.guarded(&r, || unsafe {
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.map.as_mut_ptr().add(r.start), r.len())
+    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> io::Result<()> {
+        let r = byte_range(self.sectors, lba, parts.iter().map(|p| p.len()).sum())?;
+        self.guarded(&r, || {
+            let mut at = r.start;
+            for p in parts {
+                // SAFETY: the parts add up to r, which lies inside the mapping (checked
+                // above); as in read_at for concurrent writers. A read-only mapping never
+                // gets here (the engine refuses writes to read-only exports first).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        p.as_ptr(),
+                        self.map.as_mut_ptr().add(at),
+                        p.len(),
+                    )
+                };
+                at += p.len();
+            }
         })
     }
 

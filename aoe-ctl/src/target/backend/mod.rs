@@ -21,7 +21,12 @@ pub trait Backend: Send + Sync {
     fn read_at(&self, lba: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Copy `buf` to sector `lba`. When this returns Ok the data is visible to every later
     /// reader and survives the death of this process (it is in the shared page cache).
-    fn write_at(&self, lba: u64, buf: &[u8]) -> io::Result<()>;
+    fn write_at(&self, lba: u64, buf: &[u8]) -> io::Result<()> {
+        self.write_parts_at(lba, &[buf])
+    }
+    /// Copy the concatenation of `parts` to sector `lba`, as `write_at` does: a write that
+    /// arrived in pieces (a jumbo frame's descriptors) lands without being gathered first.
+    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> io::Result<()>;
     /// Make the sectors `lba .. lba + len/512` durable on stable storage.
     fn sync_range(&self, lba: u64, len: usize) -> io::Result<()>;
     /// Make everything written so far durable.
