@@ -111,6 +111,13 @@ pub enum Cmd {
         verify: bool,
         #[arg(long, default_value_t = 0x5eed)]
         seed: u64,
+        /// Send every request twice under two tags, as a retransmitting initiator would
+        /// (a robustness check: the duplicate's reply is ignored).
+        #[arg(long)]
+        duplicate: bool,
+        /// Send each batch of new requests in reverse order (a robustness check).
+        #[arg(long)]
+        reorder: bool,
         /// Retransmit a request with a new tag after this long without a reply.
         #[arg(long, default_value_t = 200)]
         timeout_ms: u64,

@@ -78,6 +78,8 @@ fn run(cli: Cli) -> Result<()> {
             span,
             verify,
             seed,
+            duplicate,
+            reorder,
             timeout_ms,
             json,
         } => bench::run(&bench::Options {
@@ -90,6 +92,8 @@ fn run(cli: Cli) -> Result<()> {
             sectors,
             span,
             verify,
+            duplicate,
+            reorder,
             seed,
             timeout: Duration::from_millis(timeout_ms.max(1)),
             retries: 8,

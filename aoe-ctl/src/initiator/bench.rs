@@ -46,6 +46,10 @@ pub struct Options {
     /// Sectors from 0 the requests address (default: the whole device).
     pub span: Option<u64>,
     pub verify: bool,
+    /// Send every request twice, under two tags (the second's reply is ignored).
+    pub duplicate: bool,
+    /// Send each batch of new requests in reverse order.
+    pub reorder: bool,
     pub seed: u64,
     pub timeout: Duration,
     pub retries: u32,
@@ -57,6 +61,8 @@ pub const MAX_DEPTH: usize = 1 << SLOT_BITS;
 const SLOT_BITS: u32 = 10;
 /// Most replies taken from the ring before the next round of sends.
 const RX_BATCH: usize = 256;
+/// Most new requests sent in one round.
+const TX_BATCH: usize = 64;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -117,10 +123,15 @@ struct Engine {
     seq: u32,
     seed: u64,
     verify: bool,
+    duplicate: bool,
+    reorder: bool,
     timeout: Duration,
     retries: u32,
     hist: Histogram<u64>,
     expect: Vec<u8>,
+    /// With --verify, a bit per request-sized block whose write was acknowledged: what the
+    /// read-back pass checks.
+    acked: Vec<u64>,
 }
 
 pub fn run(o: &Options) -> Result<()> {
@@ -174,20 +185,22 @@ pub fn run(o: &Options) -> Result<()> {
         seq: 0,
         seed: o.seed,
         verify: o.verify,
+        duplicate: o.duplicate,
+        reorder: o.reorder,
         timeout: o.timeout,
         retries: o.retries,
         hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"),
         expect: vec![0u8; usize::from(per) * SECTOR_SIZE],
+        acked: if o.verify && o.pattern.writes() {
+            vec![0u64; blocks.div_ceil(64) as usize]
+        } else {
+            Vec::new()
+        },
         ring,
     };
 
     let mut rng = o.seed | 1;
     let mut cursor = 0u64;
-    let mut written = if o.verify && o.pattern.writes() {
-        vec![0u64; blocks.div_ceil(64) as usize]
-    } else {
-        Vec::new()
-    };
     let random = o.pattern.random();
     let mut next = || {
         let b = if random {
@@ -200,9 +213,6 @@ pub fn run(o: &Options) -> Result<()> {
             cursor = (cursor + 1) % blocks;
             b
         };
-        if let Some(w) = written.get_mut((b / 64) as usize) {
-            *w |= 1 << (b % 64);
-        }
         Some(b * u64::from(per))
     };
 
@@ -215,8 +225,9 @@ pub fn run(o: &Options) -> Result<()> {
 
     let mut tally = timed;
     if o.verify && o.pattern.writes() {
-        // Read back every block the timed phase wrote (not timed, not in the figures).
-        let mut blocks_written = written.iter().enumerate().flat_map(|(i, w)| {
+        // Read back every block whose write was acknowledged (not timed, not in the figures).
+        let acked = std::mem::take(&mut e.acked);
+        let mut blocks_written = acked.iter().enumerate().flat_map(|(i, w)| {
             (0..64)
                 .filter(move |b| w & (1 << b) != 0)
                 .map(move |b| (i as u64 * 64 + b) * u64::from(per))
@@ -314,28 +325,48 @@ impl Engine {
             if deadline.is_some_and(|d| now >= d) {
                 exhausted = true;
             }
-            while !exhausted {
-                let Some(&i) = self.free.last() else { break };
+            // Take a batch of new requests, then send it (in reverse with --reorder).
+            let mut batch = [0usize; TX_BATCH];
+            let mut n = 0;
+            while !exhausted && n < TX_BATCH {
+                let Some(i) = self.free.pop() else { break };
                 let Some(lba) = next() else {
+                    self.free.push(i);
                     exhausted = true;
                     break;
                 };
-                let tag = self.tag(i);
-                let slot = Slot {
-                    tag,
+                self.slots[i] = Slot {
+                    tag: self.tag(i),
                     lba,
                     write,
                     first_sent: Some(now),
                     sent: Some(now),
                     tries: 0,
                 };
+                batch[n] = i;
+                n += 1;
+            }
+            if self.reorder {
+                batch[..n].reverse();
+            }
+            for &i in &batch[..n] {
+                let slot = self.slots[i];
                 if !self.send(&slot) {
                     // The tx ring is full: this LBA is dropped from the stream (a random
                     // or sequential pattern loses nothing by it).
-                    break;
+                    self.slots[i].sent = None;
+                    self.free.push(i);
+                    continue;
                 }
-                self.slots[i] = slot;
-                self.free.pop();
+                if self.duplicate {
+                    // The same request again under a tag no slot holds, as an initiator's
+                    // retransmit would be: its reply is ignored as late.
+                    let copy = Slot {
+                        tag: self.tag(i),
+                        ..slot
+                    };
+                    self.send(&copy);
+                }
             }
             self.ring.flush()?;
             let in_flight = self.slots.len() - self.free.len();
@@ -352,6 +383,7 @@ impl Engine {
                     free,
                     hist,
                     expect,
+                    acked,
                     per,
                     seed,
                     verify,
@@ -365,6 +397,7 @@ impl Engine {
                         free,
                         hist,
                         expect,
+                        acked,
                         per,
                         (*verify).then_some(*seed),
                         counted,
@@ -454,6 +487,7 @@ fn complete(
     free: &mut Vec<usize>,
     hist: &mut Histogram<u64>,
     expect: &mut [u8],
+    acked: &mut [u64],
     per: u8,
     verify_seed: Option<u64>,
     counted: bool,
@@ -482,6 +516,12 @@ fn complete(
     if !ok || (!s.write && frame.len() < ATA_HEADER_LEN + bytes) {
         t.errors += 1;
         return;
+    }
+    if s.write {
+        let b = s.lba / u64::from(per);
+        if let Some(w) = acked.get_mut((b / 64) as usize) {
+            *w |= 1 << (b % 64);
+        }
     }
     if let (Some(seed), false) = (verify_seed, s.write) {
         pattern(seed, s.lba, expect);

@@ -4,13 +4,15 @@
 //! ring. No allocation and no copy in user space per frame.
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use aoe_common::wire::{Mac, ETHERTYPE_AOE};
+use aoe_common::wire::Mac;
 
+use super::socket::{open_bound, set_option};
 use crate::net::Interface;
 
 /// Where a frame's data starts in a tx slot: the kernel reads it at
@@ -22,7 +24,7 @@ const BLOCK: u32 = 1 << 16;
 const RING_BYTES: usize = 16 << 20;
 
 pub struct RingSocket {
-    fd: libc::c_int,
+    fd: OwnedFd,
     pub iface: Interface,
     map: NonNull<u8>,
     map_len: usize,
@@ -40,29 +42,9 @@ unsafe impl Send for RingSocket {}
 
 impl Drop for RingSocket {
     fn drop(&mut self) {
-        // SAFETY: we own the mapping and the descriptor.
-        unsafe {
-            libc::munmap(self.map.as_ptr().cast(), self.map_len);
-            libc::close(self.fd);
-        }
+        // SAFETY: we own the mapping (the descriptor closes itself).
+        unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
     }
-}
-
-fn setsockopt<T>(fd: libc::c_int, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
-    // SAFETY: `v` is a valid value of the option's type.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (v as *const T).cast(),
-            std::mem::size_of::<T>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl RingSocket {
@@ -81,28 +63,12 @@ impl RingSocket {
         let blocks = |n: usize| n.min(RING_BYTES / slot).div_ceil(per_block).max(1);
         let (rx_blocks, tx_blocks) = (blocks(rx_slots), blocks(tx_slots));
 
-        let proto = ETHERTYPE_AOE.to_be() as libc::c_int;
-        // SAFETY: plain socket call.
-        let fd =
-            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("AF_PACKET socket (are you root?)");
-        }
-        let close_on_err = |e: io::Error, what: &str| {
-            // SAFETY: our own descriptor, not used after this.
-            unsafe { libc::close(fd) };
-            anyhow::Error::from(e).context(what.to_string())
-        };
+        let fd = open_bound(&iface)?;
         let v2 = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
-        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VERSION, &v2)
-            .map_err(|e| close_on_err(e, "PACKET_VERSION"))?;
-        // Our own requests would otherwise come back into the rx ring.
-        let one: libc::c_int = 1;
-        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)
-            .map_err(|e| close_on_err(e, "PACKET_IGNORE_OUTGOING"))?;
+        set_option(&fd, libc::SOL_PACKET, libc::PACKET_VERSION, &v2).context("PACKET_VERSION")?;
         // Straight to the driver: a load generator has no use for the qdisc.
-        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)
-            .map_err(|e| close_on_err(e, "PACKET_QDISC_BYPASS"))?;
+        set_option(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &1)
+            .context("PACKET_QDISC_BYPASS")?;
         for (name, nblocks) in [
             (libc::PACKET_RX_RING, rx_blocks),
             (libc::PACKET_TX_RING, tx_blocks),
@@ -113,8 +79,8 @@ impl RingSocket {
                 tp_frame_size: slot as u32,
                 tp_frame_nr: (nblocks * per_block) as u32,
             };
-            setsockopt(fd, libc::SOL_PACKET, name, &req)
-                .map_err(|e| close_on_err(e, "setting up a PACKET_MMAP ring"))?;
+            set_option(&fd, libc::SOL_PACKET, name, &req)
+                .context("setting up a PACKET_MMAP ring")?;
         }
         let map_len = (rx_blocks + tx_blocks) * BLOCK as usize;
         // SAFETY: mapping the rings the kernel just set up on this socket.
@@ -124,17 +90,14 @@ impl RingSocket {
                 map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd,
+                fd.as_raw_fd(),
                 0,
             )
         };
         if map == libc::MAP_FAILED {
-            return Err(close_on_err(
-                io::Error::last_os_error(),
-                "mmap of the rings",
-            ));
+            return Err(io::Error::last_os_error()).context("mmap of the rings");
         }
-        let sock = RingSocket {
+        Ok(RingSocket {
             fd,
             map: NonNull::new(map.cast()).expect("mmap returned null"),
             map_len,
@@ -145,24 +108,7 @@ impl RingSocket {
             tx_next: 0,
             unsent: 0,
             iface,
-        };
-        // SAFETY: sockaddr_ll is plain old data.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETHERTYPE_AOE.to_be();
-        sll.sll_ifindex = sock.iface.index as i32;
-        // SAFETY: valid sockaddr_ll of the right size.
-        let r = unsafe {
-            libc::bind(
-                fd,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("binding to {ifname}"));
-        }
-        Ok(sock)
+        })
     }
 
     pub fn mac(&self) -> Mac {
@@ -224,7 +170,8 @@ impl RingSocket {
         }
         loop {
             // SAFETY: a send with no buffer kicks the tx ring.
-            let r = unsafe { libc::send(self.fd, std::ptr::null(), 0, libc::MSG_DONTWAIT) };
+            let r =
+                unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
             if r >= 0 {
                 self.unsent = 0;
                 return Ok(());
@@ -265,7 +212,7 @@ impl RingSocket {
     /// Sleep until a frame arrives or `timeout` passes.
     pub fn wait(&self, timeout: Duration) -> Result<()> {
         let mut p = libc::pollfd {
-            fd: self.fd,
+            fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -289,7 +236,7 @@ impl RingSocket {
         // SAFETY: valid buffer and length.
         let r = unsafe {
             libc::getsockopt(
-                self.fd,
+                self.fd.as_raw_fd(),
                 libc::SOL_PACKET,
                 libc::PACKET_STATISTICS,
                 (&mut st as *mut libc::tpacket_stats).cast(),

@@ -1,6 +1,7 @@
 //! A raw AF_PACKET socket for AoE frames on one interface.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -8,76 +9,76 @@ use aoe_common::wire::{Mac, ETHERTYPE_AOE};
 
 use crate::net::Interface;
 
-pub struct RawSocket {
-    fd: libc::c_int,
-    pub iface: Interface,
+/// An AF_PACKET socket for AoE frames bound to `iface`, which does not see its own
+/// transmissions (our requests would otherwise come back to us).
+pub(super) fn open_bound(iface: &Interface) -> Result<OwnedFd> {
+    let proto = ETHERTYPE_AOE.to_be() as libc::c_int;
+    // SAFETY: plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("AF_PACKET socket (are you root?)");
+    }
+    // SAFETY: a descriptor we just opened and own alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain old data.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETHERTYPE_AOE.to_be();
+    sll.sll_ifindex = iface.index as i32;
+    // SAFETY: valid sockaddr_ll of the right size.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("binding to {}", iface.name));
+    }
+    set_option(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1)
+        .context("PACKET_IGNORE_OUTGOING")?;
+    Ok(fd)
 }
 
-impl Drop for RawSocket {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor.
-        unsafe { libc::close(self.fd) };
+/// setsockopt with a value of the option's type.
+pub(super) fn set_option<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: &T,
+) -> io::Result<()> {
+    // SAFETY: `v` is a valid value of the option's type, of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+pub struct RawSocket {
+    fd: OwnedFd,
+    pub iface: Interface,
 }
 
 impl RawSocket {
     pub fn open(ifname: &str) -> Result<RawSocket> {
         let iface = Interface::lookup(ifname)?;
-        let proto = ETHERTYPE_AOE.to_be() as libc::c_int;
-        // SAFETY: plain socket call.
-        let fd =
-            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("AF_PACKET socket (are you root?)");
-        }
-        let sock = RawSocket { fd, iface };
-        // SAFETY: sockaddr_ll is plain old data.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETHERTYPE_AOE.to_be();
-        sll.sll_ifindex = sock.iface.index as i32;
-        // SAFETY: valid sockaddr_ll of the right size.
-        let r = unsafe {
-            libc::bind(
-                fd,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("binding to {ifname}"));
-        }
-        // Our own requests would otherwise loop back to us.
-        let one: libc::c_int = 1;
-        // SAFETY: valid option value.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_IGNORE_OUTGOING,
-                (&one as *const libc::c_int).cast(),
-                4,
-            )
-        };
+        let fd = open_bound(&iface)?;
+        // Room for a window of replies; best effort (the defaults work, more slowly).
         let size: libc::c_int = 8 << 20;
-        // SAFETY: valid option value.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&size as *const libc::c_int).cast(),
-                4,
-            );
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                (&size as *const libc::c_int).cast(),
-                4,
-            );
-        }
-        Ok(sock)
+        let _ = set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size);
+        let _ = set_option(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &size);
+        Ok(RawSocket { fd, iface })
     }
 
     pub fn mac(&self) -> Mac {
@@ -95,7 +96,7 @@ impl RawSocket {
         };
         loop {
             // SAFETY: valid buffer.
-            let r = unsafe { libc::send(self.fd, data.as_ptr().cast(), data.len(), 0) };
+            let r = unsafe { libc::send(self.fd.as_raw_fd(), data.as_ptr().cast(), data.len(), 0) };
             if r >= 0 {
                 return Ok(());
             }
@@ -114,7 +115,7 @@ impl RawSocket {
     /// Receive one frame into `buf`, waiting at most `timeout`; None on timeout.
     pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
         let mut p = libc::pollfd {
-            fd: self.fd,
+            fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -133,7 +134,7 @@ impl RawSocket {
         // SAFETY: valid buffer.
         let n = unsafe {
             libc::recv(
-                self.fd,
+                self.fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 libc::MSG_DONTWAIT,

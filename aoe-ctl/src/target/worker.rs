@@ -216,20 +216,10 @@ fn handle(
     let in_place =
         chain.len() == 1 && (chunks.run_len() == 0 || engine.reply_room(&buf[..len]) <= buf.len());
     match route {
-        Route::One(i) if in_place => match engine.handle(i, buf, len) {
-            Verdict::Reply(n) => {
-                tx_queue.push_back(XdpDesc {
-                    addr: first.addr,
-                    len: n as u32,
-                    options: 0,
-                });
-                Some(1)
-            }
-            Verdict::Ignore(_) => {
-                chunks.put(first.addr);
-                Some(0)
-            }
-        },
+        Route::One(i) if in_place => {
+            let verdict = engine.handle(i, buf, len);
+            Some(settle(verdict, first.addr, chunks, tx_queue))
+        }
         Route::One(i) if is_write(&buf[..len]) => {
             Some(answer_write(sock, engine, i, chain, chunks, tx_queue))
         }
@@ -253,17 +243,8 @@ fn handle(
                 // SAFETY: a free chunk is owned by us and not referenced elsewhere.
                 let out = unsafe { sock.chunk_from(spare) };
                 out[..n].copy_from_slice(&request[..n]);
-                match engine.handle(i, out, n) {
-                    Verdict::Reply(m) => {
-                        tx_queue.push_back(XdpDesc {
-                            addr: spare,
-                            len: m as u32,
-                            options: 0,
-                        });
-                        replies += 1;
-                    }
-                    Verdict::Ignore(_) => chunks.put(spare),
-                }
+                let verdict = engine.handle(i, out, n);
+                replies += settle(verdict, spare, chunks, tx_queue);
             }
             Some(replies)
         }
@@ -300,17 +281,28 @@ fn answer_write(
     let len = (first.len as usize).min(head.len());
     let verdict = engine.handle_parts(export, head, len, &tail[..pieces]);
     chain[1..].iter().for_each(|d| chunks.put(d.addr));
+    settle(verdict, first.addr, chunks, tx_queue)
+}
+
+/// Queue the reply the engine wrote into the chunk at `addr`, or give the chunk back;
+/// returns the replies queued.
+fn settle(
+    verdict: Verdict,
+    addr: u64,
+    chunks: &mut Chunks,
+    tx_queue: &mut VecDeque<XdpDesc>,
+) -> u64 {
     match verdict {
         Verdict::Reply(n) => {
             tx_queue.push_back(XdpDesc {
-                addr: first.addr,
+                addr,
                 len: n as u32,
                 options: 0,
             });
             1
         }
         Verdict::Ignore(_) => {
-            chunks.put(first.addr);
+            chunks.put(addr);
             0
         }
     }
