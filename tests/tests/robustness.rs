@@ -189,3 +189,88 @@ fn full_filesystem_under_a_sparse_image() {
     assert!(log.contains("e1.2: stopped"), "{log}");
     drop(fs);
 }
+
+/// Pages of the first `bytes` of `path` that the page cache holds dirty (not yet written
+/// back), from /proc/self/pagemap and /proc/kpageflags (root only).
+fn dirty_pages(path: &std::path::Path, bytes: usize) -> usize {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    const KPF_DIRTY: u64 = 1 << 4;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: a fresh read-only shared mapping of a file we opened, unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    let mut pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+    let mut kflags = std::fs::File::open("/proc/kpageflags").unwrap();
+    let mut dirty = 0;
+    for page in 0..bytes / 4096 {
+        let addr = map as usize + page * 4096;
+        // SAFETY: inside the mapping; a read makes the page present in our page table.
+        let _ = unsafe { std::ptr::read_volatile(addr as *const u8) };
+        let mut e = [0u8; 8];
+        pagemap
+            .seek(SeekFrom::Start((addr / 4096 * 8) as u64))
+            .unwrap();
+        pagemap.read_exact(&mut e).unwrap();
+        let entry = u64::from_le_bytes(e);
+        assert!(entry & (1 << 63) != 0, "page {page} not present");
+        let pfn = entry & ((1 << 55) - 1);
+        kflags.seek(SeekFrom::Start(pfn * 8)).unwrap();
+        kflags.read_exact(&mut e).unwrap();
+        if u64::from_le_bytes(e) & KPF_DIRTY != 0 {
+            dirty += 1;
+        }
+    }
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(map, bytes) };
+    dirty
+}
+
+#[test]
+fn sync_writes_are_on_stable_storage_when_acknowledged() {
+    // Without --sync an acknowledged write may still be only in the page cache (dirty);
+    // with --sync it has been written back before the reply left. No sleeps: the page
+    // cache is asked right after the client got its last acknowledgement.
+    for (extra, want_dirty) in [(&[][..], true), (&["--sync"][..], false)] {
+        let lab = Lab::new().unwrap();
+        let img = lab.image("disk.img", 4 << 20).unwrap();
+        let (target, _peer) = lab.start_target(&img, extra).unwrap();
+        let w = lab
+            .bench(&[
+                "--pattern",
+                "seqwrite",
+                "--depth",
+                "4",
+                "--duration",
+                "0.3",
+                "--span",
+                "256",
+                "--json",
+            ])
+            .unwrap();
+        assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+        let dirty = dirty_pages(&img, 128 << 10);
+        eprintln!("{extra:?}: {dirty} of 32 written pages dirty after the last ack");
+        target.stop().unwrap();
+        if want_dirty {
+            assert!(
+                dirty > 0,
+                "control: writes without --sync left no dirty page"
+            );
+        } else {
+            assert_eq!(
+                dirty, 0,
+                "--sync acknowledged writes still dirty in the page cache"
+            );
+        }
+    }
+}
