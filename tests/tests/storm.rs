@@ -135,7 +135,7 @@ fn a_million_hostile_frames_change_nothing_and_stop_nothing() {
         while sent < FRAMES {
             if ring.queue(|b| hostile(b, sent, target_mac)) {
                 sent += 1;
-                if sent % 256 == 0 {
+                if sent.is_multiple_of(256) {
                     ring.flush().unwrap();
                 }
             } else {
