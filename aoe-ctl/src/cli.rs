@@ -102,7 +102,10 @@ pub enum Cmd {
         /// Sectors per request (default: as many as one frame carries).
         #[arg(long)]
         sectors: Option<u8>,
-        /// Only address the first SPAN sectors (default: the whole device).
+        /// First sector to address.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Only address SPAN sectors from the offset (default: to the end of the device).
         #[arg(long)]
         span: Option<u64>,
         /// Writes carry a pattern that is read back and compared afterwards; reads are

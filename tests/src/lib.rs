@@ -297,9 +297,41 @@ impl Lab {
 
     /// `aoe-ctl bench` of e1.2 from the initiator side with `args`.
     pub fn bench(&self, args: &[&str]) -> Result<Output> {
-        let mut all = vec!["bench", "--iface", &self.initiator_if, "--target", "e1.2"];
+        self.bench_via(&self.initiator_if, args)
+    }
+
+    /// `aoe-ctl bench` of e1.2 from interface `iface` of the initiator namespace.
+    pub fn bench_via(&self, iface: &str, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["bench", "--iface", iface, "--target", "e1.2"];
         all.extend_from_slice(args);
         self.run(&self.initiator_ns, &all)
+    }
+
+    /// `n` more initiators on the segment: macvlan interfaces on the initiator's veth, each
+    /// with a MAC of its own. Returns their names.
+    pub fn macvlans(&self, n: usize) -> Result<Vec<String>> {
+        (0..n)
+            .map(|k| {
+                let name = format!("{}m{k}", self.initiator_if);
+                let ns = &self.initiator_ns;
+                ip(&[
+                    "-n",
+                    ns,
+                    "link",
+                    "add",
+                    &name,
+                    "link",
+                    &self.initiator_if,
+                    "type",
+                    "macvlan",
+                    "mode",
+                    "bridge",
+                ])?;
+                ip(&["-n", ns, "link", "set", &name, "up"])?;
+                quiet_ipv6(ns, &name);
+                Ok(name)
+            })
+            .collect()
     }
 
     /// Run `aoe-ctl ARGS` to completion in a namespace.

@@ -21,16 +21,24 @@ use super::verify::pattern;
 pub enum Pattern {
     Randread,
     Randwrite,
+    /// Random reads and writes, half each.
+    Randrw,
     Seqread,
     Seqwrite,
 }
 
 impl Pattern {
     fn writes(self) -> bool {
-        matches!(self, Pattern::Randwrite | Pattern::Seqwrite)
+        matches!(
+            self,
+            Pattern::Randwrite | Pattern::Randrw | Pattern::Seqwrite
+        )
     }
     fn random(self) -> bool {
-        matches!(self, Pattern::Randread | Pattern::Randwrite)
+        matches!(
+            self,
+            Pattern::Randread | Pattern::Randwrite | Pattern::Randrw
+        )
     }
 }
 
@@ -43,7 +51,9 @@ pub struct Options {
     pub duration: Duration,
     /// Sectors per request (default: as many as one frame carries).
     pub sectors: Option<u8>,
-    /// Sectors from 0 the requests address (default: the whole device).
+    /// First sector the requests address.
+    pub offset: u64,
+    /// Sectors from `offset` the requests address (default: to the end of the device).
     pub span: Option<u64>,
     pub verify: bool,
     /// Send every request twice, under two tags (the second's reply is ignored).
@@ -117,6 +127,8 @@ struct Tally {
 struct Engine {
     ring: RingSocket,
     addr: Addr,
+    /// First sector of the addressed range.
+    offset: u64,
     per: u8,
     slots: Vec<Slot>,
     free: Vec<usize>,
@@ -166,7 +178,12 @@ pub fn run(o: &Options) -> Result<()> {
         ring.iface.mtu,
         o.iface
     );
-    let span = o.span.unwrap_or(sectors).min(sectors);
+    ensure!(
+        o.offset < sectors,
+        "--offset {} is beyond the device ({sectors} sectors)",
+        o.offset
+    );
+    let span = o.span.unwrap_or(sectors).min(sectors - o.offset);
     let blocks = span / u64::from(per);
     ensure!(
         blocks > 0,
@@ -179,6 +196,7 @@ pub fn run(o: &Options) -> Result<()> {
 
     let mut e = Engine {
         addr: target.addr,
+        offset: o.offset,
         per,
         slots: vec![Slot::default(); o.depth],
         free: (0..o.depth).rev().collect(),
@@ -213,13 +231,17 @@ pub fn run(o: &Options) -> Result<()> {
             cursor = (cursor + 1) % blocks;
             b
         };
-        Some(b * u64::from(per))
+        let write = match o.pattern {
+            Pattern::Randrw => rng & (1 << 40) != 0,
+            p => p.writes(),
+        };
+        Some((o.offset + b * u64::from(per), write))
     };
 
     let cpu0 = cpu_times()?;
     let start = Instant::now();
     let deadline = start + o.duration;
-    let timed = e.phase(&mut next, o.pattern.writes(), Some(deadline))?;
+    let timed = e.phase(&mut next, Some(deadline))?;
     let cpu1 = cpu_times()?;
     let seconds = start.elapsed().min(o.duration).as_secs_f64();
 
@@ -230,10 +252,10 @@ pub fn run(o: &Options) -> Result<()> {
         let mut blocks_written = acked.iter().enumerate().flat_map(|(i, w)| {
             (0..64)
                 .filter(move |b| w & (1 << b) != 0)
-                .map(move |b| (i as u64 * 64 + b) * u64::from(per))
+                .map(move |b| (o.offset + (i as u64 * 64 + b) * u64::from(per), false))
         });
         e.verify = true;
-        let back = e.phase(&mut || blocks_written.next(), false, None)?;
+        let back = e.phase(&mut || blocks_written.next(), None)?;
         tally.verify_errors += back.verify_errors;
         tally.verified += back.verified;
         tally.errors += back.errors;
@@ -313,8 +335,7 @@ impl Engine {
     /// wait for every one of them. Only completions before the deadline are counted.
     fn phase(
         &mut self,
-        next: &mut dyn FnMut() -> Option<u64>,
-        write: bool,
+        next: &mut dyn FnMut() -> Option<(u64, bool)>,
         deadline: Option<Instant>,
     ) -> Result<Tally> {
         let mut t = Tally::default();
@@ -330,7 +351,7 @@ impl Engine {
             let mut n = 0;
             while !exhausted && n < TX_BATCH {
                 let Some(i) = self.free.pop() else { break };
-                let Some(lba) = next() else {
+                let Some((lba, write)) = next() else {
                     self.free.push(i);
                     exhausted = true;
                     break;
@@ -384,6 +405,7 @@ impl Engine {
                     hist,
                     expect,
                     acked,
+                    offset,
                     per,
                     seed,
                     verify,
@@ -398,6 +420,7 @@ impl Engine {
                         hist,
                         expect,
                         acked,
+                        *offset,
                         per,
                         (*verify).then_some(*seed),
                         counted,
@@ -488,6 +511,7 @@ fn complete(
     hist: &mut Histogram<u64>,
     expect: &mut [u8],
     acked: &mut [u64],
+    offset: u64,
     per: u8,
     verify_seed: Option<u64>,
     counted: bool,
@@ -518,7 +542,7 @@ fn complete(
         return;
     }
     if s.write {
-        let b = s.lba / u64::from(per);
+        let b = (s.lba - offset) / u64::from(per);
         if let Some(w) = acked.get_mut((b / 64) as usize) {
             *w |= 1 << (b % 64);
         }
