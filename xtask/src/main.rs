@@ -3,6 +3,7 @@
 mod bench;
 mod compare;
 mod demo;
+mod fuzz;
 mod interop;
 mod setup;
 
@@ -31,6 +32,9 @@ enum Cmd {
     /// The same load generator against aoe-ctl, vblade and the in-kernel ceiling in one run:
     /// prints the table, writes docs/benchmarks.md's table and docs/benchmarks.svg.
     Bench(bench::Options),
+    /// Coverage-guided fuzzing of the wire decoders and the protocol engine (cargo-fuzz on
+    /// rustup's nightly), growing the corpus in fuzz/corpus/.
+    Fuzz(fuzz::Options),
     /// Real initiators against aoe-ctl: Linux aoe.ko in QEMU (MTU 1500 and 9000, vblade as
     /// the control), iPXE sanboot, tshark on the captures.
     Interop(interop::Options),
@@ -51,6 +55,7 @@ fn main() {
         Cmd::Test => build().and_then(|()| test()),
         Cmd::Interop(o) => build().and_then(|()| interop::run(&o).map(|_| ())),
         Cmd::Bench(o) => build().and_then(|()| bench::run(&o)),
+        Cmd::Fuzz(o) => setup::ensure().and_then(|()| fuzz::run(&o)),
         Cmd::Compare { mtu } => build().and_then(|()| compare::run(mtu)),
     };
     if let Err(e) = r {
@@ -100,6 +105,11 @@ fn test() -> Result<()> {
     });
     let _ = std::fs::remove_dir_all(&out);
     smoke.context("cargo xtask bench (smoke run)")?;
+    // Every decoder and the engine under the fuzzer for a short while, from the corpus.
+    fuzz::run(&fuzz::Options {
+        minutes: 1.0,
+        target: None,
+    })?;
     // Real initiators in QEMU: says clearly when (and why) it cannot run here.
     interop::run(&interop::Options::default()).map(|_| ())
 }

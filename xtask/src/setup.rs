@@ -37,9 +37,15 @@ const FROM_BACKPORTS: &[&str] = &["qemu-system-x86"];
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/aoe-bookworm-backports.sources";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn bpf_linker() -> PathBuf {
     aoe_integration::workspace_root().join(".tools/bin/bpf-linker")
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (runs on rustup's nightly toolchain).
+pub fn cargo_fuzz() -> PathBuf {
+    aoe_integration::workspace_root().join(".tools/bin/cargo-fuzz")
 }
 
 fn missing_packages() -> Vec<&'static str> {
@@ -57,7 +63,7 @@ fn missing_packages() -> Vec<&'static str> {
 
 /// Install only if something is missing.
 pub fn ensure() -> Result<()> {
-    if missing_packages().is_empty() && bpf_linker().exists() {
+    if missing_packages().is_empty() && bpf_linker().exists() && cargo_fuzz().exists() {
         return Ok(());
     }
     run()
@@ -126,6 +132,30 @@ pub fn run() -> Result<()> {
             .success();
         if !ok {
             bail!("building bpf-linker failed");
+        }
+    }
+    let fuzz = cargo_fuzz();
+    if fuzz.exists() {
+        println!("setup: cargo-fuzz present at {}", fuzz.display());
+    } else {
+        let root = fuzz.parent().unwrap().parent().unwrap().to_path_buf();
+        println!(
+            "setup: building cargo-fuzz {CARGO_FUZZ_VERSION} into {}",
+            root.display()
+        );
+        let ok = Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+            ])
+            .arg("--root")
+            .arg(&root)
+            .status()
+            .context("cargo install cargo-fuzz")?
+            .success();
+        if !ok {
+            bail!("building cargo-fuzz failed");
         }
     }
     Ok(())
