@@ -400,6 +400,7 @@ impl Engine {
                 let counted = deadline.is_none_or(|d| Instant::now() < d);
                 let Engine {
                     ring,
+                    addr,
                     slots,
                     free,
                     hist,
@@ -415,6 +416,7 @@ impl Engine {
                 let received = ring.receive(|frame| {
                     complete(
                         frame,
+                        addr,
                         slots,
                         free,
                         hist,
@@ -506,6 +508,7 @@ impl Engine {
 #[allow(clippy::too_many_arguments)]
 fn complete(
     frame: &[u8],
+    addr: &Addr,
     slots: &mut [Slot],
     free: &mut Vec<usize>,
     hist: &mut Histogram<u64>,
@@ -520,8 +523,8 @@ fn complete(
     let Ok(f) = Frame::new_checked(frame) else {
         return;
     };
-    if !f.is_response() {
-        return;
+    if !frames::answers(&f, addr) {
+        return; // another initiator's reply, seen on the shared segment
     }
     let tag = f.tag();
     let i = (tag & (MAX_DEPTH as u32 - 1)) as usize;

@@ -155,6 +155,13 @@ impl Client {
     /// Send one prepared frame once and wait up to `timeout` for the reply with its tag.
     pub fn exchange(&mut self, frame: &[u8], timeout: Duration) -> Result<Option<Vec<u8>>> {
         let tag = u32::from_be_bytes([frame[20], frame[21], frame[22], frame[23]]);
+        let sent = Frame::new_checked(frame).context("a request shorter than an AoE header")?;
+        let addr = Addr {
+            src: sent.src(),
+            dst: sent.dst(),
+            shelf: sent.shelf(),
+            slot: sent.slot(),
+        };
         self.sock.send(frame)?;
         let mut buf = vec![0u8; FRAME_MAX];
         let deadline = Instant::now() + timeout;
@@ -165,7 +172,7 @@ impl Client {
             let Ok(f) = Frame::new_checked(&buf[..m]) else {
                 continue;
             };
-            if f.is_response() && f.tag() == tag {
+            if frames::answers(&f, &addr) && f.tag() == tag {
                 return Ok(Some(buf[..m].to_vec()));
             }
         }
@@ -241,7 +248,7 @@ impl Client {
                 let Ok(f) = Frame::new_checked(&rbuf[..n]) else {
                     continue;
                 };
-                if !f.is_response() {
+                if !frames::answers(&f, &t.addr) {
                     continue;
                 }
                 let tag = f.tag();

@@ -17,6 +17,14 @@ pub struct Addr {
 
 pub const BROADCAST_MAC: Mac = [0xff; 6];
 
+/// Whether `reply` answers a request sent as `a`: a response addressed to `a.src`, and from
+/// `a.dst` unless that was the broadcast address. A tag alone is not enough on a shared
+/// segment: other initiators' tags can collide with ours, and a raw socket sees their
+/// replies too.
+pub fn answers<T: AsRef<[u8]>>(reply: &Frame<T>, a: &Addr) -> bool {
+    reply.is_response() && reply.dst() == a.src && (a.dst == BROADCAST_MAC || reply.src() == a.dst)
+}
+
 fn header(buf: &mut [u8], a: &Addr, command: Command, tag: u32) {
     HeaderRepr {
         dst: a.dst,
