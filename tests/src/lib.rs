@@ -307,6 +307,20 @@ impl Lab {
         self.run(&self.initiator_ns, &all)
     }
 
+    /// `aoe-ctl bench` of e1.2 from `iface` of the initiator namespace, in the background
+    /// (stdout and stderr piped).
+    pub fn spawn_bench<S: AsRef<std::ffi::OsStr>>(&self, iface: &str, args: &[S]) -> Result<Child> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.initiator_ns])
+            .arg(aoe_ctl())
+            .args(["bench", "--iface", iface, "--target", "e1.2"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting aoe-ctl bench")
+    }
+
     /// `n` more initiators on the segment: macvlan interfaces on the initiator's veth, each
     /// with a MAC of its own. Returns their names.
     pub fn macvlans(&self, n: usize) -> Result<Vec<String>> {

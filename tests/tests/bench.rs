@@ -5,25 +5,17 @@
 use aoe_integration::{Lab, LabOptions};
 use serde_json::Value;
 
+mod common;
+
+use common::{bench_json, num};
+
 /// Run `aoe-ctl bench ARGS --json`; (success, the JSON object, stderr).
 fn bench(lab: &Lab, args: &[&str]) -> (bool, Value, String) {
     let mut all = args.to_vec();
     all.push("--json");
     let out = lab.bench(&all).unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let json = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON from bench {args:?}: {stdout}{stderr}"));
-    (out.status.success(), json, stderr)
-}
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("key {key} missing or not a number in {v}"))
+    (out.status.success(), bench_json(&out.stdout), stderr)
 }
 
 #[test]

@@ -2,26 +2,19 @@
 //! regions for a minute, every byte verified; then a reservation: one holds the export, the
 //! others are refused with AoE error 6 until it releases.
 
-use std::process::{Command, Stdio};
-
 use aoe_common::wire::reserve::RCMD_SET;
 use aoe_common::wire::Frame;
 use aoe_ctl::initiator::client::Client;
 use aoe_ctl::initiator::frames;
-use aoe_integration::{aoe_ctl, Lab};
-use serde_json::Value;
+use aoe_integration::Lab;
+
+mod common;
+
+use common::bench_json as json;
 
 /// Sectors of each initiator's region.
 const REGION: u64 = 16384;
 const SECONDS: &str = "60";
-
-fn json(stdout: &[u8]) -> Value {
-    let s = String::from_utf8_lossy(stdout);
-    s.lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON in {s}"))
-}
 
 /// The region, seed and bench arguments of initiator `k`.
 fn region_args(k: usize) -> Vec<String> {
@@ -100,23 +93,13 @@ fn four_initiators_for_a_minute_then_a_reservation() {
         .iter()
         .enumerate()
         .map(|(k, iface)| {
-            Command::new("ip")
-                .args(["netns", "exec", &lab.initiator_ns])
-                .arg(aoe_ctl())
-                .args(["bench", "--iface", iface, "--target", "e1.2"])
-                .args([
-                    "--pattern",
-                    "randrw",
-                    "--depth",
-                    "16",
-                    "--duration",
-                    SECONDS,
-                ])
-                .args(region_args(k))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            let mut args: Vec<String> = ["--pattern", "randrw", "--depth", "16", "--duration"]
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            args.push(SECONDS.into());
+            args.extend(region_args(k));
+            lab.spawn_bench(iface, &args).unwrap()
         })
         .collect();
     let mut total = 0.0;

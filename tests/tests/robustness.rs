@@ -2,25 +2,13 @@
 //! requests, a kill -9 under write load, a full filesystem under a sparse image. The client
 //! is `aoe-ctl bench --verify`, which reads back every block whose write was acknowledged.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use aoe_integration::{aoe_ctl, Lab};
-use serde_json::Value;
+mod common;
 
-fn json(stdout: &[u8]) -> Value {
-    let s = String::from_utf8_lossy(stdout);
-    s.lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON in {s}"))
-}
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key} missing in {v}"))
-}
+use aoe_integration::Lab;
+use common::{bench_json as json, num};
 
 /// "user space handled N frames" from the target's exit line.
 fn handled(log: &str) -> u64 {
@@ -81,15 +69,22 @@ fn kill_9_under_write_load_loses_nothing_acknowledged() {
     // Large enough that 3 s of sequential writes never wrap: each block is written once.
     let img = lab.image("disk.img", 1 << 30).unwrap();
     let (target, _peer) = lab.start_target(&img, &["--buffers", "64"]).unwrap();
-    let bench = Command::new("ip")
-        .args(["netns", "exec", &lab.initiator_ns])
-        .arg(aoe_ctl())
-        .args(["bench", "--iface", &lab.initiator_if, "--target", "e1.2"])
-        .args(["--pattern", "seqwrite", "--depth", "16", "--duration", "3"])
-        .args(["--verify", "--timeout-ms", "500", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let bench = lab
+        .spawn_bench(
+            &lab.initiator_if,
+            &[
+                "--pattern",
+                "seqwrite",
+                "--depth",
+                "16",
+                "--duration",
+                "3",
+                "--verify",
+                "--timeout-ms",
+                "500",
+                "--json",
+            ],
+        )
         .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     let mut target = target;

@@ -109,54 +109,47 @@ pub fn run() -> Result<()> {
             }
         }
     }
-    let linker = bpf_linker();
-    if linker.exists() {
-        println!("setup: bpf-linker present at {}", linker.display());
-    } else {
-        let root = linker.parent().unwrap().parent().unwrap().to_path_buf();
-        println!(
-            "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 into {} (about a minute)",
-            root.display()
-        );
-        let ok = Command::new("cargo")
-            .args([
-                "install",
-                "--locked",
-                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-            ])
-            .args(["--no-default-features", "--features", "llvm-22", "--root"])
-            .arg(&root)
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
-            .status()
-            .context("cargo install bpf-linker")?
-            .success();
-        if !ok {
-            bail!("building bpf-linker failed");
-        }
+    // bpf-linker against Debian's LLVM 22 (shared/notes/toolchain.md).
+    cargo_install(
+        &bpf_linker(),
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        &["--no-default-features", "--features", "llvm-22"],
+        &[("LLVM_PREFIX", "/usr/lib/llvm-22")],
+    )?;
+    cargo_install(
+        &cargo_fuzz(),
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        &[],
+        &[],
+    )
+}
+
+/// `cargo install` of `krate` (name@version) into .tools/, unless `binary` is there.
+fn cargo_install(
+    binary: &std::path::Path,
+    krate: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<()> {
+    if binary.exists() {
+        println!("setup: {krate} present at {}", binary.display());
+        return Ok(());
     }
-    let fuzz = cargo_fuzz();
-    if fuzz.exists() {
-        println!("setup: cargo-fuzz present at {}", fuzz.display());
-    } else {
-        let root = fuzz.parent().unwrap().parent().unwrap().to_path_buf();
-        println!(
-            "setup: building cargo-fuzz {CARGO_FUZZ_VERSION} into {}",
-            root.display()
-        );
-        let ok = Command::new("cargo")
-            .args([
-                "install",
-                "--locked",
-                &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
-            ])
-            .arg("--root")
-            .arg(&root)
-            .status()
-            .context("cargo install cargo-fuzz")?
-            .success();
-        if !ok {
-            bail!("building cargo-fuzz failed");
-        }
+    let root = binary.parent().unwrap().parent().unwrap();
+    println!(
+        "setup: building {krate} into {} (a minute or two)",
+        root.display()
+    );
+    let ok = Command::new("cargo")
+        .args(["install", "--locked", krate, "--root"])
+        .arg(root)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("cargo install {krate}"))?
+        .success();
+    if !ok {
+        bail!("building {krate} failed");
     }
     Ok(())
 }

@@ -86,3 +86,19 @@ pub fn ata(rep: &[u8]) -> (u8, u8) {
 pub fn aoe(rep: &[u8]) -> (u8, u8) {
     (rep[14], rep[15])
 }
+
+/// The JSON object `aoe-ctl bench --json` printed last.
+pub fn bench_json(stdout: &[u8]) -> serde_json::Value {
+    let s = String::from_utf8_lossy(stdout);
+    s.lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON from bench: {s}"))
+}
+
+/// A number of a bench report.
+pub fn num(v: &serde_json::Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
+}
