@@ -3,6 +3,10 @@
 
 use aoe_integration::{Lab, LabOptions};
 
+mod common;
+
+use common::exit_count;
+
 fn verified(lab: &Lab, bytes: &str) -> String {
     let v = lab.verify(bytes, &[]).unwrap();
     let out = String::from_utf8_lossy(&v.stdout).to_string();
@@ -41,12 +45,7 @@ fn mtu_9000_moves_17_sector_frames() {
     assert_eq!(&raw[..want.len()], &want[..]);
     let log = target.stop().unwrap();
     // Every write and read was a full frame (or the tail): far fewer than 2 per sector.
-    let handled: u64 = log
-        .split("user space handled ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(u64::MAX);
+    let handled = exit_count(&log, "user space handled");
     assert!(handled < 2 * 32768 / 17 + 100, "{handled} frames: {log}");
 }
 

@@ -8,16 +8,7 @@ use std::time::Duration;
 mod common;
 
 use aoe_integration::Lab;
-use common::{bench_json as json, num};
-
-/// "user space handled N frames" from the target's exit line.
-fn handled(log: &str) -> u64 {
-    log.split("user space handled ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count in {log}"))
-}
+use common::{bench_json as json, exit_count, num};
 
 #[test]
 fn duplicated_and_reordered_requests_are_harmless() {
@@ -60,7 +51,10 @@ fn duplicated_and_reordered_requests_are_harmless() {
     let log = target.stop().unwrap();
     eprintln!("duplicate/reorder runs: {wj}\n{rj}\n{log}");
     let ios = num(&wj, "ios") + num(&wj, "verified_sectors") / 2.0 + num(&rj, "ios");
-    assert!(handled(&log) as f64 >= 1.9 * ios, "{ios} I/Os, {log}");
+    assert!(
+        exit_count(&log, "user space handled") as f64 >= 1.9 * ios,
+        "{ios} I/Os, {log}"
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use aoe_integration::Lab;
 
 mod common;
 
-use common::bench_json;
+use common::{bench_json, exit_count as counter};
 
 const FRAMES: u64 = 1_200_000;
 const HOSTILE: [u8; 6] = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
@@ -93,14 +93,6 @@ fn hostile(b: &mut [u8], i: u64, target: [u8; 6]) -> usize {
             32
         }
     }
-}
-
-fn counter(log: &str, name: &str) -> u64 {
-    log.split(&format!("{name} "))
-        .nth(1)
-        .and_then(|s| s.split([',', ' ', ')']).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {log}"))
 }
 
 #[test]

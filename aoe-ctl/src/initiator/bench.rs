@@ -126,19 +126,24 @@ struct Tally {
 
 struct Engine {
     ring: RingSocket,
+    books: Books,
+    seq: u32,
+    duplicate: bool,
+    reorder: bool,
+    timeout: Duration,
+    retries: u32,
+}
+
+/// What is in flight and what came back: everything a reply is checked against.
+struct Books {
     addr: Addr,
     /// First sector of the addressed range.
     offset: u64,
     per: u8,
     slots: Vec<Slot>,
     free: Vec<usize>,
-    seq: u32,
     seed: u64,
     verify: bool,
-    duplicate: bool,
-    reorder: bool,
-    timeout: Duration,
-    retries: u32,
     hist: Histogram<u64>,
     expect: Vec<u8>,
     /// With --verify, a bit per request-sized block whose write was acknowledged: what the
@@ -195,26 +200,28 @@ pub fn run(o: &Options) -> Result<()> {
     );
 
     let mut e = Engine {
-        addr: target.addr,
-        offset: o.offset,
-        per,
-        slots: vec![Slot::default(); o.depth],
-        free: (0..o.depth).rev().collect(),
+        ring,
+        books: Books {
+            addr: target.addr,
+            offset: o.offset,
+            per,
+            slots: vec![Slot::default(); o.depth],
+            free: (0..o.depth).rev().collect(),
+            seed: o.seed,
+            verify: o.verify,
+            hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"),
+            expect: vec![0u8; usize::from(per) * SECTOR_SIZE],
+            acked: if o.verify && o.pattern.writes() {
+                vec![0u64; blocks.div_ceil(64) as usize]
+            } else {
+                Vec::new()
+            },
+        },
         seq: 0,
-        seed: o.seed,
-        verify: o.verify,
         duplicate: o.duplicate,
         reorder: o.reorder,
         timeout: o.timeout,
         retries: o.retries,
-        hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"),
-        expect: vec![0u8; usize::from(per) * SECTOR_SIZE],
-        acked: if o.verify && o.pattern.writes() {
-            vec![0u64; blocks.div_ceil(64) as usize]
-        } else {
-            Vec::new()
-        },
-        ring,
     };
 
     let mut rng = o.seed | 1;
@@ -248,13 +255,13 @@ pub fn run(o: &Options) -> Result<()> {
     let mut tally = timed;
     if o.verify && o.pattern.writes() {
         // Read back every block whose write was acknowledged (not timed, not in the figures).
-        let acked = std::mem::take(&mut e.acked);
+        let acked = std::mem::take(&mut e.books.acked);
         let mut blocks_written = acked.iter().enumerate().flat_map(|(i, w)| {
             (0..64)
                 .filter(move |b| w & (1 << b) != 0)
                 .map(move |b| (o.offset + (i as u64 * 64 + b) * u64::from(per), false))
         });
-        e.verify = true;
+        e.books.verify = true;
         let back = e.phase(&mut || blocks_written.next(), None)?;
         tally.verify_errors += back.verify_errors;
         tally.verified += back.verified;
@@ -263,7 +270,7 @@ pub fn run(o: &Options) -> Result<()> {
     }
 
     let busy = (cpu1.0 - cpu0.0) as f64 / cpu1.1 as f64;
-    let q = |p: f64| e.hist.value_at_quantile(p) as f64 / 1000.0;
+    let q = |p: f64| e.books.hist.value_at_quantile(p) as f64 / 1000.0;
     let r = Report {
         target: format!("e{}.{}", o.shelf, o.slot),
         pattern: o.pattern,
@@ -276,7 +283,7 @@ pub fn run(o: &Options) -> Result<()> {
         p50_us: q(0.5),
         p99_us: q(0.99),
         p999_us: q(0.999),
-        max_us: e.hist.max() as f64 / 1000.0,
+        max_us: e.books.hist.max() as f64 / 1000.0,
         timeouts: tally.timeouts,
         errors: tally.errors,
         verify_errors: tally.verify_errors,
@@ -350,13 +357,15 @@ impl Engine {
             let mut batch = [0usize; TX_BATCH];
             let mut n = 0;
             while !exhausted && n < TX_BATCH {
-                let Some(i) = self.free.pop() else { break };
+                let Some(i) = self.books.free.pop() else {
+                    break;
+                };
                 let Some((lba, write)) = next() else {
-                    self.free.push(i);
+                    self.books.free.push(i);
                     exhausted = true;
                     break;
                 };
-                self.slots[i] = Slot {
+                self.books.slots[i] = Slot {
                     tag: self.tag(i),
                     lba,
                     write,
@@ -371,12 +380,12 @@ impl Engine {
                 batch[..n].reverse();
             }
             for &i in &batch[..n] {
-                let slot = self.slots[i];
+                let slot = self.books.slots[i];
                 if !self.send(&slot) {
                     // The tx ring is full: this LBA is dropped from the stream (a random
                     // or sequential pattern loses nothing by it).
-                    self.slots[i].sent = None;
-                    self.free.push(i);
+                    self.books.slots[i].sent = None;
+                    self.books.free.push(i);
                     continue;
                 }
                 if self.duplicate {
@@ -390,7 +399,7 @@ impl Engine {
                 }
             }
             self.ring.flush()?;
-            let in_flight = self.slots.len() - self.free.len();
+            let in_flight = self.books.slots.len() - self.books.free.len();
             if exhausted && in_flight == 0 {
                 return Ok(t);
             }
@@ -398,37 +407,8 @@ impl Engine {
             let mut got = 0;
             while got < RX_BATCH {
                 let counted = deadline.is_none_or(|d| Instant::now() < d);
-                let Engine {
-                    ring,
-                    addr,
-                    slots,
-                    free,
-                    hist,
-                    expect,
-                    acked,
-                    offset,
-                    per,
-                    seed,
-                    verify,
-                    ..
-                } = self;
-                let per = *per;
-                let received = ring.receive(|frame| {
-                    complete(
-                        frame,
-                        addr,
-                        slots,
-                        free,
-                        hist,
-                        expect,
-                        acked,
-                        *offset,
-                        per,
-                        (*verify).then_some(*seed),
-                        counted,
-                        &mut t,
-                    )
-                });
+                let Engine { ring, books, .. } = self;
+                let received = ring.receive(|frame| books.complete(frame, counted, &mut t));
                 if !received {
                     break;
                 }
@@ -456,7 +436,12 @@ impl Engine {
 
     /// Build the request of `slot` in the tx ring; false when the ring is full.
     fn send(&mut self, slot: &Slot) -> bool {
-        let (addr, per, seed, verify) = (self.addr, self.per, self.seed, self.verify);
+        let (addr, per, seed, verify) = (
+            self.books.addr,
+            self.books.per,
+            self.books.seed,
+            self.books.verify,
+        );
         self.ring.queue(|buf| {
             if slot.write {
                 let n = usize::from(per) * SECTOR_SIZE;
@@ -475,8 +460,8 @@ impl Engine {
 
     /// Resend what timed out, with a new tag; fail after `retries` tries.
     fn retransmit(&mut self, now: Instant, t: &mut Tally) -> Result<()> {
-        for i in 0..self.slots.len() {
-            let s = self.slots[i];
+        for i in 0..self.books.slots.len() {
+            let s = self.books.slots[i];
             let Some(sent) = s.sent else { continue };
             if now.duration_since(sent) < self.timeout {
                 continue;
@@ -496,7 +481,7 @@ impl Engine {
                 ..s
             };
             if self.send(&again) {
-                self.slots[i] = again;
+                self.books.slots[i] = again;
                 t.timeouts += 1;
             }
         }
@@ -504,66 +489,58 @@ impl Engine {
     }
 }
 
-/// Match one reply to its request, check it, and free the slot.
-#[allow(clippy::too_many_arguments)]
-fn complete(
-    frame: &[u8],
-    addr: &Addr,
-    slots: &mut [Slot],
-    free: &mut Vec<usize>,
-    hist: &mut Histogram<u64>,
-    expect: &mut [u8],
-    acked: &mut [u64],
-    offset: u64,
-    per: u8,
-    verify_seed: Option<u64>,
-    counted: bool,
-    t: &mut Tally,
-) {
-    let Ok(f) = Frame::new_checked(frame) else {
-        return;
-    };
-    if !frames::answers(&f, addr) {
-        return; // another initiator's reply, seen on the shared segment
-    }
-    let tag = f.tag();
-    let i = (tag & (MAX_DEPTH as u32 - 1)) as usize;
-    let Some(slot) = slots.get_mut(i) else { return };
-    if slot.sent.is_none() || slot.tag != tag {
-        return; // a late reply to a tag we retransmitted under another
-    }
-    let s = *slot;
-    slot.sent = None;
-    free.push(i);
-    let ok = !f.is_error()
-        && aoe_common::wire::ata::status(frame).is_ok_and(|(status, _)| {
-            status & (STATUS_BSY | STATUS_DF | STATUS_DRQ | STATUS_ERR) == 0
-        });
-    let bytes = usize::from(per) * SECTOR_SIZE;
-    if !ok || (!s.write && frame.len() < ATA_HEADER_LEN + bytes) {
-        t.errors += 1;
-        return;
-    }
-    if s.write {
-        let b = (s.lba - offset) / u64::from(per);
-        if let Some(w) = acked.get_mut((b / 64) as usize) {
-            *w |= 1 << (b % 64);
+impl Books {
+    /// Match one reply to its request, check it, and free the slot.
+    fn complete(&mut self, frame: &[u8], counted: bool, t: &mut Tally) {
+        let per = self.per;
+        let verify_seed = self.verify.then_some(self.seed);
+        let Ok(f) = Frame::new_checked(frame) else {
+            return;
+        };
+        if !frames::answers(&f, &self.addr) {
+            return; // another initiator's reply, seen on the shared segment
         }
-    }
-    if let (Some(seed), false) = (verify_seed, s.write) {
-        pattern(seed, s.lba, expect);
-        let data = &frame[ATA_HEADER_LEN..ATA_HEADER_LEN + bytes];
-        t.verify_errors += data
-            .chunks(SECTOR_SIZE)
-            .zip(expect.chunks(SECTOR_SIZE))
-            .filter(|(a, b)| a != b)
-            .count() as u64;
-        t.verified += u64::from(per);
-    }
-    if counted {
-        t.ios += 1;
-        if let Some(first) = s.first_sent {
-            let _ = hist.record(first.elapsed().as_nanos().max(1) as u64);
+        let tag = f.tag();
+        let i = (tag & (MAX_DEPTH as u32 - 1)) as usize;
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        if slot.sent.is_none() || slot.tag != tag {
+            return; // a late reply to a tag we retransmitted under another
+        }
+        let s = *slot;
+        slot.sent = None;
+        self.free.push(i);
+        let ok = !f.is_error()
+            && aoe_common::wire::ata::status(frame).is_ok_and(|(status, _)| {
+                status & (STATUS_BSY | STATUS_DF | STATUS_DRQ | STATUS_ERR) == 0
+            });
+        let bytes = usize::from(per) * SECTOR_SIZE;
+        if !ok || (!s.write && frame.len() < ATA_HEADER_LEN + bytes) {
+            t.errors += 1;
+            return;
+        }
+        if s.write {
+            let b = (s.lba - self.offset) / u64::from(per);
+            if let Some(w) = self.acked.get_mut((b / 64) as usize) {
+                *w |= 1 << (b % 64);
+            }
+        }
+        if let (Some(seed), false) = (verify_seed, s.write) {
+            pattern(seed, s.lba, &mut self.expect);
+            let data = &frame[ATA_HEADER_LEN..ATA_HEADER_LEN + bytes];
+            t.verify_errors += data
+                .chunks(SECTOR_SIZE)
+                .zip(self.expect.chunks(SECTOR_SIZE))
+                .filter(|(a, b)| a != b)
+                .count() as u64;
+            t.verified += u64::from(per);
+        }
+        if counted {
+            t.ios += 1;
+            if let Some(first) = s.first_sent {
+                let _ = self.hist.record(first.elapsed().as_nanos().max(1) as u64);
+            }
         }
     }
 }

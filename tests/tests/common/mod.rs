@@ -102,3 +102,12 @@ pub fn num(v: &serde_json::Value, key: &str) -> f64 {
         .as_f64()
         .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
 }
+
+/// A count from the target's exit line, e.g. "user space handled" or "dropped_acl".
+pub fn exit_count(log: &str, name: &str) -> u64 {
+    log.split(&format!("{name} "))
+        .nth(1)
+        .and_then(|s| s.split([',', ' ', ')']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {log}"))
+}
