@@ -153,14 +153,18 @@ pub fn export(o: &ServeOptions) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let mut received = 0;
     let mut replied = 0;
+    let mut socket_dropped = 0;
     for w in workers {
-        received += w.stats.received.load(Ordering::Relaxed);
-        replied += w.stats.replied.load(Ordering::Relaxed);
+        let stats = w.stats.clone();
         w.join()?;
+        received += stats.received.load(Ordering::Relaxed);
+        replied += stats.replied.load(Ordering::Relaxed);
+        socket_dropped += stats.socket_dropped.load(Ordering::Relaxed);
     }
     let counters = classifier.lock().unwrap().counters().unwrap_or_default();
     eprintln!(
-        "{}: stopped; user space handled {received} frames ({replied} replies); kernel: {}",
+        "{}: stopped; user space handled {received} frames ({replied} replies), \
+         dropped {socket_dropped} in full sockets; kernel: {}",
         ex.name(),
         counter::NAMES
             .iter()

@@ -32,6 +32,9 @@ pub struct WorkerStats {
     pub received: AtomicU64,
     pub replied: AtomicU64,
     pub ignored: AtomicU64,
+    /// Frames the kernel redirected to this socket but dropped there (XDP_STATISTICS, read
+    /// when the worker stops): the rx ring was full, or the fill ring had no buffer.
+    pub socket_dropped: AtomicU64,
 }
 
 pub struct Worker {
@@ -193,6 +196,11 @@ fn serve(
         } else {
             idle = 0;
         }
+    }
+    if let Ok(st) = sock.device.statistics_v2() {
+        stats
+            .socket_dropped
+            .store(st.rx_dropped + st.rx_ring_full, Ordering::Relaxed);
     }
     Ok(())
 }
