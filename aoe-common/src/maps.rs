@@ -8,6 +8,7 @@ pub const MAP_EXPORTS: &str = "EXPORTS";
 pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_XSKS: &str = "XSKS";
+pub const MAP_EXPORT_COUNTERS: &str = "EXPORT_COUNTERS";
 /// Program names.
 pub const PROG_CLASSIFIER: &str = "aoe_classifier";
 /// An XDP_PASS program for the peer of a veth in a lab: native XDP_TX on a veth is only
@@ -37,7 +38,7 @@ const _: () = assert!(REPLY_BUF_LEN >= CONFIG_REPLY_MAX && REPLY_BUF_LEN.is_powe
 
 /// Key of the export table: shelf (host order) and slot.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ExportKey {
     pub shelf: u16,
     pub slot: u8,
@@ -66,8 +67,15 @@ pub struct ExportEntry {
     pub config_len: u32,
     /// Non-zero while reserved: ATA frames then go to user space for the check.
     pub reserved: u32,
+    /// This export's row in `EXPORT_COUNTERS` (below `MAX_EXPORTS`).
+    pub index: u32,
+    /// Entries in use in `reserve` (the reservation list, for `aoe-ctl reservation`).
+    pub reserve_count: u32,
     /// The MAC mask list, each MAC in the first 6 bytes of 8.
     pub masks: [[u8; 8]; MAX_MASKS],
+    /// The reservation list, each MAC in the first 6 bytes of 8. User space enforces it (a
+    /// conflict gets an AoE error reply); it is here so a second process can read and clear it.
+    pub reserve: [[u8; 8]; MAX_MASKS],
     /// A complete Query Config reply: our MAC as source, real shelf/slot, the current string.
     /// The kernel fills in the destination MAC and the tag.
     pub reply: [u8; REPLY_BUF_LEN],
@@ -80,7 +88,10 @@ impl ExportEntry {
             mask_count: 0,
             config_len: 0,
             reserved: 0,
+            index: 0,
+            reserve_count: 0,
             masks: [[0; 8]; MAX_MASKS],
+            reserve: [[0; 8]; MAX_MASKS],
             reply: [0; REPLY_BUF_LEN],
         }
     }
@@ -130,6 +141,20 @@ pub mod counter {
     ];
 }
 
+/// Columns of the per-export, per-CPU counters the classifier keeps: row `entry.index`
+/// starts at `entry.index * export_counter::COUNT` in `EXPORT_COUNTERS`.
+pub mod export_counter {
+    /// Query Config answered in the kernel.
+    pub const ANSWERED: u32 = 0;
+    /// Redirected to user space.
+    pub const REDIRECTED: u32 = 1;
+    /// Dropped: source MAC not on the mask list.
+    pub const DROP_ACL: u32 = 2;
+    /// Dropped: Query Config test / test-prefix that did not match.
+    pub const DROP_CONFIG_MISMATCH: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
 /// What the benchmark ceiling answers with (an array of one). Templates come from the same
 /// wire-format code the target uses.
 #[repr(C)]
@@ -161,6 +186,6 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<ExportKey>() == 4);
-const _: () = assert!(core::mem::size_of::<ExportEntry>() == 16 + 8 * MAX_MASKS + REPLY_BUF_LEN);
+const _: () = assert!(core::mem::size_of::<ExportEntry>() == 24 + 16 * MAX_MASKS + REPLY_BUF_LEN);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<CeilingEntry>() == 12 + 60 + 2 * 512);

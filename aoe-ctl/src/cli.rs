@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 use clap::{Parser, Subcommand};
 
+use aoe_ctl::daemon::config::DataPath;
 use aoe_ctl::initiator::bench::Pattern;
 use aoe_ctl::target::xdp::ModeChoice;
 
@@ -35,13 +36,16 @@ pub enum Cmd {
         /// Acknowledge writes only once they are on stable storage.
         #[arg(long)]
         sync: bool,
+        /// O_DIRECT I/O instead of the page cache (for block devices).
+        #[arg(long)]
+        direct: bool,
         /// Buffer count advertised to initiators (default 128, at least 2).
         #[arg(long)]
         buffers: Option<u16>,
         /// Only these MACs may talk to the export (seeds the MAC mask list).
         #[arg(long, value_delimiter = ',', value_parser = parse_mac)]
         allow: Vec<[u8; 6]>,
-        /// First sector of the file to export.
+        /// First sector of the file to export (vblade -o).
         #[arg(long, default_value_t = 0)]
         offset: u64,
         /// Sectors to export from the offset (default: to the end).
@@ -50,6 +54,12 @@ pub enum Cmd {
         /// Initial config string.
         #[arg(long, default_value = "")]
         config: String,
+        /// Keep the config string initiators set in this file (it survives restarts).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Data path: XDP + AF_XDP, AF_PACKET rings, or XDP when possible.
+        #[arg(long, value_enum, default_value_t = DataPath::Auto)]
+        mode: DataPath,
         /// How to attach the XDP program.
         #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
         xdp_mode: ModeChoice,
@@ -58,6 +68,69 @@ pub enum Cmd {
         queues: Option<u32>,
         /// The image: regular file, sparse file or block device.
         path: PathBuf,
+    },
+    /// Serve every export of a config file until SIGINT/SIGTERM; SIGHUP reloads the file.
+    Daemon {
+        #[arg(long, default_value = "/etc/aoe/exports.toml")]
+        config: PathBuf,
+        /// Check the file and exit (0 when it is good).
+        #[arg(long)]
+        check: bool,
+    },
+    /// vblade 25's command line: aoe-ctl vblade [-b bufcnt] [-d] [-s] [-r] [-m mac[,mac...]]
+    /// [-o offset] [-l length] shelf slot netif filename.
+    Vblade {
+        /// Buffer count advertised to initiators.
+        #[arg(short = 'b', default_value_t = 16)]
+        bufcnt: u16,
+        /// O_DIRECT I/O.
+        #[arg(short = 'd')]
+        direct: bool,
+        /// O_SYNC: acknowledge writes once on stable storage.
+        #[arg(short = 's')]
+        sync: bool,
+        /// Read-only.
+        #[arg(short = 'r')]
+        read_only: bool,
+        /// Only these MACs may use the export.
+        #[arg(short = 'm', value_delimiter = ',', value_parser = parse_mac)]
+        macs: Vec<[u8; 6]>,
+        /// First sector of the file to export.
+        #[arg(short = 'o', default_value_t = 0)]
+        offset: u64,
+        /// Sectors to export (default: to the end).
+        #[arg(short = 'l')]
+        length: Option<u64>,
+        #[arg(value_parser = parse_shelf)]
+        shelf: u16,
+        #[arg(value_parser = parse_slot)]
+        slot: u8,
+        netif: String,
+        filename: PathBuf,
+    },
+    /// Exports, interfaces, data path, queues and uptime of the running targets.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counters per export (frames, bytes, config answers, errors, drops by reason) and per
+    /// interface.
+    Stats {
+        /// Print again every second (with --json, one object per line).
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The MAC mask list of an export (the list AoE command 2 edits), enforced in the kernel.
+    Acl {
+        #[command(subcommand)]
+        action: AclAction,
+    },
+    /// An export's reservation (AoE command 3).
+    Reservation {
+        #[command(subcommand)]
+        action: ReservationAction,
     },
     /// List every AoE target that answers on an interface.
     Discover {
@@ -155,34 +228,38 @@ pub enum Cmd {
     },
 }
 
-pub fn parse_shelf(s: &str) -> Result<u16> {
-    let v: u32 = s
-        .parse()
-        .map_err(|_| anyhow!("shelf {s:?} is not a number"))?;
-    if v >= 0xFFFF {
-        bail!("shelf {v} is out of range (0-65534; 65535 is the broadcast shelf)");
-    }
-    Ok(v as u16)
+pub use aoe_ctl::address::{parse_shelf, parse_slot, parse_target};
+
+#[derive(Subcommand, Debug)]
+pub enum AclAction {
+    List {
+        #[arg(long, value_parser = parse_target)]
+        target: (u16, u8),
+    },
+    Add {
+        #[arg(long, value_parser = parse_target)]
+        target: (u16, u8),
+        #[arg(value_parser = parse_mac)]
+        mac: [u8; 6],
+    },
+    Del {
+        #[arg(long, value_parser = parse_target)]
+        target: (u16, u8),
+        #[arg(value_parser = parse_mac)]
+        mac: [u8; 6],
+    },
 }
 
-pub fn parse_slot(s: &str) -> Result<u8> {
-    let v: u32 = s
-        .parse()
-        .map_err(|_| anyhow!("slot {s:?} is not a number"))?;
-    if v >= 0xFF {
-        bail!("slot {v} is out of range (0-254; 255 is the broadcast slot)");
-    }
-    Ok(v as u8)
-}
-
-pub fn parse_target(s: &str) -> Result<(u16, u8)> {
-    let rest = s
-        .strip_prefix('e')
-        .ok_or_else(|| anyhow!("target {s:?} is not of the form eSHELF.SLOT (e.g. e1.2)"))?;
-    let (shelf, slot) = rest
-        .split_once('.')
-        .ok_or_else(|| anyhow!("target {s:?} is not of the form eSHELF.SLOT (e.g. e1.2)"))?;
-    Ok((parse_shelf(shelf)?, parse_slot(slot)?))
+#[derive(Subcommand, Debug)]
+pub enum ReservationAction {
+    Show {
+        #[arg(long, value_parser = parse_target)]
+        target: (u16, u8),
+    },
+    Clear {
+        #[arg(long, value_parser = parse_target)]
+        target: (u16, u8),
+    },
 }
 
 pub fn parse_seconds(s: &str) -> Result<f64> {

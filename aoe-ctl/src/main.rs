@@ -7,13 +7,24 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 
+use aoe_ctl::admin;
+use aoe_ctl::daemon::config::{self, ExportSpec, NodeConfig};
+use aoe_ctl::daemon::state::StateFile;
 use aoe_ctl::initiator::{bench, discover, verify};
-use aoe_ctl::target::serve::{self, ServeOptions};
-use cli::{Cli, Cmd};
+use aoe_ctl::target::xdp::ModeChoice;
+use cli::{AclAction, Cli, Cmd, ReservationAction};
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if let Err(e) = run(Cli::parse()) {
+    // Installed as (or linked to) `vblade`, it takes vblade's command line.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked = std::path::Path::new(&args[0])
+        .file_name()
+        .map(|n| n.to_os_string());
+    if invoked.as_deref() == Some(std::ffi::OsStr::new("vblade")) {
+        args.insert(1, "vblade".into());
+    }
+    if let Err(e) = run(Cli::parse_from(args)) {
         eprintln!("aoe-ctl: {e:#}");
         std::process::exit(1);
     }
@@ -27,29 +38,94 @@ fn run(cli: Cli) -> Result<()> {
             iface,
             read_only,
             sync,
+            direct,
             buffers,
             allow,
             offset,
             length,
             config,
+            state,
+            mode,
             xdp_mode,
             queues,
             path,
-        } => serve::export(&ServeOptions {
-            iface,
-            path,
-            shelf,
-            slot,
-            read_only,
+        } => {
+            let spec = ExportSpec {
+                shelf,
+                slot,
+                interfaces: vec![iface],
+                path,
+                read_only,
+                sync,
+                direct,
+                offset,
+                length,
+                buffers: buffers.unwrap_or(aoe_ctl::target::export::DEFAULT_BUFFERS),
+                allow,
+                config: config.into_bytes(),
+            };
+            serve_one(spec, mode, xdp_mode, queues, state)
+        }
+        Cmd::Vblade {
+            bufcnt,
+            direct,
             sync,
-            buffers,
-            allow,
+            read_only,
+            macs,
             offset,
             length,
-            config: config.into_bytes(),
-            mode: xdp_mode,
-            queues,
-        }),
+            shelf,
+            slot,
+            netif,
+            filename,
+        } => {
+            let spec = ExportSpec {
+                shelf,
+                slot,
+                interfaces: vec![netif],
+                path: filename,
+                read_only,
+                sync,
+                direct,
+                offset,
+                length,
+                buffers: bufcnt,
+                allow: macs,
+                config: vec![],
+            };
+            serve_one(spec, config::DataPath::Auto, ModeChoice::Auto, None, None)
+        }
+        Cmd::Daemon {
+            config: path,
+            check,
+        } => {
+            let cfg = config::load(&path)?;
+            if check {
+                println!("{}: {} exports, good", path.display(), cfg.exports.len());
+                return Ok(());
+            }
+            let state = StateFile::open(StateFile::beside(&path))?;
+            aoe_ctl::daemon::run(cfg, Some(path), Some(state))
+        }
+        Cmd::Status { json } => admin::status::run(json),
+        Cmd::Stats { watch, json } => {
+            admin::stats::run(json, watch.then_some(Duration::from_secs(1)))
+        }
+        Cmd::Acl { action } => match action {
+            AclAction::List { target } => admin::access::show(target, false),
+            AclAction::Add { target, mac } => {
+                admin::access::edit(target, admin::access::Edit::AclAdd(mac))
+            }
+            AclAction::Del { target, mac } => {
+                admin::access::edit(target, admin::access::Edit::AclDel(mac))
+            }
+        },
+        Cmd::Reservation { action } => match action {
+            ReservationAction::Show { target } => admin::access::show(target, true),
+            ReservationAction::Clear { target } => {
+                admin::access::edit(target, admin::access::Edit::ReservationClear)
+            }
+        },
         Cmd::Discover { iface, wait_ms } => {
             discover::run(&iface, Duration::from_millis(wait_ms))?;
             Ok(())
@@ -124,6 +200,32 @@ fn run(cli: Cli) -> Result<()> {
             until_signal()
         }
     }
+}
+
+/// `aoe-ctl export` and `aoe-ctl vblade`: a daemon of one export, nothing to reload.
+fn serve_one(
+    spec: ExportSpec,
+    mode: config::DataPath,
+    xdp_mode: ModeChoice,
+    queues: Option<u32>,
+    state: Option<std::path::PathBuf>,
+) -> Result<()> {
+    if spec.buffers < 2 {
+        anyhow::bail!(
+            "--buffers must be at least 2 (the Linux initiator's window starts at half of it)"
+        );
+    }
+    if queues == Some(0) {
+        anyhow::bail!("--queues must be at least 1");
+    }
+    let state = state.map(StateFile::open).transpose()?;
+    let cfg = NodeConfig {
+        mode,
+        xdp_mode,
+        queues,
+        exports: vec![spec],
+    };
+    aoe_ctl::daemon::run(cfg, None, state)
 }
 
 /// Block until SIGINT or SIGTERM (what lab helpers attached stays attached until then).

@@ -1,14 +1,14 @@
 //! The entry points: `aoe_classifier` and the lab helper `aoe_pass`.
 
 use aoe_common::{
-    maps::{counter, ExportEntry, ExportKey, MAX_MASKS},
+    maps::{counter, export_counter, ExportEntry, ExportKey, MAX_MASKS},
     wire::{header::field, header::FLAG_RESPONSE, SHELF_BROADCAST, SLOT_BROADCAST},
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use crate::{
     config_reply,
-    maps::{count, EXPORTS, SETTINGS, XSKS},
+    maps::{count, count_export, EXPORTS, SETTINGS, XSKS},
     packet,
 };
 
@@ -94,6 +94,7 @@ fn classify(ctx: &XdpContext) -> u32 {
 
     if entry.mask_count != 0 && !mask_allows(entry, &src) {
         count(counter::DROP_ACL);
+        count_export(entry, export_counter::DROP_ACL);
         return xdp_action::XDP_DROP;
     }
 
@@ -102,7 +103,11 @@ fn classify(ctx: &XdpContext) -> u32 {
             return action;
         }
     }
-    redirect(ctx)
+    let action = redirect(ctx);
+    if action == xdp_action::XDP_REDIRECT {
+        count_export(entry, export_counter::REDIRECTED);
+    }
+    action
 }
 
 #[inline(always)]

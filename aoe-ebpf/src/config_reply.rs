@@ -5,7 +5,7 @@
 //! frame, copy the reply in and set the destination MAC and the tag.
 
 use aoe_common::{
-    maps::{counter, ExportEntry, REPLY_BUF_LEN},
+    maps::{counter, export_counter, ExportEntry, REPLY_BUF_LEN},
     wire::{config, header::field, CONFIG_STRING_MAX, MIN_FRAME_LEN},
 };
 use aya_ebpf::{
@@ -15,7 +15,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 
-use crate::{maps::count, packet};
+use crate::{
+    maps::{count, count_export},
+    packet,
+};
 
 const CCMD_READ: u8 = 0;
 const CCMD_TEST: u8 = 1;
@@ -58,6 +61,7 @@ pub fn answer(ctx: &XdpContext, entry: &ExportEntry, src: [u8; 6]) -> Option<u32
         };
         if !fits || !string_matches(ctx, entry, len)? {
             count(counter::DROP_CONFIG_MISMATCH);
+            count_export(entry, export_counter::DROP_CONFIG_MISMATCH);
             return Some(xdp_action::XDP_DROP);
         }
     }
@@ -100,6 +104,7 @@ pub fn answer(ctx: &XdpContext, entry: &ExportEntry, src: [u8; 6]) -> Option<u32
     out[field::DST..field::DST + 6].copy_from_slice(&src);
     out[field::TAG..field::TAG + 4].copy_from_slice(&tag);
     count(counter::ANSWERED);
+    count_export(entry, export_counter::ANSWERED);
     Some(xdp_action::XDP_TX)
 }
 

@@ -1,7 +1,8 @@
 //! The maps this program shares with aoe-ctl (types from aoe-common).
 
 use aoe_common::maps::{
-    counter, CeilingEntry, ExportEntry, ExportKey, Settings, MAX_EXPORTS, MAX_QUEUES,
+    counter, export_counter, CeilingEntry, ExportEntry, ExportKey, Settings, MAX_EXPORTS,
+    MAX_QUEUES,
 };
 use aya_ebpf::{
     macros::map,
@@ -20,6 +21,11 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// Per-export counters, `export_counter::COUNT` per export (see `count_export`).
+#[map]
+pub static EXPORT_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(MAX_EXPORTS * export_counter::COUNT, 0);
+
 /// What the benchmark ceiling answers with (`ceiling.rs`).
 #[map]
 pub static CEILING: Array<CeilingEntry> = Array::with_max_entries(1, 0);
@@ -31,6 +37,19 @@ pub static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Count `column` (an `export_counter`) for the export whose entry is `entry`.
+#[inline(always)]
+pub fn count_export(entry: &ExportEntry, column: u32) {
+    let row = entry.index;
+    if row >= MAX_EXPORTS {
+        return;
+    }
+    if let Some(p) = EXPORT_COUNTERS.get_ptr_mut(row * export_counter::COUNT + column) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *p += 1 };
     }

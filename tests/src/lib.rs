@@ -97,8 +97,14 @@ impl Drop for Proc {
 
 /// Start `aoe-ctl ARGS` in namespace `ns` and wait for its first line of output.
 pub fn spawn_in(ns: &str, args: &[&str]) -> Result<Proc> {
+    spawn_in_env(ns, &[], args)
+}
+
+/// `spawn_in` with environment variables (`NAME=value`).
+pub fn spawn_in_env(ns: &str, env: &[String], args: &[&str]) -> Result<Proc> {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
+        .args(["netns", "exec", ns, "env"])
+        .args(env)
         .arg(aoe_ctl())
         .args(args)
         .stdout(Stdio::piped())
@@ -251,9 +257,52 @@ impl Lab {
             "--iface",
             &self.target_if,
         ];
+        // AOE_TEST_DATA_PATH=afpacket runs the same tests on the AF_PACKET data path.
+        let path = std::env::var("AOE_TEST_DATA_PATH").unwrap_or_default();
+        if !path.is_empty() {
+            args.extend_from_slice(&["--mode", &path]);
+        }
         args.extend_from_slice(extra);
         args.push(img);
         self.spawn(&self.target_ns, &args)
+    }
+
+    /// A bpffs for this lab's pins (`AOE_BPFFS=...`), mounted on first use and unmounted
+    /// with the lab: `ip netns exec` hides the host's /sys/fs/bpf.
+    pub fn bpffs_env(&self) -> Result<String> {
+        let dir = self.dir.join("bpf");
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)?;
+            sh(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir))?;
+        }
+        Ok(format!("AOE_BPFFS={}", dir.display()))
+    }
+
+    /// `aoe-ctl ARGS` in the target namespace with this lab's bpffs.
+    pub fn spawn_live(&self, args: &[&str]) -> Result<Proc> {
+        spawn_in_env(&self.target_ns, &[self.bpffs_env()?], args)
+    }
+
+    /// Run `aoe-ctl ARGS` to completion in the target namespace with this lab's bpffs.
+    pub fn run_live(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new("ip")
+            .args(["netns", "exec", &self.target_ns, "env", &self.bpffs_env()?])
+            .arg(aoe_ctl())
+            .args(args)
+            .output()?)
+    }
+
+    /// A second veth pair between the two namespaces: (target side, initiator side).
+    pub fn add_link(&self, suffix: &str) -> Result<(String, String)> {
+        let t = format!("{}{suffix}", self.target_if);
+        let i = format!("{}{suffix}", self.initiator_if);
+        ip(&["link", "add", &t, "type", "veth", "peer", "name", &i])?;
+        for (ns, dev) in [(&self.target_ns, &t), (&self.initiator_ns, &i)] {
+            ip(&["link", "set", dev, "netns", ns])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            quiet_ipv6(ns, dev);
+        }
+        Ok((t, i))
     }
 
     /// Debian's vblade serving `image` as e1.2 on the target side (stopped on drop).
@@ -418,6 +467,10 @@ impl Drop for Lab {
         // Deleting the namespaces deletes the veth pair with them.
         let _ = ip(&["netns", "del", &self.target_ns]);
         let _ = ip(&["netns", "del", &self.initiator_ns]);
+        let bpf = self.dir.join("bpf");
+        if bpf.exists() {
+            let _ = Command::new("umount").arg(&bpf).status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use aoe_ctl::initiator::client::Client;
-use aoe_ctl::initiator::ring::RingSocket;
+use aoe_ctl::packet::ring::RingSocket;
 use aoe_integration::Lab;
 
 mod common;

@@ -65,9 +65,15 @@ fn main() {
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_env(args, &[])
+}
+
+/// `cargo ARGS` with extra environment variables.
+pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let root = aoe_integration::workspace_root();
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(&root)
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
@@ -95,6 +101,18 @@ fn test() -> Result<()> {
         "warnings",
     ])?;
     cargo(&["test", "--release"])?;
+    // The same protocol tests again, on the AF_PACKET data path.
+    cargo_env(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "aoe-integration",
+            "--test",
+            "target",
+        ],
+        &[("AOE_TEST_DATA_PATH", "afpacket")],
+    )?;
     // The side-by-side benchmark works on this machine (short rows, figures not judged;
     // written to a scratch directory, not over docs/).
     let out = std::env::temp_dir().join(format!("aoe-bench-smoke-{}", std::process::id()));

@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use super::client::Client;
 use super::frames::{self, Addr};
-use super::ring::RingSocket;
 use super::verify::pattern;
+use crate::packet::ring::RingSocket;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]

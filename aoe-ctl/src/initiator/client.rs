@@ -10,7 +10,7 @@ use aoe_common::wire::config::{ConfigCommand, ConfigRepr};
 use aoe_common::wire::{identify, Frame, Mac, SECTOR_SIZE};
 
 use super::frames::{self, Addr, BROADCAST_MAC};
-use super::socket::RawSocket;
+use crate::packet::socket::RawSocket;
 
 /// A target as discovered by a config query.
 #[derive(Debug, Clone)]

@@ -4,6 +4,4 @@ pub mod bench;
 pub mod client;
 pub mod discover;
 pub mod frames;
-pub mod ring;
-pub mod socket;
 pub mod verify;

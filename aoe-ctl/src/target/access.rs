@@ -144,6 +144,18 @@ impl Access {
         Ok(l.reserve.clone())
     }
 
+    /// Apply a mask-list edit made elsewhere (control plane): add and remove these MACs.
+    pub fn apply_mask_changes(&self, added: &[Mac], removed: &[Mac]) {
+        let mut l = self.lists.write().unwrap();
+        l.masks.retain(|m| !removed.contains(m));
+        for m in added {
+            if !l.masks.contains(m) && l.masks.len() < MAX_MASKS {
+                l.masks.push(*m);
+            }
+        }
+        self.update_restricted(&l);
+    }
+
     /// Clear the reservation (control plane).
     pub fn clear_reservation(&self) {
         let mut l = self.lists.write().unwrap();

@@ -17,7 +17,7 @@ use super::{ata, config, control};
 
 /// The longest reply to anything but an ATA read: a mask list of 255 entries (a config
 /// reply is at most 1056 bytes).
-const CONTROL_REPLY_MAX: usize = aoe_common::wire::header::HEADER_LEN + 4 + 255 * 8;
+pub const CONTROL_REPLY_MAX: usize = aoe_common::wire::header::HEADER_LEN + 4 + 255 * 8;
 
 /// Why a frame got no reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +157,7 @@ impl Engine {
         let Some(ex) = self.exports.get(idx) else {
             return Verdict::Ignore(Ignore::NotOurs);
         };
+        ExportStats::add(&ex.stats.frames, 1);
         if len > buf.len() || buf.len() < MIN_FRAME_LEN {
             return Verdict::Ignore(Ignore::Malformed);
         }
@@ -174,6 +175,7 @@ impl Engine {
             return Verdict::Ignore(Ignore::NotOurs);
         }
         if !ex.access.mask_allows(&req.src) {
+            ExportStats::add(&ex.stats.dropped_acl, 1);
             return Verdict::Ignore(Ignore::Acl);
         }
         let reply = req.reply(self.mac, ex.shelf, ex.slot);
@@ -197,7 +199,12 @@ impl Engine {
         };
         match outcome {
             Ok(n) => self.finish(buf, n, reply),
-            Err(Outcome::Ignore(why)) => Verdict::Ignore(why),
+            Err(Outcome::Ignore(why)) => {
+                if why == Ignore::ConfigMismatch {
+                    ExportStats::add(&ex.stats.dropped_config_mismatch, 1);
+                }
+                Verdict::Ignore(why)
+            }
             Err(Outcome::Error(e)) => self.error(ex, buf, len, reply, e),
             Err(Outcome::ErrorWithBody(e, n)) => {
                 ExportStats::add(&ex.stats.aoe_errors, 1);

@@ -1,5 +1,6 @@
 //! One exported device: its address, backing store, options and mutable state.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
@@ -11,6 +12,8 @@ use super::backend::Backend;
 /// Per-export counters (relaxed atomics; read by `stats`).
 #[derive(Debug, Default)]
 pub struct ExportStats {
+    /// Frames the engine was handed for this export.
+    pub frames: AtomicU64,
     pub reads: AtomicU64,
     pub writes: AtomicU64,
     pub bytes_read: AtomicU64,
@@ -18,6 +21,10 @@ pub struct ExportStats {
     pub ata_errors: AtomicU64,
     pub aoe_errors: AtomicU64,
     pub config_replies: AtomicU64,
+    /// Dropped here: source MAC not on the mask list (the kernel drops most before).
+    pub dropped_acl: AtomicU64,
+    /// Query Config tests that did not match (no reply is the answer).
+    pub dropped_config_mismatch: AtomicU64,
 }
 
 impl ExportStats {
@@ -25,12 +32,40 @@ impl ExportStats {
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// The counters in the order of `crate::pinned::STAT_NAMES`.
+    pub fn snapshot(&self) -> [u64; 10] {
+        [
+            &self.frames,
+            &self.reads,
+            &self.writes,
+            &self.bytes_read,
+            &self.bytes_written,
+            &self.ata_errors,
+            &self.aoe_errors,
+            &self.config_replies,
+            &self.dropped_acl,
+            &self.dropped_config_mismatch,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
+    }
 }
+
+/// Default buffer count advertised to initiators: 16, as vblade. The Linux aoe driver (6.1)
+/// keeps min(bufcnt, 64) frames in flight; with 64 against a fast target in a slow guest it
+/// stalled in half of the interop runs (docs/interop.md), with 16 never.
+pub const DEFAULT_BUFFERS: u16 = 16;
 
 pub struct Export {
     pub shelf: u16,
     pub slot: u8,
     pub backend: Box<dyn Backend>,
+    /// Where the backend came from, and how (for `status`).
+    pub path: PathBuf,
+    pub offset: u64,
+    pub direct: bool,
+    /// Unix seconds when it started serving.
+    pub started: u64,
     pub read_only: bool,
     /// Acknowledge writes only once on stable storage.
     pub sync: bool,
@@ -47,6 +82,9 @@ pub struct Export {
 pub struct ExportOptions {
     pub shelf: u16,
     pub slot: u8,
+    pub path: PathBuf,
+    pub offset: u64,
+    pub direct: bool,
     pub read_only: bool,
     pub sync: bool,
     pub buffers: u16,
@@ -60,6 +98,9 @@ impl ExportOptions {
         ExportOptions {
             shelf,
             slot,
+            path: PathBuf::new(),
+            offset: 0,
+            direct: false,
             read_only: false,
             sync: false,
             buffers: 16,
@@ -86,6 +127,10 @@ impl Export {
             shelf: opts.shelf,
             slot: opts.slot,
             backend,
+            path: opts.path,
+            offset: opts.offset,
+            direct: opts.direct,
+            started: crate::pinned::unix_now(),
             read_only: opts.read_only,
             sync: opts.sync,
             buffers: opts.buffers.max(2),
@@ -94,6 +139,18 @@ impl Export {
             config: RwLock::new(config),
             serial,
         }
+    }
+
+    pub fn key(&self) -> aoe_common::maps::ExportKey {
+        aoe_common::maps::ExportKey::new(self.shelf, self.slot)
+    }
+
+    /// `crate::pinned::FLAG_*`.
+    pub fn flags(&self) -> u32 {
+        use crate::pinned::{FLAG_DIRECT, FLAG_READ_ONLY, FLAG_SYNC};
+        (if self.read_only { FLAG_READ_ONLY } else { 0 })
+            | (if self.sync { FLAG_SYNC } else { 0 })
+            | (if self.direct { FLAG_DIRECT } else { 0 })
     }
 
     pub fn name(&self) -> String {

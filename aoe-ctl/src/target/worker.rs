@@ -16,6 +16,7 @@ use xdpilone::xdp::XdpDesc;
 
 use super::chunks::{Chunks, Layout};
 use super::engine::{Engine, Route, Verdict};
+use super::live_engine::LiveEngine;
 use super::xdp::Classifier;
 use super::xsk::{chunk_base, XskConfig, XskSocket, FRAME_SIZE, MAX_TX_CHAIN, XDP_PKT_CONTD};
 
@@ -25,6 +26,8 @@ const MAX_RX_CHAIN: usize = super::ata::MAX_WRITE_PARTS;
 /// Empty loops before the worker sleeps in poll(): a request usually follows the last reply
 /// within microseconds, and a poll wake-up costs more than a few spins.
 const SPINS_BEFORE_SLEEP: u32 = 256;
+/// Loops between two reads of the socket's drop counters under load (a getsockopt each).
+const STATS_EVERY: u32 = 1 << 16;
 
 /// Counters of one worker.
 #[derive(Debug, Default)]
@@ -33,7 +36,8 @@ pub struct WorkerStats {
     pub replied: AtomicU64,
     pub ignored: AtomicU64,
     /// Frames the kernel redirected to this socket but dropped there (XDP_STATISTICS, read
-    /// when the worker stops): the rx ring was full, or the fill ring had no buffer.
+    /// when idle, every `STATS_EVERY` loops and at the end): the rx ring was full, or the
+    /// fill ring had no buffer.
     pub socket_dropped: AtomicU64,
 }
 
@@ -47,7 +51,7 @@ impl Worker {
     /// Open the socket of `cfg.queue` in a new thread, register it, and serve until `stop`.
     pub fn spawn(
         cfg: XskConfig,
-        engine: Arc<Engine>,
+        engine: Arc<LiveEngine>,
         classifier: Arc<Mutex<Classifier>>,
         stop: Arc<AtomicBool>,
     ) -> Result<Worker> {
@@ -65,6 +69,8 @@ impl Worker {
                         .bind_socket(cfg.queue, sock.fd())?;
                     Ok(sock)
                 });
+                // The socket is registered: the worker has no further use for the classifier.
+                drop(classifier);
                 let sock = match opened {
                     Ok(sock) => {
                         let _ = ready_tx.send(Ok(()));
@@ -97,10 +103,11 @@ impl Worker {
 fn serve(
     mut sock: XskSocket,
     layout: Layout,
-    engine: &Engine,
+    live: &LiveEngine,
     stop: &AtomicBool,
     stats: &WorkerStats,
 ) -> Result<()> {
+    let (mut engine, mut generation) = live.load();
     let mut chunks = Chunks::new(layout);
     let mut tx_queue: VecDeque<XdpDesc> = VecDeque::with_capacity(layout.total() as usize);
     // Received descriptors not answered yet: the tail of a chain still arriving, or frames
@@ -109,8 +116,16 @@ fn serve(
     let mut waiting_for_run = false;
     refill(&mut sock, &mut chunks);
     let mut idle = 0u32;
+    let mut loops = 0u32;
 
     while !stop.load(Ordering::Relaxed) {
+        if live.changed_since(generation) {
+            (engine, generation) = live.load();
+        }
+        loops = loops.wrapping_add(1);
+        if loops.is_multiple_of(STATS_EVERY) {
+            read_socket_drops(&sock, stats);
+        }
         // Chunks the kernel finished sending come back to us.
         {
             let mut done = sock.device.complete(BATCH * 4);
@@ -147,7 +162,7 @@ fn serve(
                 break;
             };
             let chain = &held[at..=at + last];
-            match handle(&mut sock, engine, chain, &mut chunks, &mut tx_queue) {
+            match handle(&mut sock, &engine, chain, &mut chunks, &mut tx_queue) {
                 Some(n) => {
                     received += 1;
                     replied += n;
@@ -188,6 +203,7 @@ fn serve(
         if arrived == 0 && received == 0 && tx_queue.is_empty() && sock.tx.pending() == 0 {
             idle += 1;
             if idle >= SPINS_BEFORE_SLEEP {
+                read_socket_drops(&sock, stats);
                 idle_wait(&sock, Duration::from_millis(100));
                 idle = 0;
             } else {
@@ -197,12 +213,17 @@ fn serve(
             idle = 0;
         }
     }
+    read_socket_drops(&sock, stats);
+    Ok(())
+}
+
+/// Frames the kernel dropped at this socket (XDP_STATISTICS), for `stats` and the exit line.
+fn read_socket_drops(sock: &XskSocket, stats: &WorkerStats) {
     if let Ok(st) = sock.device.statistics_v2() {
         stats
             .socket_dropped
             .store(st.rx_dropped + st.rx_ring_full, Ordering::Relaxed);
     }
-    Ok(())
 }
 
 /// Answer one received frame (a chain of one or more descriptors); returns the number of

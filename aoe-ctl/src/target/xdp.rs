@@ -1,12 +1,16 @@
 //! The user side of the kernel classifier: loads the embedded object, attaches it, and keeps
 //! the export table, settings and XSKMAP in step with the exports.
 
+use std::collections::HashMap as StdHashMap;
 use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use aoe_common::maps::{
-    counter, ExportEntry, ExportKey, Settings, MAP_COUNTERS, MAP_EXPORTS, MAP_SETTINGS, MAP_XSKS,
-    MAX_MASKS, MIN_REPLY, PROG_CLASSIFIER, PROG_PASS,
+    counter, export_counter, ExportEntry, ExportKey, Settings, MAP_COUNTERS, MAP_EXPORTS,
+    MAP_EXPORT_COUNTERS, MAP_SETTINGS, MAP_XSKS, MAX_EXPORTS, MAX_MASKS, MIN_REPLY,
+    PROG_CLASSIFIER, PROG_PASS,
 };
 use aoe_common::wire::header::{HeaderRepr, FLAG_RESPONSE};
 use aoe_common::wire::{Command, Frame, Mac};
@@ -14,6 +18,7 @@ use aya::maps::{Array, HashMap, PerCpuArray, XskMap};
 use aya::programs::{Xdp as XdpProgram, XdpMode};
 use aya::Ebpf;
 
+use super::access::Lists;
 use super::config;
 use super::export::Export;
 
@@ -35,6 +40,11 @@ pub struct Classifier {
     mac: Mac,
     max_sectors: usize,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Each export's row in EXPORT_COUNTERS.
+    rows: StdHashMap<ExportKey, u32>,
+    /// The access lists as last written, to tell edits made by another process
+    /// (`aoe-ctl acl`, `aoe-ctl reservation`) from our own.
+    written: StdHashMap<ExportKey, Lists>,
 }
 
 fn program(bpf: &mut Ebpf) -> Result<&mut XdpProgram> {
@@ -64,6 +74,8 @@ impl Classifier {
             mac,
             max_sectors,
             logger,
+            rows: StdHashMap::new(),
+            written: StdHashMap::new(),
         })
     }
 
@@ -110,19 +122,106 @@ impl Classifier {
         Ok((r.return_value, out))
     }
 
-    /// Write an export's entry: config reply template, mask list, reservation flag.
+    /// Write an export's entry: config reply template, access lists, counter row. Edits
+    /// another process made to the entry since we last wrote it are taken over first.
     pub fn sync_export(&mut self, ex: &Export) -> Result<()> {
-        let entry = entry_for(ex, self.mac, self.max_sectors);
+        self.adopt_external(ex)?;
+        let key = ExportKey::new(ex.shelf, ex.slot);
+        let Some(&row) = self.rows.get(&key) else {
+            return Ok(());
+        };
+        let entry = entry_for(ex, self.mac, self.max_sectors, row);
         let mut exports: HashMap<_, ExportKey, ExportEntry> =
             HashMap::try_from(map(&mut self.bpf, MAP_EXPORTS)?)?;
         exports
-            .insert(ExportKey::new(ex.shelf, ex.slot), entry, 0)
+            .insert(key, entry, 0)
             .with_context(|| format!("updating the kernel entry of {}", ex.name()))?;
+        self.written.insert(key, ex.access.snapshot());
         Ok(())
     }
 
-    /// Make the kernel know exactly these exports.
-    pub fn set_exports(&mut self, exports: &[std::sync::Arc<Export>]) -> Result<()> {
+    /// Each export's row in EXPORT_COUNTERS.
+    pub fn rows(&self) -> StdHashMap<ExportKey, u32> {
+        self.rows.clone()
+    }
+
+    /// Take over mask-list and reservation edits another process wrote into the kernel
+    /// entry; true when there were any (the caller then writes the export everywhere).
+    pub fn adopt_external(&mut self, ex: &Export) -> Result<bool> {
+        let key = ExportKey::new(ex.shelf, ex.slot);
+        let Some(prev) = self.written.get(&key) else {
+            return Ok(false);
+        };
+        let exports: HashMap<_, ExportKey, ExportEntry> =
+            HashMap::try_from(map(&mut self.bpf, MAP_EXPORTS)?)?;
+        let Ok(entry) = exports.get(&key, 0) else {
+            return Ok(false);
+        };
+        let now = lists_of(&entry);
+        if now == *prev {
+            return Ok(false);
+        }
+        let added: Vec<Mac> = now
+            .masks
+            .iter()
+            .filter(|m| !prev.masks.contains(m))
+            .copied()
+            .collect();
+        let removed: Vec<Mac> = prev
+            .masks
+            .iter()
+            .filter(|m| !now.masks.contains(m))
+            .copied()
+            .collect();
+        ex.access.apply_mask_changes(&added, &removed);
+        if now.reserve.is_empty() && !prev.reserve.is_empty() {
+            ex.access.clear_reservation();
+        }
+        log::info!(
+            "{}: access lists edited by another process: mask list +{} -{}{}",
+            ex.name(),
+            added.len(),
+            removed.len(),
+            if now.reserve.is_empty() && !prev.reserve.is_empty() {
+                ", reservation cleared"
+            } else {
+                ""
+            }
+        );
+        self.written.insert(key, now);
+        Ok(true)
+    }
+
+    /// Make the kernel know exactly these exports (rows for new ones, entries of removed
+    /// ones deleted and their counters zeroed).
+    pub fn set_exports(&mut self, exports: &[Arc<Export>]) -> Result<()> {
+        let keep: Vec<ExportKey> = exports
+            .iter()
+            .map(|e| ExportKey::new(e.shelf, e.slot))
+            .collect();
+        let gone: Vec<(ExportKey, u32)> = self
+            .rows
+            .iter()
+            .filter(|(k, _)| !keep.contains(k))
+            .map(|(k, r)| (*k, *r))
+            .collect();
+        for (key, row) in gone {
+            let mut m: HashMap<_, ExportKey, ExportEntry> =
+                HashMap::try_from(map(&mut self.bpf, MAP_EXPORTS)?)?;
+            let _ = m.remove(&key);
+            self.zero_row(row)?;
+            self.rows.remove(&key);
+            self.written.remove(&key);
+        }
+        for key in &keep {
+            if !self.rows.contains_key(key) {
+                let row = (0..MAX_EXPORTS)
+                    .find(|r| !self.rows.values().any(|x| x == r))
+                    .ok_or_else(|| anyhow!("more than {MAX_EXPORTS} exports on one interface"))?;
+                self.zero_row(row)?;
+                self.rows.insert(*key, row);
+            }
+        }
         for ex in exports {
             self.sync_export(ex)?;
         }
@@ -135,6 +234,27 @@ impl Classifier {
         };
         let mut s: Array<_, Settings> = Array::try_from(map(&mut self.bpf, MAP_SETTINGS)?)?;
         s.set(0, settings, 0)?;
+        Ok(())
+    }
+
+    fn zero_row(&mut self, row: u32) -> Result<()> {
+        let mut c: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map(&mut self.bpf, MAP_EXPORT_COUNTERS)?)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        for col in 0..export_counter::COUNT {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?;
+            c.set(row * export_counter::COUNT + col, zeros, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Pin the maps a second `aoe-ctl` reads and edits into `dir` (on a bpffs).
+    pub fn pin(&mut self, dir: &Path) -> Result<()> {
+        for name in [MAP_EXPORTS, MAP_COUNTERS, MAP_EXPORT_COUNTERS] {
+            map(&mut self.bpf, name)?
+                .pin(dir.join(name))
+                .with_context(|| format!("pinning {name} in {}", dir.display()))?;
+        }
         Ok(())
     }
 
@@ -164,8 +284,26 @@ impl Classifier {
     }
 }
 
-/// The kernel's view of an export.
-pub fn entry_for(ex: &Export, mac: Mac, max_sectors: usize) -> ExportEntry {
+/// The access lists an entry holds.
+pub fn lists_of(e: &ExportEntry) -> Lists {
+    let take = |list: &[[u8; 8]], n: u32| -> Vec<Mac> {
+        list.iter()
+            .take((n as usize).min(MAX_MASKS))
+            .map(|m| {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&m[..6]);
+                mac
+            })
+            .collect()
+    };
+    Lists {
+        masks: take(&e.masks, e.mask_count),
+        reserve: take(&e.reserve, e.reserve_count),
+    }
+}
+
+/// The kernel's view of an export; `row` is its row in EXPORT_COUNTERS.
+pub fn entry_for(ex: &Export, mac: Mac, max_sectors: usize, row: u32) -> ExportEntry {
     let mut e = ExportEntry::zeroed();
     let n = config::write_reply(ex, max_sectors, &mut e.reply);
     HeaderRepr {
@@ -186,7 +324,16 @@ pub fn entry_for(ex: &Export, mac: Mac, max_sectors: usize) -> ExportEntry {
         slot[..6].copy_from_slice(m);
     }
     e.mask_count = lists.masks.len().min(MAX_MASKS) as u32;
+    for (slot, m) in e
+        .reserve
+        .iter_mut()
+        .zip(lists.reserve.iter().take(MAX_MASKS))
+    {
+        slot[..6].copy_from_slice(m);
+    }
+    e.reserve_count = lists.reserve.len().min(MAX_MASKS) as u32;
     e.reserved = u32::from(!lists.reserve.is_empty());
+    e.index = row;
     e
 }
 

@@ -2,22 +2,12 @@
 //! mapping into the reply frame, writes one copy from the request frame into the page cache.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 use std::path::Path;
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use super::{byte_range, fault, Backend, SECTOR};
-
-/// How to open an image.
-#[derive(Debug, Clone, Default)]
-pub struct OpenOptions {
-    pub read_only: bool,
-    /// First sector of the image that is exported (vblade -o).
-    pub offset: u64,
-    /// Sectors exported from `offset` (vblade -l); None: to the end.
-    pub length: Option<u64>,
-}
+use super::{byte_range, extent, fault, Backend, OpenOptions, SECTOR};
 
 pub struct MmapBackend {
     map: MmapRaw,
@@ -31,41 +21,13 @@ pub struct MmapBackend {
 impl MmapBackend {
     /// Open a regular file, sparse file or block device.
     pub fn open(path: &Path, opts: &OpenOptions) -> anyhow::Result<Self> {
-        use anyhow::{bail, Context};
-        let mut file = std::fs::OpenOptions::new()
+        use anyhow::Context;
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .write(!opts.read_only)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        // Seeking to the end measures block devices too (their metadata length is 0).
-        let bytes = file
-            .seek(SeekFrom::End(0))
-            .with_context(|| format!("cannot measure {}", path.display()))?;
-        let total = bytes / SECTOR;
-        if total == 0 {
-            bail!("{} is smaller than one 512-byte sector", path.display());
-        }
-        if opts.offset >= total {
-            bail!(
-                "offset {} is beyond the end of {} ({} sectors)",
-                opts.offset,
-                path.display(),
-                total
-            );
-        }
-        let available = total - opts.offset;
-        let sectors = match opts.length {
-            Some(0) => bail!("length must be at least one sector"),
-            Some(l) if l > available => bail!(
-                "offset {} + length {} is beyond the end of {} ({} sectors)",
-                opts.offset,
-                l,
-                path.display(),
-                total
-            ),
-            Some(l) => l,
-            None => available,
-        };
+        let sectors = extent(&file, path, opts)?;
         let mut mo = MmapOptions::new();
         mo.offset(opts.offset * SECTOR)
             .len((sectors * SECTOR) as usize);

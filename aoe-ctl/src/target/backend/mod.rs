@@ -1,14 +1,18 @@
 //! The block backend: where sectors live. Positional, `&self` access so every queue worker
 //! uses it at once without a lock.
 
+mod direct;
 mod fault;
 mod mem;
 mod mmap;
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::path::Path;
 
+pub use direct::DirectBackend;
 pub use mem::MemBackend;
-pub use mmap::{MmapBackend, OpenOptions};
+pub use mmap::MmapBackend;
 
 /// Bytes per sector.
 pub const SECTOR: u64 = 512;
@@ -31,6 +35,63 @@ pub trait Backend: Send + Sync {
     fn sync_range(&self, lba: u64, len: usize) -> io::Result<()>;
     /// Make everything written so far durable.
     fn flush(&self) -> io::Result<()>;
+}
+
+/// How to open an image.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    pub read_only: bool,
+    /// First sector of the image that is exported (vblade -o).
+    pub offset: u64,
+    /// Sectors exported from `offset` (vblade -l); None: to the end.
+    pub length: Option<u64>,
+    /// O_DIRECT I/O past the page cache (`DirectBackend`) instead of a mapping.
+    pub direct: bool,
+    /// Writes reach stable storage before they are acknowledged.
+    pub sync: bool,
+}
+
+/// Open an image the way `opts` asks: mapped, or with O_DIRECT.
+pub fn open(path: &Path, opts: &OpenOptions) -> anyhow::Result<Box<dyn Backend>> {
+    Ok(if opts.direct {
+        Box::new(DirectBackend::open(path, opts)?)
+    } else {
+        Box::new(MmapBackend::open(path, opts)?)
+    })
+}
+
+/// The sectors of `file` that `opts.offset` and `opts.length` export, checked against its
+/// size (seeking to the end measures block devices too: their metadata length is 0).
+fn extent(mut file: &File, path: &Path, opts: &OpenOptions) -> anyhow::Result<u64> {
+    use anyhow::{bail, Context};
+    let bytes = file
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("cannot measure {}", path.display()))?;
+    let total = bytes / SECTOR;
+    if total == 0 {
+        bail!("{} is smaller than one 512-byte sector", path.display());
+    }
+    if opts.offset >= total {
+        bail!(
+            "offset {} is beyond the end of {} ({} sectors)",
+            opts.offset,
+            path.display(),
+            total
+        );
+    }
+    let available = total - opts.offset;
+    Ok(match opts.length {
+        Some(0) => bail!("length must be at least one sector"),
+        Some(l) if l > available => bail!(
+            "offset {} + length {} is beyond the end of {} ({} sectors)",
+            opts.offset,
+            l,
+            path.display(),
+            total
+        ),
+        Some(l) => l,
+        None => available,
+    })
 }
 
 /// The byte range of `len` bytes at sector `lba`, if it lies inside a device of `sectors`.

@@ -11,7 +11,7 @@ use crate::net::Interface;
 
 /// An AF_PACKET socket for AoE frames bound to `iface`, which does not see its own
 /// transmissions (our requests would otherwise come back to us).
-pub(super) fn open_bound(iface: &Interface) -> Result<OwnedFd> {
+pub(crate) fn open_bound(iface: &Interface) -> Result<OwnedFd> {
     let proto = ETHERTYPE_AOE.to_be() as libc::c_int;
     // SAFETY: plain socket call.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
@@ -43,7 +43,7 @@ pub(super) fn open_bound(iface: &Interface) -> Result<OwnedFd> {
 }
 
 /// setsockopt with a value of the option's type.
-pub(super) fn set_option<T>(
+pub(crate) fn set_option<T>(
     fd: &OwnedFd,
     level: libc::c_int,
     name: libc::c_int,

@@ -1,7 +1,7 @@
-//! An AF_PACKET socket with memory-mapped rx and tx rings (PACKET_MMAP, TPACKET_V2), for a
-//! load generator that must outrun any one target core: requests are written straight into
-//! the tx ring and leave with one `send()` per batch; replies are read in place from the rx
-//! ring. No allocation and no copy in user space per frame.
+//! An AF_PACKET socket with memory-mapped rx and tx rings (PACKET_MMAP, TPACKET_V2), for the
+//! load generator (which must outrun any one target core) and for the target where XDP is
+//! unavailable: frames are written straight into the tx ring and leave with one `send()` per
+//! batch; received frames are read in place from the rx ring. No allocation per frame.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -30,8 +30,16 @@ pub struct RingSocket {
     map_len: usize,
     slot: usize,
     rx_slots: usize,
-    tx_slots: usize,
     rx_next: usize,
+    tx: TxRing,
+}
+
+/// The transmit half of the rings, usable while a received frame is borrowed.
+pub struct TxRing {
+    /// The first tx slot.
+    base: NonNull<u8>,
+    slot: usize,
+    tx_slots: usize,
     tx_next: usize,
     /// Frames written to the tx ring since the last kick.
     unsent: usize,
@@ -51,9 +59,20 @@ impl RingSocket {
     /// Open the rings on `ifname`, sized for frames of its MTU: `rx_slots` and `tx_slots`
     /// frames (rounded up to whole blocks, at most `RING_BYTES` a ring).
     pub fn open(ifname: &str, rx_slots: usize, tx_slots: usize) -> Result<RingSocket> {
+        Self::open_with_room(ifname, rx_slots, tx_slots, 0)
+    }
+
+    /// `open`, with tx slots of at least `room` bytes of frame (a target's engine asks for
+    /// room for its longest possible reply, whatever the MTU).
+    pub fn open_with_room(
+        ifname: &str,
+        rx_slots: usize,
+        tx_slots: usize,
+        room: usize,
+    ) -> Result<RingSocket> {
         let iface = Interface::lookup(ifname)?;
         // A frame of the MTU (a VLAN tag included) after the kernel's header, rounded up.
-        let slot = (iface.mtu + 18 + libc::TPACKET2_HDRLEN + 16)
+        let slot = ((iface.mtu + 18).max(room) + libc::TPACKET2_HDRLEN + 16)
             .next_power_of_two()
             .max(2048);
         if slot > BLOCK as usize {
@@ -103,10 +122,17 @@ impl RingSocket {
             map_len,
             slot,
             rx_slots: rx_blocks * per_block,
-            tx_slots: tx_blocks * per_block,
             rx_next: 0,
-            tx_next: 0,
-            unsent: 0,
+            tx: TxRing {
+                // SAFETY: the tx ring follows the rx blocks inside the mapping.
+                base: unsafe {
+                    NonNull::new_unchecked(map.cast::<u8>().add(rx_blocks * BLOCK as usize))
+                },
+                slot,
+                tx_slots: tx_blocks * per_block,
+                tx_next: 0,
+                unsent: 0,
+            },
             iface,
         })
     }
@@ -121,51 +147,25 @@ impl RingSocket {
     }
 
     fn header(&self, index: usize) -> *mut libc::tpacket2_hdr {
-        // SAFETY: index < rx_slots + tx_slots, so the slot lies inside the mapping.
+        // SAFETY: index < rx_slots, so the slot lies inside the mapping.
         unsafe { self.map.as_ptr().add(index * self.slot).cast() }
     }
 
-    /// The status word of a slot, shared with the kernel.
+    /// The status word of an rx slot, shared with the kernel.
     fn status(&self, index: usize) -> &AtomicU32 {
-        // SAFETY: tp_status is the first, 4-byte aligned field of the slot header, which
-        // lives as long as the mapping; the kernel and we only touch it atomically.
-        unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*self.header(index)).tp_status)) }
+        status_of(self.header(index))
     }
 
-    /// Write the next request into the tx ring with `build` (which returns its length);
-    /// false when the ring is full (kick and try again later). Frames under 60 bytes are
-    /// padded with zeros.
+    /// Write the next frame into the tx ring with `build` (which returns its length, 0 to
+    /// send nothing); false when the ring is full (kick and try again later). Frames under
+    /// 60 bytes are padded with zeros.
     pub fn queue(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
-        let index = self.rx_slots + self.tx_next;
-        if self.status(index).load(Ordering::Acquire) != libc::TP_STATUS_AVAILABLE {
-            return false;
-        }
-        // SAFETY: an AVAILABLE slot belongs to user space until we hand it over below.
-        let data = unsafe {
-            std::slice::from_raw_parts_mut(
-                self.header(index).cast::<u8>().add(TX_DATA_OFFSET),
-                self.max_frame(),
-            )
-        };
-        let n = build(data).min(data.len());
-        let len = if n < 60 {
-            data[n..60].fill(0);
-            60
-        } else {
-            n
-        };
-        // SAFETY: as above; tp_len is ours to set while the slot is AVAILABLE.
-        unsafe { (*self.header(index)).tp_len = len as u32 };
-        self.status(index)
-            .store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
-        self.tx_next = (self.tx_next + 1) % self.tx_slots;
-        self.unsent += 1;
-        true
+        self.tx.queue(build)
     }
 
     /// Hand every queued frame to the kernel: one syscall for the whole batch.
     pub fn flush(&mut self) -> Result<()> {
-        if self.unsent == 0 {
+        if self.tx.unsent == 0 {
             return Ok(());
         }
         loop {
@@ -173,7 +173,7 @@ impl RingSocket {
             let r =
                 unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
             if r >= 0 {
-                self.unsent = 0;
+                self.tx.unsent = 0;
                 return Ok(());
             }
             let e = io::Error::last_os_error();
@@ -189,19 +189,25 @@ impl RingSocket {
     /// Hand the next received frame to `f`, then give its slot back to the kernel; false
     /// when the rx ring holds nothing.
     pub fn receive(&mut self, f: impl FnOnce(&[u8])) -> bool {
+        self.receive_with(|frame, _| f(frame))
+    }
+
+    /// `receive`, with the tx ring at hand to answer the frame in place.
+    pub fn receive_with(&mut self, f: impl FnOnce(&[u8], &mut TxRing)) -> bool {
         let index = self.rx_next;
         if self.status(index).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
             return false;
         }
         let h = self.header(index);
         // SAFETY: a USER slot belongs to user space; tp_mac/tp_snaplen locate the frame
-        // inside the slot (the kernel never writes past it).
+        // inside the slot (the kernel never writes past it). The tx ring is a disjoint part
+        // of the mapping.
         let frame = unsafe {
             let (mac, snap) = ((*h).tp_mac as usize, (*h).tp_snaplen as usize);
             let len = snap.min(self.slot.saturating_sub(mac));
             std::slice::from_raw_parts(h.cast::<u8>().add(mac), len)
         };
-        f(frame);
+        f(frame, &mut self.tx);
         fence(Ordering::Release);
         self.status(index)
             .store(libc::TP_STATUS_KERNEL, Ordering::Release);
@@ -248,4 +254,50 @@ impl RingSocket {
         }
         u64::from(st.tp_drops)
     }
+}
+
+impl TxRing {
+    fn header(&self, index: usize) -> *mut libc::tpacket2_hdr {
+        // SAFETY: index < tx_slots, so the slot lies inside the mapping.
+        unsafe { self.base.as_ptr().add(index * self.slot).cast() }
+    }
+
+    /// See `RingSocket::queue`.
+    pub fn queue(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        let index = self.tx_next;
+        let status = status_of(self.header(index));
+        if status.load(Ordering::Acquire) != libc::TP_STATUS_AVAILABLE {
+            return false;
+        }
+        // SAFETY: an AVAILABLE slot belongs to user space until we hand it over below.
+        let data = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.header(index).cast::<u8>().add(TX_DATA_OFFSET),
+                self.slot - TX_DATA_OFFSET,
+            )
+        };
+        let n = build(data).min(data.len());
+        if n == 0 {
+            return true;
+        }
+        let len = if n < 60 {
+            data[n..60].fill(0);
+            60
+        } else {
+            n
+        };
+        // SAFETY: as above; tp_len is ours to set while the slot is AVAILABLE.
+        unsafe { (*self.header(index)).tp_len = len as u32 };
+        status.store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
+        self.tx_next = (self.tx_next + 1) % self.tx_slots;
+        self.unsent += 1;
+        true
+    }
+}
+
+/// The status word of a ring slot, shared with the kernel.
+fn status_of<'a>(h: *mut libc::tpacket2_hdr) -> &'a AtomicU32 {
+    // SAFETY: tp_status is the first, 4-byte aligned field of a slot header inside the
+    // mapping, which outlives every use here; the kernel and we only touch it atomically.
+    unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*h).tp_status)) }
 }

@@ -1,0 +1,89 @@
+//! `aoe-ctl status`: what runs where.
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::format_duration;
+use crate::pinned::{self, Interface, FLAG_DIRECT, FLAG_READ_ONLY, FLAG_SYNC};
+
+pub fn run(as_json: bool) -> Result<()> {
+    let ifaces = Interface::all()?;
+    let now = pinned::unix_now();
+    if as_json {
+        let v: Vec<_> = ifaces
+            .iter()
+            .map(|i| {
+                json!({
+                    "interface": i.name,
+                    "mode": i.mode(),
+                    "queues": i.info.queues,
+                    "mtu": i.info.mtu,
+                    "pid": i.info.pid,
+                    "uptime_s": now.saturating_sub(i.info.started),
+                    "exports": i.records.iter().map(|r| json!({
+                        "target": format!("e{}.{}", r.shelf, r.slot),
+                        "path": pinned::text(&r.path),
+                        "sectors": r.sectors,
+                        "offset": r.offset,
+                        "buffers": r.buffers,
+                        "read_only": r.flags & FLAG_READ_ONLY != 0,
+                        "sync": r.flags & FLAG_SYNC != 0,
+                        "direct": r.flags & FLAG_DIRECT != 0,
+                        "uptime_s": now.saturating_sub(r.started),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "interfaces": v }))?
+        );
+        return Ok(());
+    }
+    if ifaces.is_empty() {
+        println!(
+            "no aoe-ctl target is running (looked in {})",
+            pinned::root().display()
+        );
+        return Ok(());
+    }
+    for i in &ifaces {
+        println!(
+            "{}: {}, {} queue{}, mtu {}, pid {}, up {}",
+            i.name,
+            i.mode(),
+            i.info.queues,
+            if i.info.queues == 1 { "" } else { "s" },
+            i.info.mtu,
+            i.info.pid,
+            format_duration(now.saturating_sub(i.info.started))
+        );
+        for r in &i.records {
+            let mut opts = vec![];
+            if r.flags & FLAG_READ_ONLY != 0 {
+                opts.push("read-only".to_string());
+            }
+            if r.flags & FLAG_SYNC != 0 {
+                opts.push("sync".to_string());
+            }
+            if r.flags & FLAG_DIRECT != 0 {
+                opts.push("direct".to_string());
+            }
+            if r.offset != 0 {
+                opts.push(format!("offset {}", r.offset));
+            }
+            println!(
+                "  e{}.{}  {}  {} sectors, {} buffers{}{}, up {}",
+                r.shelf,
+                r.slot,
+                pinned::text(&r.path),
+                r.sectors,
+                r.buffers,
+                if opts.is_empty() { "" } else { ", " },
+                opts.join(", "),
+                format_duration(now.saturating_sub(r.started))
+            );
+        }
+    }
+    Ok(())
+}

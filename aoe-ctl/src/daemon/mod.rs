@@ -1,0 +1,339 @@
+//! The target as a service: every export of a config, each on its interfaces (one classifier
+//! and one set of queue workers per interface, shared by the exports there). SIGHUP applies
+//! the file again: added exports start, removed ones stop, changed ones restart, and the
+//! others keep serving without missing a request. `aoe-ctl export` is the same thing with a
+//! config of one export and nothing to reload.
+
+pub mod config;
+pub mod host;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aoe_common::maps::ExportKey;
+
+use crate::target::backend::{self, OpenOptions};
+use crate::target::export::{Export, ExportOptions};
+use crate::target::xdp::Classifier;
+use config::{ExportSpec, NodeConfig};
+use host::{Host, HostOptions, Observer};
+use state::StateFile;
+
+/// The classifiers of the interfaces an export is served on.
+type Kernels = Vec<Arc<std::sync::Mutex<Classifier>>>;
+
+/// Where each export is served, for the observer and the control tick.
+#[derive(Default)]
+struct Placements {
+    by_key: HashMap<ExportKey, (Arc<Export>, Kernels)>,
+}
+
+/// What the workers' observer needs: placements and the state file.
+struct Shared {
+    placements: RwLock<Placements>,
+    state: Option<StateFile>,
+}
+
+impl Shared {
+    /// An initiator changed an export: mirror it into every interface's kernel entry, and
+    /// keep its config string, before the reply leaves.
+    fn changed(&self, ex: &Export) {
+        let p = self.placements.read().unwrap();
+        if let Some((_, kernels)) = p.by_key.get(&ex.key()) {
+            for k in kernels {
+                if let Err(e) = k.lock().unwrap().sync_export(ex) {
+                    log::error!("{}: kernel entry not updated: {e:#}", ex.name());
+                }
+            }
+        }
+        if let Some(s) = &self.state {
+            if let Err(e) = s.record(&ex.name(), &ex.config()) {
+                log::error!("{}: config string not kept: {e:#}", ex.name());
+            }
+        }
+    }
+
+    /// Take over access-list edits another process made in the pinned maps.
+    fn adopt_external(&self) {
+        let p = self.placements.read().unwrap();
+        for (ex, kernels) in p.by_key.values() {
+            let mut edited = false;
+            for k in kernels {
+                match k.lock().unwrap().adopt_external(ex) {
+                    Ok(e) => edited |= e,
+                    Err(e) => log::warn!("{}: {e:#}", ex.name()),
+                }
+            }
+            if edited {
+                for k in kernels {
+                    if let Err(e) = k.lock().unwrap().sync_export(ex) {
+                        log::error!("{}: kernel entry not updated: {e:#}", ex.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub struct Node {
+    config: NodeConfig,
+    hosts: BTreeMap<String, Host>,
+    exports: BTreeMap<ExportKey, (ExportSpec, Arc<Export>)>,
+    shared: Arc<Shared>,
+    observer: Observer,
+}
+
+impl Node {
+    pub fn new(state: Option<StateFile>) -> Node {
+        let shared = Arc::new(Shared {
+            placements: RwLock::new(Placements::default()),
+            state,
+        });
+        let s = shared.clone();
+        Node {
+            config: NodeConfig {
+                mode: config::DataPath::Auto,
+                xdp_mode: crate::target::xdp::ModeChoice::Auto,
+                queues: None,
+                exports: vec![],
+            },
+            hosts: BTreeMap::new(),
+            exports: BTreeMap::new(),
+            shared,
+            observer: Arc::new(move |ex| s.changed(ex)),
+        }
+    }
+
+    fn open_export(&self, spec: &ExportSpec) -> Result<Arc<Export>> {
+        let backend = backend::open(
+            &spec.path,
+            &OpenOptions {
+                read_only: spec.read_only,
+                offset: spec.offset,
+                length: spec.length,
+                direct: spec.direct,
+                sync: spec.sync,
+            },
+        )
+        .with_context(|| spec.name())?;
+        let config = self
+            .shared
+            .state
+            .as_ref()
+            .and_then(|s| s.config(&spec.name()))
+            .unwrap_or_else(|| spec.config.clone());
+        Ok(Arc::new(Export::new(
+            ExportOptions {
+                shelf: spec.shelf,
+                slot: spec.slot,
+                path: spec.path.clone(),
+                offset: spec.offset,
+                direct: spec.direct,
+                read_only: spec.read_only,
+                sync: spec.sync,
+                buffers: spec.buffers,
+                allow: spec.allow.clone(),
+                config,
+            },
+            backend,
+        )))
+    }
+
+    /// Serve exactly what `new` says. On an error nothing that was serving stops.
+    pub fn apply(&mut self, new: NodeConfig) -> Result<()> {
+        let host_opts_changed = new.mode != self.config.mode
+            || new.xdp_mode != self.config.xdp_mode
+            || new.queues != self.config.queues;
+        // Open what is new or changed first: a bad path must not stop anything.
+        let mut next: BTreeMap<ExportKey, (ExportSpec, Arc<Export>)> = BTreeMap::new();
+        let (mut added, mut restarted) = (vec![], vec![]);
+        for spec in &new.exports {
+            let key = spec.key();
+            match self.exports.get(&key) {
+                Some((old, ex)) if old == spec => {
+                    next.insert(key, (spec.clone(), ex.clone()));
+                }
+                Some(_) => {
+                    next.insert(key, (spec.clone(), self.open_export(spec)?));
+                    restarted.push(spec.name());
+                }
+                None => {
+                    next.insert(key, (spec.clone(), self.open_export(spec)?));
+                    added.push(spec.name());
+                }
+            }
+        }
+        let removed: Vec<String> = self
+            .exports
+            .values()
+            .filter(|(s, _)| !next.contains_key(&s.key()))
+            .map(|(s, _)| s.name())
+            .collect();
+
+        let mut per_iface: BTreeMap<String, Vec<Arc<Export>>> = BTreeMap::new();
+        for (spec, ex) in next.values() {
+            for i in &spec.interfaces {
+                per_iface.entry(i.clone()).or_default().push(ex.clone());
+            }
+        }
+        let opts = HostOptions {
+            path: new.mode,
+            xdp_mode: new.xdp_mode,
+            queues: new.queues,
+        };
+        // New interfaces (or all of them when the data path options changed) start before
+        // any running one changes; a failure stops only what was started here.
+        let mut started: BTreeMap<String, Host> = BTreeMap::new();
+        for (name, list) in &per_iface {
+            if self.hosts.contains_key(name) && !host_opts_changed {
+                continue;
+            }
+            if host_opts_changed {
+                if let Some(old) = self.hosts.remove(name) {
+                    eprintln!("{}", old.stop());
+                }
+            }
+            match Host::start(name, list.clone(), &opts, self.observer.clone()) {
+                Ok(h) => {
+                    started.insert(name.clone(), h);
+                }
+                Err(e) => {
+                    for (_, h) in started {
+                        eprintln!("{}", h.stop());
+                    }
+                    return Err(e).with_context(|| format!("starting {name}"));
+                }
+            }
+        }
+        for (name, host) in self.hosts.iter_mut() {
+            if let Some(list) = per_iface.get(name) {
+                let same = list.len() == host.exports().len()
+                    && list
+                        .iter()
+                        .zip(host.exports())
+                        .all(|(a, b)| Arc::ptr_eq(a, b));
+                if !same {
+                    host.set_exports(list.clone())
+                        .with_context(|| format!("updating {name}"))?;
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .hosts
+            .keys()
+            .filter(|n| !per_iface.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(h) = self.hosts.remove(&name) {
+                eprintln!("{}", h.stop());
+            }
+        }
+        self.hosts.extend(started);
+        self.exports = next;
+        self.config = new;
+        self.place();
+        if !(added.is_empty() && removed.is_empty() && restarted.is_empty()) {
+            log::info!(
+                "exports: added [{}], removed [{}], restarted [{}]",
+                added.join(" "),
+                removed.join(" "),
+                restarted.join(" ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Tell the observer where each export now is.
+    fn place(&self) {
+        let mut p = Placements::default();
+        for (key, (_, ex)) in &self.exports {
+            let kernels = self
+                .hosts
+                .values()
+                .filter(|h| h.exports().iter().any(|e| Arc::ptr_eq(e, ex)))
+                .filter_map(|h| h.kernel.clone())
+                .collect();
+            p.by_key.insert(*key, (ex.clone(), kernels));
+        }
+        *self.shared.placements.write().unwrap() = p;
+    }
+
+    /// Pick up access-list edits from other processes and refresh the pins.
+    fn tick(&mut self, publish: bool) {
+        self.shared.adopt_external();
+        if publish {
+            for h in self.hosts.values_mut() {
+                h.publish();
+            }
+        }
+    }
+
+    /// Stop every interface; each says what it served.
+    pub fn stop(mut self) {
+        *self.shared.placements.write().unwrap() = Placements::default();
+        for (_, h) in std::mem::take(&mut self.hosts) {
+            eprintln!("{}", h.stop());
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "serving {} export{} on {} interface{}",
+            self.exports.len(),
+            if self.exports.len() == 1 { "" } else { "s" },
+            self.hosts.len(),
+            if self.hosts.len() == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// Serve `initial` until SIGINT/SIGTERM; with a config path, SIGHUP reloads it.
+pub fn run(
+    initial: NodeConfig,
+    config_path: Option<PathBuf>,
+    state: Option<StateFile>,
+) -> Result<()> {
+    // Signal handlers go in before anything is served, so a SIGTERM right after the ready
+    // line still detaches cleanly.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut node = Node::new(state);
+    rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        if let Err(e) = node.apply(initial) {
+            node.stop();
+            return Err(e);
+        }
+        println!("ready: {}", node.summary());
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match &config_path {
+                    Some(p) => match config::load(p).and_then(|c| node.apply(c)) {
+                        Ok(()) => println!("reloaded: {}", node.summary()),
+                        Err(e) => eprintln!("reload refused, still {}: {e:#}", node.summary()),
+                    },
+                    None => eprintln!("SIGHUP: no config file to reload (aoe-ctl export)"),
+                },
+                _ = tick.tick() => {
+                    n += 1;
+                    node.tick(n.is_multiple_of(5));
+                }
+            }
+        }
+        node.stop();
+        Ok(())
+    })
+}

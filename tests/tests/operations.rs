@@ -1,0 +1,449 @@
+//! Operating the target: the daemon with a config (several exports per interface, one export
+//! on two interfaces, SIGHUP reload under load, a refused bad file), live control from a
+//! second process through the pinned maps (status, stats, acl, reservation), the config
+//! string state file, the AF_PACKET data path, --direct, and the vblade-compatible form.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aoe_common::wire::reserve::RCMD_SET;
+use aoe_ctl::initiator::client::Client;
+use aoe_ctl::initiator::frames::{self, Addr};
+use aoe_integration::{Lab, Proc};
+use common::{bench_json, num};
+
+const STRANGER: &str = "02:00:00:00:00:99";
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn discover(lab: &Lab, iface: &str) -> String {
+    let o = lab
+        .run(
+            &lab.initiator_ns,
+            &["discover", "--iface", iface, "--wait-ms", "300"],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn verify(lab: &Lab, iface: &str, target: &str, bytes: &str) -> std::process::Output {
+    lab.run(
+        &lab.initiator_ns,
+        &[
+            "verify", "--iface", iface, "--target", target, "--bytes", bytes,
+        ],
+    )
+    .unwrap()
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn peer(lab: &Lab, iface: &str) -> Proc {
+    lab.spawn(&lab.initiator_ns, &["lab-peer", "--iface", iface])
+        .unwrap()
+}
+
+fn write_config(lab: &Lab, body: &str) -> PathBuf {
+    let p = lab.dir.join("exports.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn hup(p: &Proc) {
+    // SAFETY: signalling our own child (ip netns exec and env exec into aoe-ctl).
+    unsafe { libc::kill(p.pid() as i32, libc::SIGHUP) };
+}
+
+fn stats(lab: &Lab) -> serde_json::Value {
+    let o = lab.run_live(&["stats", "--json"]).unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn export_stat(v: &serde_json::Value, target: &str, key: &str) -> u64 {
+    v["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["target"] == target)
+        .unwrap_or_else(|| panic!("{target} in {v}"))[key]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn daemon_serves_many_exports_and_reloads_without_a_miss() {
+    let lab = Lab::new().unwrap();
+    let (t2, i2) = lab.add_link("x").unwrap();
+    let _peers = (peer(&lab, &lab.initiator_if), peer(&lab, &i2));
+    let a = lab.image("a.img", 8 << 20).unwrap();
+    let b = lab.image("b.img", 4 << 20).unwrap();
+    let c = lab.image("c.img", 4 << 20).unwrap();
+    let (t1, i1) = (lab.target_if.clone(), lab.initiator_if.clone());
+    let e12 = format!(
+        "[[export]]\nshelf = 1\nslot = 2\ninterfaces = [\"{t1}\", \"{t2}\"]\npath = \"{}\"\n",
+        a.display()
+    );
+    let e13 = format!(
+        "[[export]]\nshelf = 1\nslot = 3\ninterfaces = [\"{t1}\"]\npath = \"{}\"\n",
+        b.display()
+    );
+    let e14 = format!(
+        "[[export]]\nshelf = 1\nslot = 4\ninterfaces = [\"{t1}\"]\npath = \"{}\"\nread_only = true\n",
+        c.display()
+    );
+    let cfg = write_config(&lab, &format!("{e12}\n{e13}"));
+    let check = lab
+        .run_live(&["daemon", "--config", cfg.to_str().unwrap(), "--check"])
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+    let daemon = lab
+        .spawn_live(&["daemon", "--config", cfg.to_str().unwrap()])
+        .unwrap();
+
+    // Two exports on one interface, one of them on a second interface too.
+    wait_for("both exports on the first link", || {
+        let d = discover(&lab, &i1);
+        d.contains("e1.2") && d.contains("e1.3")
+    });
+    let d2 = discover(&lab, &i2);
+    assert!(d2.contains("e1.2") && !d2.contains("e1.3"), "{d2}");
+    for (iface, target) in [(&i1, "e1.3"), (&i2, "e1.2"), (&i1, "e1.2")] {
+        let v = verify(&lab, iface, target, "512K");
+        assert!(v.status.success(), "{target} via {iface}: {}", text(&v));
+    }
+    let status = lab.run_live(&["status"]).unwrap();
+    let st = text(&status);
+    assert!(
+        st.contains(&t1) && st.contains(&t2) && st.contains("e1.3"),
+        "{st}"
+    );
+
+    // Reload under load: e1.3 goes, e1.4 comes, e1.2 keeps serving without an error.
+    let reader = lab
+        .spawn_bench(
+            &i1,
+            &[
+                "--pattern",
+                "randread",
+                "--depth",
+                "8",
+                "--duration",
+                "4",
+                "--json",
+                "--timeout-ms",
+                "1000",
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    write_config(&lab, &format!("{e12}\n{e14}"));
+    hup(&daemon);
+    wait_for("e1.4 added and e1.3 removed", || {
+        let d = discover(&lab, &i1);
+        d.contains("e1.4") && !d.contains("e1.3")
+    });
+    // A bad file is refused and the running set stays.
+    write_config(
+        &lab,
+        &format!("{e12}\n{e14}\n[[export]]\nshelf = 1\nslot = 4\n"),
+    );
+    hup(&daemon);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = reader.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = bench_json(&out.stdout);
+    assert!(num(&r, "ios") > 1000.0, "{r:?}");
+    assert_eq!(
+        (num(&r, "errors"), num(&r, "timeouts")),
+        (0.0, 0.0),
+        "e1.2 missed nothing during the reload: {r:?}"
+    );
+    let d = discover(&lab, &i1);
+    assert!(d.contains("e1.2") && d.contains("e1.4"), "{d}");
+    let ro = verify(&lab, &i1, "e1.4", "64K");
+    assert!(!ro.status.success(), "e1.4 is read-only: {}", text(&ro));
+    let log = daemon.stop().unwrap();
+    assert!(
+        log.contains("reload refused") && log.contains("line 14: missing field `interfaces`"),
+        "{log}"
+    );
+    assert!(
+        log.contains("e1.3: stopped") || log.contains("stopped"),
+        "{log}"
+    );
+    assert!(!lab.target_has_xdp().unwrap(), "detached on exit");
+}
+
+#[test]
+fn live_control_through_pinned_maps() {
+    let lab = Lab::new().unwrap();
+    let _peer = peer(&lab, &lab.initiator_if);
+    let img = lab.image("disk.img", 8 << 20).unwrap();
+    let i1 = lab.initiator_if.clone();
+    let target = lab
+        .spawn_live(&[
+            "export",
+            "--shelf",
+            "1",
+            "--slot",
+            "2",
+            "--iface",
+            &lab.target_if,
+            img.to_str().unwrap(),
+        ])
+        .unwrap();
+    let st = text(&lab.run_live(&["status"]).unwrap());
+    assert!(
+        st.contains(&lab.target_if) && st.contains("e1.2") && st.contains("xdp"),
+        "{st}"
+    );
+
+    // Counters move.
+    let before = stats(&lab);
+    assert!(verify(&lab, &i1, "e1.2", "1M").status.success());
+    std::thread::sleep(Duration::from_millis(700));
+    let after = stats(&lab);
+    for key in [
+        "reads",
+        "writes",
+        "bytes_written",
+        "frames_total",
+        "config_answered_kernel",
+    ] {
+        assert!(
+            export_stat(&after, "e1.2", key) > export_stat(&before, "e1.2", key),
+            "{key}: {before} -> {after}"
+        );
+    }
+    assert_eq!(export_stat(&after, "e1.2", "bytes_written"), 1 << 20);
+
+    // acl add locks us out at once (no wait), acl del lets us back.
+    let add = lab
+        .run_live(&["acl", "add", "--target", "e1.2", STRANGER])
+        .unwrap();
+    assert!(add.status.success(), "{}", text(&add));
+    assert!(!discover(&lab, &i1).contains("e1.2"), "locked out at once");
+    let list = lab.run_live(&["acl", "list", "--target", "e1.2"]).unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains(STRANGER));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(export_stat(&stats(&lab), "e1.2", "dropped_acl_kernel") > 0);
+    let del = lab
+        .run_live(&["acl", "del", "--target", "e1.2", STRANGER])
+        .unwrap();
+    assert!(del.status.success(), "{}", text(&del));
+    assert!(discover(&lab, &i1).contains("e1.2"), "back at once");
+    assert!(verify(&lab, &i1, "e1.2", "64K").status.success());
+
+    // A reservation by another initiator locks us out of ATA; clearing it lets us back.
+    let holder: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0b];
+    let ifname = i1.clone();
+    let rep = Lab::in_ns(&lab.initiator_ns, move || {
+        let mut c = Client::open(&ifname).unwrap();
+        let t = c.find(1, 2).unwrap();
+        let a = Addr {
+            src: holder,
+            ..t.addr
+        };
+        let mut b = vec![0u8; 1500];
+        let n = frames::reserve(&mut b, &a, 0x1234, RCMD_SET, &[holder]);
+        c.exchange(&b[..n], Duration::from_millis(500)).unwrap()
+    })
+    .unwrap();
+    assert!(rep.is_some(), "reservation answered");
+    let show = lab
+        .run_live(&["reservation", "show", "--target", "e1.2"])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains("02:bb:00:00:00:0b"),
+        "{}",
+        text(&show)
+    );
+    assert!(
+        !verify(&lab, &i1, "e1.2", "64K").status.success(),
+        "reserved"
+    );
+    let clear = lab
+        .run_live(&["reservation", "clear", "--target", "e1.2"])
+        .unwrap();
+    assert!(clear.status.success(), "{}", text(&clear));
+    wait_for("writes allowed after the clear", || {
+        verify(&lab, &i1, "e1.2", "64K").status.success()
+    });
+
+    // Unknown targets get a one-line answer.
+    let none = lab.run_live(&["acl", "list", "--target", "e9.9"]).unwrap();
+    assert!(!none.status.success() && text(&none).contains("e9.9 is not served"));
+    let log = target.stop().unwrap();
+    assert!(log.contains("edited by another process"), "{log}");
+    let gone = text(&lab.run_live(&["status"]).unwrap());
+    assert!(
+        gone.contains("no aoe-ctl target is running"),
+        "pins removed: {gone}"
+    );
+}
+
+#[test]
+fn config_string_survives_a_restart() {
+    let lab = Lab::new().unwrap();
+    let _peer = peer(&lab, &lab.initiator_if);
+    let img = lab.image("disk.img", 1 << 20).unwrap();
+    let cfg = write_config(
+        &lab,
+        &format!(
+            "[[export]]\nshelf = 1\nslot = 2\ninterfaces = [\"{}\"]\npath = \"{}\"\nconfig = \"initial\"\n",
+            lab.target_if,
+            img.display()
+        ),
+    );
+    let start = || {
+        lab.spawn_live(&["daemon", "--config", cfg.to_str().unwrap()])
+            .unwrap()
+    };
+    let d = start();
+    wait_for("initial string", || {
+        discover(&lab, &lab.initiator_if).contains("initial")
+    });
+    let set = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.initiator_ns,
+            "aoecfg",
+            "-c",
+            "fset",
+            "-s",
+            "kept-here",
+        ])
+        .args(["-t", "2", "1", "2", &lab.initiator_if])
+        .output()
+        .expect("aoecfg (apt-get install aoetools)");
+    assert!(set.status.success(), "{}", text(&set));
+    drop(d);
+    let state = std::fs::read_to_string(lab.dir.join("exports.state")).unwrap();
+    assert!(state.contains(
+        &"kept-here"
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ));
+    let _again = start();
+    wait_for("string kept across the restart", || {
+        discover(&lab, &lab.initiator_if).contains("kept-here")
+    });
+}
+
+#[test]
+fn afpacket_mode_and_direct_io() {
+    let lab = Lab::new().unwrap();
+    let img = lab.image("disk.img", 4 << 20).unwrap();
+    let t = lab
+        .start_export(&img, &["--mode", "afpacket", "--direct", "--sync"])
+        .unwrap();
+    assert!(
+        t.first_line.contains(", afpacket, 1 queue"),
+        "{}",
+        t.first_line
+    );
+    assert!(
+        !lab.target_has_xdp().unwrap(),
+        "no XDP program on this path"
+    );
+    let d = discover(&lab, &lab.initiator_if);
+    assert!(d.contains("e1.2"), "{d}");
+    let v = verify(&lab, &lab.initiator_if, "e1.2", "1M");
+    assert!(v.status.success(), "{}", text(&v));
+    let raw = std::fs::read(&img).unwrap();
+    assert!(
+        raw[..1 << 20].iter().any(|&x| x != 0),
+        "written through O_DIRECT"
+    );
+    let log = t.stop().unwrap();
+    assert!(log.contains("kernel: not used (afpacket)"), "{log}");
+}
+
+#[test]
+fn vblade_compatible_form() {
+    let lab = Lab::new().unwrap();
+    let _peer = peer(&lab, &lab.initiator_if);
+    let img = lab.image("disk.img", 1 << 20).unwrap();
+    let t = lab
+        .spawn(
+            &lab.target_ns,
+            &[
+                "vblade",
+                "-b",
+                "8",
+                "-o",
+                "64",
+                "-l",
+                "1024",
+                "-m",
+                "02:00:00:00:00:01,02:00:00:00:00:02",
+                "1",
+                "2",
+                &lab.target_if,
+                img.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    assert!(
+        t.first_line.starts_with("e1.2 ") && t.first_line.contains(" 1024 sectors"),
+        "{}",
+        t.first_line
+    );
+    // -m: our MAC is not listed.
+    assert!(!discover(&lab, &lab.initiator_if).contains("e1.2"));
+    drop(t);
+    let t = lab
+        .spawn(
+            &lab.target_ns,
+            &[
+                "vblade",
+                "-b",
+                "8",
+                "-o",
+                "64",
+                "-l",
+                "1024",
+                "1",
+                "2",
+                &lab.target_if,
+                img.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    let v = verify(&lab, &lab.initiator_if, "e1.2", "256K");
+    assert!(v.status.success(), "{}", text(&v));
+    let raw = std::fs::read(&img).unwrap();
+    assert!(
+        raw[..64 * 512].iter().all(|&x| x == 0),
+        "-o 64: nothing before sector 64"
+    );
+    assert!(
+        raw[64 * 512..65 * 512].iter().any(|&x| x != 0),
+        "data from sector 64 on"
+    );
+    drop(t);
+}
