@@ -225,6 +225,15 @@ length = 16
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let c = parse(include_str!("../../../packaging/exports.toml")).unwrap();
+        assert_eq!(c.exports.len(), 3);
+        assert_eq!(c.exports[0].interfaces.len(), 2);
+        assert!(c.exports[0].direct && c.exports[1].read_only && c.exports[2].sync);
+        assert_eq!(c.exports[2].allow.len(), 2);
+    }
+
+    #[test]
     fn errors_name_the_line() {
         let err = |t: &str| parse(t).unwrap_err().to_string();
         let dup = GOOD.replace("slot = 3", "slot = 2");
