@@ -197,7 +197,19 @@ fn daemon_serves_many_exports_and_reloads_without_a_miss() {
 }
 
 #[test]
-fn live_control_through_pinned_maps() {
+fn live_control_through_pinned_maps_xdp() {
+    live_control("xdp");
+}
+
+#[test]
+fn live_control_through_pinned_maps_afpacket() {
+    live_control("afpacket");
+}
+
+/// The same checks on both data paths. On the AF_PACKET path the kernel only keeps the maps:
+/// an edit takes effect when the daemon adopts it (within 100 ms), not on the next frame.
+fn live_control(mode: &str) {
+    let xdp = mode == "xdp";
     let lab = Lab::new().unwrap();
     let _peer = peer(&lab, &lab.initiator_if);
     let img = lab.image("disk.img", 8 << 20).unwrap();
@@ -211,26 +223,36 @@ fn live_control_through_pinned_maps() {
             "2",
             "--iface",
             &lab.target_if,
+            "--mode",
+            mode,
             img.to_str().unwrap(),
         ])
         .unwrap();
     let st = text(&lab.run_live(&["status"]).unwrap());
     assert!(
-        st.contains(&lab.target_if) && st.contains("e1.2") && st.contains("xdp"),
+        st.contains(&lab.target_if) && st.contains("e1.2") && st.contains(mode),
         "{st}"
     );
+    let js = lab.run_live(&["status", "--json"]).unwrap();
+    let js: serde_json::Value = serde_json::from_slice(&js.stdout).unwrap();
+    assert_eq!(js["interfaces"][0]["exports"][0]["target"], "e1.2", "{js}");
 
     // Counters move.
     let before = stats(&lab);
     assert!(verify(&lab, &i1, "e1.2", "1M").status.success());
     std::thread::sleep(Duration::from_millis(700));
     let after = stats(&lab);
+    let config_answers = if xdp {
+        "config_answered_kernel"
+    } else {
+        "config_answered_user"
+    };
     for key in [
         "reads",
         "writes",
         "bytes_written",
         "frames_total",
-        "config_answered_kernel",
+        config_answers,
     ] {
         assert!(
             export_stat(&after, "e1.2", key) > export_stat(&before, "e1.2", key),
@@ -244,16 +266,29 @@ fn live_control_through_pinned_maps() {
         .run_live(&["acl", "add", "--target", "e1.2", STRANGER])
         .unwrap();
     assert!(add.status.success(), "{}", text(&add));
-    assert!(!discover(&lab, &i1).contains("e1.2"), "locked out at once");
+    if xdp {
+        assert!(!discover(&lab, &i1).contains("e1.2"), "locked out at once");
+    } else {
+        wait_for("locked out", || !discover(&lab, &i1).contains("e1.2"));
+    }
     let list = lab.run_live(&["acl", "list", "--target", "e1.2"]).unwrap();
     assert!(String::from_utf8_lossy(&list.stdout).contains(STRANGER));
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(export_stat(&stats(&lab), "e1.2", "dropped_acl_kernel") > 0);
+    std::thread::sleep(Duration::from_millis(700));
+    let dropped = if xdp {
+        "dropped_acl_kernel"
+    } else {
+        "dropped_acl_user"
+    };
+    assert!(export_stat(&stats(&lab), "e1.2", dropped) > 0);
     let del = lab
         .run_live(&["acl", "del", "--target", "e1.2", STRANGER])
         .unwrap();
     assert!(del.status.success(), "{}", text(&del));
-    assert!(discover(&lab, &i1).contains("e1.2"), "back at once");
+    if xdp {
+        assert!(discover(&lab, &i1).contains("e1.2"), "back at once");
+    } else {
+        wait_for("back", || discover(&lab, &i1).contains("e1.2"));
+    }
     assert!(verify(&lab, &i1, "e1.2", "64K").status.success());
 
     // A reservation by another initiator locks us out of ATA; clearing it lets us back.
@@ -446,4 +481,75 @@ fn vblade_compatible_form() {
         "data from sector 64 on"
     );
     drop(t);
+}
+
+#[test]
+fn pins_of_a_killed_target_are_replaced() {
+    let lab = Lab::new().unwrap();
+    let _peer = peer(&lab, &lab.initiator_if);
+    let img = lab.image("disk.img", 1 << 20).unwrap();
+    let args = [
+        "export",
+        "--shelf",
+        "1",
+        "--slot",
+        "2",
+        "--iface",
+        &lab.target_if,
+        img.to_str().unwrap(),
+    ];
+    let mut first = lab.spawn_live(&args).unwrap();
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(
+        lab.dir.join("bpf/aoe").join(&lab.target_if).exists(),
+        "pins left behind"
+    );
+    // Status skips the dead owner's pins; a new target replaces them.
+    let st = text(&lab.run_live(&["status"]).unwrap());
+    assert!(st.contains("no aoe-ctl target is running"), "{st}");
+    let second = lab.spawn_live(&args).unwrap();
+    let st = text(&lab.run_live(&["status"]).unwrap());
+    assert!(st.contains(&format!("pid {}", second.pid())), "{st}");
+    assert!(verify(&lab, &lab.initiator_if, "e1.2", "64K")
+        .status
+        .success());
+}
+
+#[test]
+fn auto_mode_without_cap_bpf_falls_back_to_afpacket() {
+    let lab = Lab::new().unwrap();
+    let img = lab.image("disk.img", 1 << 20).unwrap();
+    // No CAP_BPF, CAP_SYS_ADMIN or CAP_PERFMON: no XDP program and no BPF maps.
+    let t = aoe_integration::spawn_in_env(
+        &lab.target_ns,
+        &[
+            "setpriv".into(),
+            "--bounding-set=-bpf,-sys_admin,-perfmon".into(),
+        ],
+        &[
+            "export",
+            "--shelf",
+            "1",
+            "--slot",
+            "2",
+            "--iface",
+            &lab.target_if,
+            img.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(
+        t.first_line.contains(", afpacket, 1 queue"),
+        "{}",
+        t.first_line
+    );
+    let v = verify(&lab, &lab.initiator_if, "e1.2", "256K");
+    assert!(v.status.success(), "{}", text(&v));
+    let log = t.stop().unwrap();
+    assert!(
+        log.contains("XDP unavailable") && log.contains("serving through AF_PACKET"),
+        "auto says which mode it chose: {log}"
+    );
+    assert!(log.contains("status, stats and acl cannot reach"), "{log}");
 }

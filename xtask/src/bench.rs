@@ -25,6 +25,9 @@ pub struct Options {
     /// Where to write benchmarks.md's table and the SVG (default: docs/ of the workspace).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// aoe-ctl's data path (`--mode` of `aoe-ctl export`): xdp or afpacket.
+    #[arg(long, default_value = "xdp")]
+    pub data_path: String,
 }
 
 /// One row of the matrix.
@@ -128,6 +131,9 @@ pub fn run(o: &Options) -> Result<()> {
     if o.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    if !["xdp", "afpacket"].contains(&o.data_path.as_str()) {
+        bail!("--data-path {:?} is not xdp or afpacket", o.data_path);
+    }
     let mut results: Results = Vec::new();
     for mtu in [1500, 9000] {
         let rows: Vec<Row> = ROWS.iter().copied().filter(|r| r.mtu == mtu).collect();
@@ -143,7 +149,7 @@ pub fn run(o: &Options) -> Result<()> {
         let mut samples: Vec<Vec<Vec<Figures>>> = vec![vec![Vec::new(); rows.len()]; TARGETS.len()];
         for run in 1..=o.runs {
             for (t, target) in TARGETS.iter().enumerate() {
-                let running = start(&lab, target, &image)?;
+                let running = start(&lab, target, &image, &o.data_path)?;
                 for (i, row) in rows.iter().enumerate() {
                     let f = measure(&lab, row, o.duration)
                         .with_context(|| format!("{target}: {}", row.label()))?;
@@ -203,10 +209,10 @@ fn filled_image(lab: &Lab) -> Result<PathBuf> {
     Ok(image)
 }
 
-fn start(lab: &Lab, target: &str, image: &Path) -> Result<Proc> {
+fn start(lab: &Lab, target: &str, image: &Path, data_path: &str) -> Result<Proc> {
     match target {
         "vblade" => lab.start_vblade(image, &["-b", BUFFERS]),
-        "aoe-ctl" => lab.start_export(image, &["--buffers", BUFFERS]),
+        "aoe-ctl" => lab.start_export(image, &["--buffers", BUFFERS, "--mode", data_path]),
         _ => lab.start_ceiling(IMAGE_BYTES / 512),
     }
 }

@@ -120,6 +120,7 @@ fn test() -> Result<()> {
         duration: 0.3,
         runs: 1,
         out: Some(out.clone()),
+        data_path: "xdp".into(),
     });
     let _ = std::fs::remove_dir_all(&out);
     smoke.context("cargo xtask bench (smoke run)")?;

@@ -17,9 +17,14 @@ pub fn markdown(results: &Results, o: &Options) -> String {
     let _ = writeln!(s, "Measured {} on {}.\n", now(), machine());
     let _ = writeln!(
         s,
-        "    cargo xtask bench --duration {} --runs {}    # aoe-ctl {}, vblade {}\n",
+        "    cargo xtask bench --duration {} --runs {}{}    # aoe-ctl {}, vblade {}\n",
         o.duration,
         o.runs,
+        if o.data_path == "xdp" {
+            String::new()
+        } else {
+            format!(" --data-path {}", o.data_path)
+        },
         commit(),
         vblade_version()
     );
