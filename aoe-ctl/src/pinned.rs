@@ -151,7 +151,7 @@ impl Pins {
     pub fn create(iface: &str, pin: impl FnOnce(&Path) -> Result<()>) -> Result<Pins> {
         let dir = ensure_bpffs()?.join(iface);
         if dir.exists() {
-            if let Some(owner) = Interface::open(&dir).ok().map(|i| i.info.pid) {
+            if let Some(owner) = Served::open(&dir).ok().map(|i| i.info.pid) {
                 if alive(owner) && owner != std::process::id() {
                     bail!(
                         "{iface} is already served by aoe-ctl pid {owner} ({})",
@@ -217,15 +217,15 @@ impl Drop for Pins {
 }
 
 /// A served interface as a second process sees it.
-pub struct Interface {
+pub struct Served {
     pub name: String,
     pub dir: PathBuf,
     pub info: IfaceInfo,
     pub records: Vec<ExportRecord>,
 }
 
-impl Interface {
-    fn open(dir: &Path) -> Result<Interface> {
+impl Served {
+    fn open(dir: &Path) -> Result<Served> {
         let info: Array<MapData, IfaceInfo> =
             Array::try_from(aya::maps::Map::Array(MapData::from_pin(dir.join("info"))?))?;
         let records: HashMap<MapData, ExportKey, ExportRecord> = HashMap::try_from(
@@ -237,7 +237,7 @@ impl Interface {
             .map(|(_, v)| v)
             .collect();
         list.sort_by_key(|r| (r.shelf, r.slot));
-        Ok(Interface {
+        Ok(Served {
             name: dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -249,7 +249,7 @@ impl Interface {
     }
 
     /// Every interface a live aoe-ctl serves, by name.
-    pub fn all() -> Result<Vec<Interface>> {
+    pub fn all() -> Result<Vec<Served>> {
         let root = root();
         let entries = match std::fs::read_dir(&root) {
             Ok(e) => e,
@@ -258,7 +258,7 @@ impl Interface {
         };
         let mut out = Vec::new();
         for e in entries.flatten() {
-            if let Ok(i) = Interface::open(&e.path()) {
+            if let Ok(i) = Served::open(&e.path()) {
                 if alive(i.info.pid) {
                     out.push(i);
                 }

@@ -245,9 +245,8 @@ impl Lab {
         Ok((self.start_export(image, extra)?, peer))
     }
 
-    /// `aoe-ctl export` of `image` as e1.2 on the target side.
-    pub fn start_export(&self, image: &Path, extra: &[&str]) -> Result<Proc> {
-        let img = image.to_str().unwrap();
+    /// The arguments of `aoe-ctl export` serving `image` as e1.2 on the target side.
+    pub fn export_args<'a>(&'a self, image: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec![
             "export",
             "--shelf",
@@ -257,13 +256,20 @@ impl Lab {
             "--iface",
             &self.target_if,
         ];
+        args.extend_from_slice(extra);
+        args.push(image.to_str().unwrap());
+        args
+    }
+
+    /// `aoe-ctl export` of `image` as e1.2 on the target side.
+    pub fn start_export(&self, image: &Path, extra: &[&str]) -> Result<Proc> {
+        let mut extra = extra.to_vec();
         // AOE_TEST_DATA_PATH=afpacket runs the same tests on the AF_PACKET data path.
         let path = std::env::var("AOE_TEST_DATA_PATH").unwrap_or_default();
         if !path.is_empty() {
-            args.extend_from_slice(&["--mode", &path]);
+            extra.extend_from_slice(&["--mode", &path]);
         }
-        args.extend_from_slice(extra);
-        args.push(img);
+        let args = self.export_args(image, &extra);
         self.spawn(&self.target_ns, &args)
     }
 

@@ -215,18 +215,7 @@ fn live_control(mode: &str) {
     let img = lab.image("disk.img", 8 << 20).unwrap();
     let i1 = lab.initiator_if.clone();
     let target = lab
-        .spawn_live(&[
-            "export",
-            "--shelf",
-            "1",
-            "--slot",
-            "2",
-            "--iface",
-            &lab.target_if,
-            "--mode",
-            mode,
-            img.to_str().unwrap(),
-        ])
+        .spawn_live(&lab.export_args(&img, &["--mode", mode]))
         .unwrap();
     let st = text(&lab.run_live(&["status"]).unwrap());
     assert!(
@@ -423,26 +412,15 @@ fn vblade_compatible_form() {
     let lab = Lab::new().unwrap();
     let _peer = peer(&lab, &lab.initiator_if);
     let img = lab.image("disk.img", 1 << 20).unwrap();
-    let t = lab
-        .spawn(
-            &lab.target_ns,
-            &[
-                "vblade",
-                "-b",
-                "8",
-                "-o",
-                "64",
-                "-l",
-                "1024",
-                "-m",
-                "02:00:00:00:00:01,02:00:00:00:00:02",
-                "1",
-                "2",
-                &lab.target_if,
-                img.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
+    let img_path = img.to_str().unwrap();
+    // vblade's own command line: flags, then shelf slot netif filename.
+    let vblade = |flags: &[&str]| {
+        let mut args = vec!["vblade", "-b", "8", "-o", "64", "-l", "1024"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["1", "2", &lab.target_if, img_path]);
+        lab.spawn(&lab.target_ns, &args).unwrap()
+    };
+    let t = vblade(&["-m", "02:00:00:00:00:01,02:00:00:00:00:02"]);
     assert!(
         t.first_line.starts_with("e1.2 ") && t.first_line.contains(" 1024 sectors"),
         "{}",
@@ -451,24 +429,7 @@ fn vblade_compatible_form() {
     // -m: our MAC is not listed.
     assert!(!discover(&lab, &lab.initiator_if).contains("e1.2"));
     drop(t);
-    let t = lab
-        .spawn(
-            &lab.target_ns,
-            &[
-                "vblade",
-                "-b",
-                "8",
-                "-o",
-                "64",
-                "-l",
-                "1024",
-                "1",
-                "2",
-                &lab.target_if,
-                img.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
+    let t = vblade(&[]);
     let v = verify(&lab, &lab.initiator_if, "e1.2", "256K");
     assert!(v.status.success(), "{}", text(&v));
     let raw = std::fs::read(&img).unwrap();
@@ -488,16 +449,7 @@ fn pins_of_a_killed_target_are_replaced() {
     let lab = Lab::new().unwrap();
     let _peer = peer(&lab, &lab.initiator_if);
     let img = lab.image("disk.img", 1 << 20).unwrap();
-    let args = [
-        "export",
-        "--shelf",
-        "1",
-        "--slot",
-        "2",
-        "--iface",
-        &lab.target_if,
-        img.to_str().unwrap(),
-    ];
+    let args = lab.export_args(&img, &[]);
     let mut first = lab.spawn_live(&args).unwrap();
     first.child.kill().unwrap();
     first.child.wait().unwrap();
@@ -527,16 +479,7 @@ fn auto_mode_without_cap_bpf_falls_back_to_afpacket() {
             "setpriv".into(),
             "--bounding-set=-bpf,-sys_admin,-perfmon".into(),
         ],
-        &[
-            "export",
-            "--shelf",
-            "1",
-            "--slot",
-            "2",
-            "--iface",
-            &lab.target_if,
-            img.to_str().unwrap(),
-        ],
+        &lab.export_args(&img, &[]),
     )
     .unwrap();
     assert!(

@@ -8,12 +8,12 @@ pub mod status;
 use anyhow::{bail, Result};
 use aoe_common::maps::ExportKey;
 
-use crate::pinned::{self, Interface};
+use crate::pinned::{self, Served};
 
 /// The interfaces serving `target`; an error naming where we looked when none does.
-pub fn serving(target: (u16, u8)) -> Result<Vec<Interface>> {
+pub fn serving(target: (u16, u8)) -> Result<Vec<Served>> {
     let key = ExportKey::new(target.0, target.1);
-    let found: Vec<Interface> = Interface::all()?
+    let found: Vec<Served> = Served::all()?
         .into_iter()
         .filter(|i| {
             i.records

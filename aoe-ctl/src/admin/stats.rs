@@ -8,7 +8,7 @@ use aoe_common::maps::{counter, export_counter};
 use aya::maps::PerCpuArray;
 use serde_json::{json, Map, Value};
 
-use crate::pinned::{Interface, STAT_NAMES};
+use crate::pinned::{Served, STAT_NAMES};
 
 /// Kernel columns per export, named as in `export_counter`.
 const KERNEL_NAMES: [&str; export_counter::COUNT as usize] = [
@@ -18,7 +18,7 @@ const KERNEL_NAMES: [&str; export_counter::COUNT as usize] = [
     "dropped_config_mismatch_kernel",
 ];
 
-fn per_cpu_sums(i: &Interface, map: &str) -> Result<Vec<u64>> {
+fn per_cpu_sums(i: &Served, map: &str) -> Result<Vec<u64>> {
     let m: PerCpuArray<_, u64> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(i.map(map)?))?;
     let n = m.len();
     (0..n).map(|k| Ok(m.get(&k, 0)?.iter().sum())).collect()
@@ -28,7 +28,7 @@ fn per_cpu_sums(i: &Interface, map: &str) -> Result<Vec<u64>> {
 pub fn snapshot() -> Result<Value> {
     let mut exports: BTreeMap<(u16, u8), Map<String, Value>> = BTreeMap::new();
     let mut ifaces = vec![];
-    for i in Interface::all()? {
+    for i in Served::all()? {
         let kernel_export = per_cpu_sums(&i, aoe_common::maps::MAP_EXPORT_COUNTERS)?;
         let kernel = per_cpu_sums(&i, aoe_common::maps::MAP_COUNTERS)?;
         let mut iv = Map::new();

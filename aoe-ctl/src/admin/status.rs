@@ -4,10 +4,10 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::format_duration;
-use crate::pinned::{self, Interface, FLAG_DIRECT, FLAG_READ_ONLY, FLAG_SYNC};
+use crate::pinned::{self, Served, FLAG_DIRECT, FLAG_READ_ONLY, FLAG_SYNC};
 
 pub fn run(as_json: bool) -> Result<()> {
-    let ifaces = Interface::all()?;
+    let ifaces = Served::all()?;
     let now = pinned::unix_now();
     if as_json {
         let v: Vec<_> = ifaces

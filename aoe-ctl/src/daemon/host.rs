@@ -146,30 +146,6 @@ impl Host {
                 (kernel, Workers::Packet(w), "afpacket".to_string(), 1)
             }
         };
-        let pins = match &kernel {
-            Some(k) => match Pins::create(name, |dir| k.lock().unwrap().pin(dir)) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    let host = Host {
-                        iface,
-                        mode,
-                        queues,
-                        kernel: kernel.clone(),
-                        live,
-                        workers,
-                        stop,
-                        max_sectors,
-                        observer,
-                        exports,
-                        pins: None,
-                        started: 0,
-                    };
-                    host.stop();
-                    return Err(e);
-                }
-            },
-            None => None,
-        };
         let mut host = Host {
             iface,
             mode,
@@ -181,9 +157,18 @@ impl Host {
             max_sectors,
             observer,
             exports,
-            pins,
+            pins: None,
             started: pinned::unix_now(),
         };
+        if let Some(k) = &host.kernel {
+            match Pins::create(name, |dir| k.lock().unwrap().pin(dir)) {
+                Ok(p) => host.pins = Some(p),
+                Err(e) => {
+                    host.stop();
+                    return Err(e);
+                }
+            }
+        }
         host.publish();
         for ex in &host.exports {
             host.ready(ex);
@@ -250,17 +235,11 @@ impl Host {
 
     /// Refresh `info` and `exports` in the pins.
     pub fn publish(&mut self) {
-        let Some(pins) = &mut self.pins else { return };
-        let (mut handled, mut replied, mut dropped) = (0, 0, 0);
-        let stats = match &self.workers {
-            Workers::Xdp(w) => w.iter().map(|w| w.stats.clone()).collect::<Vec<_>>(),
-            Workers::Packet(p) => vec![p.stats.clone()],
-        };
-        for s in stats {
-            handled += s.received.load(Ordering::Relaxed);
-            replied += s.replied.load(Ordering::Relaxed);
-            dropped += s.socket_dropped.load(Ordering::Relaxed);
+        if self.pins.is_none() {
+            return;
         }
+        let (handled, replied, dropped) = totals(&self.worker_stats());
+        let Some(pins) = &mut self.pins else { return };
         let mut info = IfaceInfo {
             pid: std::process::id(),
             queues: self.queues,
@@ -319,12 +298,7 @@ impl Host {
         if let Err(e) = joined {
             log::error!("{}: {e:#}", self.iface.name);
         }
-        let (mut received, mut replied, mut dropped) = (0, 0, 0);
-        for s in stats {
-            received += s.received.load(Ordering::Relaxed);
-            replied += s.replied.load(Ordering::Relaxed);
-            dropped += s.socket_dropped.load(Ordering::Relaxed);
-        }
+        let (received, replied, dropped) = totals(&stats);
         let kernel = if self.mode.starts_with("xdp") {
             let counters = self
                 .kernel
@@ -351,6 +325,17 @@ impl Host {
             names.join(",")
         )
     }
+}
+
+/// Frames handled, replies sent and frames dropped at the sockets, over all workers.
+fn totals(stats: &[Arc<WorkerStats>]) -> (u64, u64, u64) {
+    stats.iter().fold((0, 0, 0), |(h, r, d), s| {
+        (
+            h + s.received.load(Ordering::Relaxed),
+            r + s.replied.load(Ordering::Relaxed),
+            d + s.socket_dropped.load(Ordering::Relaxed),
+        )
+    })
 }
 
 /// Attach the classifier and start one AF_XDP worker per queue.

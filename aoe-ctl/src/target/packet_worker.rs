@@ -77,11 +77,7 @@ fn serve(
         }
         sock.flush()?;
         if received > 0 {
-            stats.received.fetch_add(received, Ordering::Relaxed);
-            stats.replied.fetch_add(replied, Ordering::Relaxed);
-            stats
-                .ignored
-                .fetch_add(received - replied.min(received), Ordering::Relaxed);
+            stats.add(received, replied);
         } else {
             stats
                 .socket_dropped

@@ -41,6 +41,16 @@ pub struct WorkerStats {
     pub socket_dropped: AtomicU64,
 }
 
+impl WorkerStats {
+    /// Count a batch: frames received and replies sent.
+    pub fn add(&self, received: u64, replied: u64) {
+        self.received.fetch_add(received, Ordering::Relaxed);
+        self.replied.fetch_add(replied, Ordering::Relaxed);
+        self.ignored
+            .fetch_add(received - replied.min(received), Ordering::Relaxed);
+    }
+}
+
 pub struct Worker {
     pub queue: u32,
     pub stats: Arc<WorkerStats>,
@@ -193,11 +203,7 @@ fn serve(
 
         // Locked adds only when there is something to add: an idle spin should not pay three.
         if received > 0 {
-            stats.received.fetch_add(received, Ordering::Relaxed);
-            stats.replied.fetch_add(replied, Ordering::Relaxed);
-            stats
-                .ignored
-                .fetch_add(received - replied.min(received), Ordering::Relaxed);
+            stats.add(received, replied);
         }
 
         if arrived == 0 && received == 0 && tx_queue.is_empty() && sock.tx.pending() == 0 {
