@@ -184,7 +184,17 @@ fn daemon_serves_many_exports_and_reloads_without_a_miss() {
     assert!(d.contains("e1.2") && d.contains("e1.4"), "{d}");
     let ro = verify(&lab, &i1, "e1.4", "64K");
     assert!(!ro.status.success(), "e1.4 is read-only: {}", text(&ro));
+    // A changed export restarts with its new options.
+    write_config(
+        &lab,
+        &format!("{e12}\n{}", e14.replace("read_only = true\n", "")),
+    );
+    hup(&daemon);
+    wait_for("e1.4 writable after the reload", || {
+        verify(&lab, &i1, "e1.4", "64K").status.success()
+    });
     let log = daemon.stop().unwrap();
+    assert!(log.contains("restarted [e1.4]"), "{log}");
     assert!(
         log.contains("reload refused") && log.contains("line 14: missing field `interfaces`"),
         "{log}"
