@@ -259,6 +259,29 @@ fn live_control(mode: &str) {
         );
     }
     assert_eq!(export_stat(&after, "e1.2", "bytes_written"), 1 << 20);
+    // --watch: one JSON object a second, for a collector.
+    let mut watch = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.target_ns,
+            "env",
+            &lab.bpffs_env().unwrap(),
+        ])
+        .arg(aoe_integration::aoe_ctl())
+        .args(["stats", "--watch", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    watch.kill().unwrap();
+    let out = watch.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2, "{lines:?}");
+    assert_eq!(export_stat(&lines[1], "e1.2", "bytes_written"), 1 << 20);
 
     // acl add locks us out at once (no wait), acl del lets us back.
     let add = lab

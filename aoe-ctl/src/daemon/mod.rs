@@ -217,8 +217,13 @@ impl Node {
                         .zip(host.exports())
                         .all(|(a, b)| Arc::ptr_eq(a, b));
                 if !same {
-                    host.set_exports(list.clone())
-                        .with_context(|| format!("updating {name}"))?;
+                    if let Err(e) = host.set_exports(list.clone()) {
+                        // Nothing half-started stays behind.
+                        for (_, h) in started {
+                            eprintln!("{}", h.stop());
+                        }
+                        return Err(e).with_context(|| format!("updating {name}"));
+                    }
                 }
             }
         }
