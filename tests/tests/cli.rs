@@ -77,6 +77,13 @@ fn bad_input_gets_one_line_errors() {
     let img = lab.image("disk.img", 1 << 20).unwrap();
     let i = img.to_str().unwrap();
     let tif = lab.target_if.clone();
+    let bad_config = lab.dir.join("exports.toml");
+    std::fs::write(
+        &bad_config,
+        format!("[[export]]\nshelf = 1\nslot = 255\ninterfaces = [\"{tif}\"]\npath = \"{i}\"\n"),
+    )
+    .unwrap();
+    let bad_config = bad_config.to_str().unwrap().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec![
@@ -140,6 +147,23 @@ fn bad_input_gets_one_line_errors() {
         (
             vec!["verify", "--iface", &tif, "--target", "1.2"],
             "eSHELF.SLOT",
+        ),
+        (
+            vec!["daemon", "--config", "/nonexistent/exports.toml"],
+            "cannot read /nonexistent/exports.toml",
+        ),
+        (
+            vec!["daemon", "--config", &bad_config],
+            "line 3: slot 255 is out of range",
+        ),
+        (
+            vec!["acl", "add", "--target", "e1.2", "02:00:zz:00:00:01"],
+            "not a MAC address",
+        ),
+        (vec!["vblade", "1", "255", &tif, i], "broadcast slot"),
+        (
+            vec!["vblade", "-b", "1", "1", "2", &tif, i],
+            "--buffers must be at least 2",
         ),
     ];
     for (args, want) in cases {

@@ -77,8 +77,11 @@ struct FileToml {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExportToml {
-    shelf: u32,
-    slot: u32,
+    // Checked while parsing, so that an error points at the value's own line.
+    #[serde(deserialize_with = "de_shelf")]
+    shelf: u16,
+    #[serde(deserialize_with = "de_slot")]
+    slot: u8,
     interfaces: Vec<String>,
     path: PathBuf,
     #[serde(default)]
@@ -90,9 +93,10 @@ struct ExportToml {
     #[serde(default)]
     offset: u64,
     length: Option<u64>,
+    #[serde(default, deserialize_with = "de_buffers")]
     buffers: Option<u16>,
-    #[serde(default)]
-    allow: Vec<String>,
+    #[serde(default, deserialize_with = "de_macs")]
+    allow: Vec<Mac>,
     #[serde(default)]
     config: String,
 }
@@ -141,9 +145,41 @@ pub fn parse(text: &str) -> Result<NodeConfig> {
     })
 }
 
+fn de_shelf<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let v = u64::deserialize(d)?;
+    crate::address::parse_shelf(&v.to_string()).map_err(serde::de::Error::custom)
+}
+
+fn de_slot<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let v = u64::deserialize(d)?;
+    crate::address::parse_slot(&v.to_string()).map_err(serde::de::Error::custom)
+}
+
+fn de_buffers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    let v = u64::deserialize(d)?;
+    match u16::try_from(v) {
+        Ok(b) if b >= 2 => Ok(Some(b)),
+        _ => Err(serde::de::Error::custom(format!(
+            "buffers {v} is out of range (2-65535)"
+        ))),
+    }
+}
+
+fn de_macs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Mac>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    if list.len() > aoe_common::maps::MAX_MASKS {
+        return Err(serde::de::Error::custom(format!(
+            "more than {} MACs",
+            aoe_common::maps::MAX_MASKS
+        )));
+    }
+    list.iter()
+        .map(|m| crate::net::parse_mac(m).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 fn resolve(e: ExportToml) -> Result<ExportSpec> {
-    let shelf = crate::address::parse_shelf(&e.shelf.to_string())?;
-    let slot = crate::address::parse_slot(&e.slot.to_string())?;
+    let (shelf, slot) = (e.shelf, e.slot);
     let name = format!("e{shelf}.{slot}");
     if e.interfaces.is_empty() {
         bail!("{name} names no interfaces");
@@ -151,26 +187,13 @@ fn resolve(e: ExportToml) -> Result<ExportSpec> {
     let mut interfaces = e.interfaces.clone();
     interfaces.dedup();
     let buffers = e.buffers.unwrap_or(DEFAULT_BUFFERS);
-    if buffers < 2 {
-        bail!("{name}: buffers must be at least 2");
-    }
     if e.length == Some(0) {
         bail!("{name}: length must be at least one sector");
     }
     if e.config.len() > aoe_common::wire::CONFIG_STRING_MAX {
         bail!("{name}: config string longer than 1024 bytes");
     }
-    let allow = e
-        .allow
-        .iter()
-        .map(|m| crate::net::parse_mac(m).map_err(|err| anyhow!("{name}: {err}")))
-        .collect::<Result<Vec<_>>>()?;
-    if allow.len() > aoe_common::maps::MAX_MASKS {
-        bail!(
-            "{name}: more than {} MACs in allow",
-            aoe_common::maps::MAX_MASKS
-        );
-    }
+    let allow = e.allow;
     if e.path.as_os_str().is_empty() {
         bail!("{name}: path is empty");
     }
@@ -243,7 +266,11 @@ length = 16
             err(&dup)
         );
         let bad_slot = GOOD.replace("slot = 3", "slot = 255");
-        assert!(err(&bad_slot).contains("line 12") && err(&bad_slot).contains("broadcast"));
+        assert!(
+            err(&bad_slot).starts_with("line 14: slot 255 is out of range"),
+            "{}",
+            err(&bad_slot)
+        );
         let typo = GOOD.replace("read_only", "readonly");
         assert!(
             err(&typo).starts_with("line 9:") && err(&typo).contains("readonly"),
@@ -251,7 +278,13 @@ length = 16
             err(&typo)
         );
         let mac = GOOD.replace("52:54:00:00:00:01", "52:54:00");
-        assert!(err(&mac).starts_with("line 4:"), "{}", err(&mac));
+        assert!(err(&mac).starts_with("line 10:"), "{}", err(&mac));
+        let buffers = GOOD.replace("length = 16", "length = 16\nbuffers = 1");
+        assert!(
+            err(&buffers).starts_with("line 19: buffers 1"),
+            "{}",
+            err(&buffers)
+        );
         assert!(err("[[export]\n").starts_with("line 1:"));
         assert!(err("mode = \"fast\"").contains("line 1"));
     }
