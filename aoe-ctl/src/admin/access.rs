@@ -10,7 +10,7 @@ use aya::maps::HashMap;
 
 use super::serving;
 use crate::net::format_mac;
-use crate::target::xdp::lists_of;
+use crate::target::xdp::{lists_of, set_lists};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Edit {
@@ -82,17 +82,7 @@ pub fn edit(target: (u16, u8), edit: Edit) -> Result<()> {
             Edit::AclDel(mac) => l.masks.retain(|m| *m != mac),
             Edit::ReservationClear => l.reserve.clear(),
         }
-        e.masks = [[0; 8]; MAX_MASKS];
-        for (slot, m) in e.masks.iter_mut().zip(&l.masks) {
-            slot[..6].copy_from_slice(m);
-        }
-        e.mask_count = l.masks.len() as u32;
-        e.reserve = [[0; 8]; MAX_MASKS];
-        for (slot, m) in e.reserve.iter_mut().zip(&l.reserve) {
-            slot[..6].copy_from_slice(m);
-        }
-        e.reserve_count = l.reserve.len() as u32;
-        e.reserved = u32::from(!l.reserve.is_empty());
+        set_lists(&mut e, &l);
         m.insert(key, e, 0)?;
     }
     Ok(())

@@ -97,24 +97,14 @@ impl Host {
         };
         let xdp = match path {
             DataPath::Afpacket => None,
-            DataPath::Xdp => Some(start_xdp(
-                &iface,
-                &exports,
-                opts,
-                queues,
-                max_sectors,
-                &live,
-                &stop,
-            )?),
-            DataPath::Auto => {
-                match start_xdp(&iface, &exports, opts, queues, max_sectors, &live, &stop) {
-                    Ok(x) => Some(x),
-                    Err(e) => {
-                        eprintln!("{name}: XDP unavailable ({e:#}); serving through AF_PACKET");
-                        None
-                    }
+            _ => match start_xdp(&iface, &exports, opts, queues, max_sectors, &live, &stop) {
+                Ok(x) => Some(x),
+                Err(e) if path == DataPath::Auto => {
+                    eprintln!("{name}: XDP unavailable ({e:#}); serving through AF_PACKET");
+                    None
                 }
-            }
+                Err(e) => return Err(e),
+            },
         };
         let (kernel, workers, mode, queues) = match xdp {
             Some((classifier, workers)) => {

@@ -97,11 +97,12 @@ fn answer(engine: &Engine, frame: &[u8], ring: &mut crate::packet::ring::TxRing)
     match engine.route(frame) {
         Route::One(i) => reply(engine, i, frame, ring),
         Route::Each => {
+            // `route` said Each only for a well-formed frame.
+            let Ok(f) = aoe_common::wire::Frame::new_checked(frame) else {
+                return Some(0);
+            };
             let mut n = 0;
             for (i, ex) in engine.exports().iter().enumerate() {
-                let Ok(f) = aoe_common::wire::Frame::new_checked(frame) else {
-                    return Some(0);
-                };
                 if ex.matches(f.shelf(), f.slot()) {
                     n += reply(engine, i, frame, ring)?;
                 }

@@ -319,22 +319,23 @@ pub fn entry_for(ex: &Export, mac: Mac, max_sectors: usize, row: u32) -> ExportE
     .emit(&mut Frame::new_unchecked(&mut e.reply[..]));
     e.reply_len = n.max(MIN_REPLY) as u32;
     e.config_len = ex.config().len() as u32;
-    let lists = ex.access.snapshot();
-    for (slot, m) in e.masks.iter_mut().zip(lists.masks.iter().take(MAX_MASKS)) {
-        slot[..6].copy_from_slice(m);
-    }
-    e.mask_count = lists.masks.len().min(MAX_MASKS) as u32;
-    for (slot, m) in e
-        .reserve
-        .iter_mut()
-        .zip(lists.reserve.iter().take(MAX_MASKS))
-    {
-        slot[..6].copy_from_slice(m);
-    }
-    e.reserve_count = lists.reserve.len().min(MAX_MASKS) as u32;
-    e.reserved = u32::from(!lists.reserve.is_empty());
+    set_lists(&mut e, &ex.access.snapshot());
     e.index = row;
     e
+}
+
+/// Write the access lists into an entry (the inverse of `lists_of`).
+pub fn set_lists(e: &mut ExportEntry, l: &Lists) {
+    let put = |slots: &mut [[u8; 8]; MAX_MASKS], list: &[Mac]| {
+        *slots = [[0; 8]; MAX_MASKS];
+        for (slot, m) in slots.iter_mut().zip(list) {
+            slot[..6].copy_from_slice(m);
+        }
+        list.len().min(MAX_MASKS) as u32
+    };
+    e.mask_count = put(&mut e.masks, &l.masks);
+    e.reserve_count = put(&mut e.reserve, &l.reserve);
+    e.reserved = u32::from(!l.reserve.is_empty());
 }
 
 /// Attach the XDP_PASS program to a lab veth peer so native XDP_TX frames reach it. The
