@@ -14,7 +14,7 @@ use aya::programs::{tc, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 
 use crate::net::Interface;
-use crate::target::xdp::OBJECT;
+use crate::serve::xdp::OBJECT;
 
 pub struct Options {
     pub iface: String,

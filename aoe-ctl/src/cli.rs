@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use aoe_ctl::daemon::config::DataPath;
 use aoe_ctl::initiator::bench::Pattern;
-use aoe_ctl::target::xdp::ModeChoice;
+use aoe_ctl::serve::xdp::ModeChoice;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -9,4 +9,4 @@ pub mod initiator;
 pub mod net;
 pub mod packet;
 pub mod pinned;
-pub mod target;
+pub mod serve;

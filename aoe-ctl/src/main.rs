@@ -11,7 +11,7 @@ use aoe_ctl::admin;
 use aoe_ctl::daemon::config::{self, ExportSpec, NodeConfig};
 use aoe_ctl::daemon::state::StateFile;
 use aoe_ctl::initiator::{bench, discover, verify};
-use aoe_ctl::target::xdp::ModeChoice;
+use aoe_ctl::serve::xdp::ModeChoice;
 use cli::{AclAction, Cli, Cmd, ReservationAction};
 
 fn main() {
@@ -60,7 +60,7 @@ fn run(cli: Cli) -> Result<()> {
                 direct,
                 offset,
                 length,
-                buffers: buffers.unwrap_or(aoe_ctl::target::export::DEFAULT_BUFFERS),
+                buffers: buffers.unwrap_or(aoe_ctl::serve::export::DEFAULT_BUFFERS),
                 allow,
                 config: config.into_bytes(),
             };
@@ -195,7 +195,7 @@ fn run(cli: Cli) -> Result<()> {
             until_signal()
         }
         Cmd::LabPeer { iface } => {
-            let _attached = aoe_ctl::target::xdp::attach_pass(&iface)?;
+            let _attached = aoe_ctl::serve::xdp::attach_pass(&iface)?;
             println!("pass program attached to {iface}");
             until_signal()
         }

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use aoe_common::wire::Frame;
-use aoe_ctl::target::backend::MemBackend;
-use aoe_ctl::target::engine::{Engine, Route, Verdict};
-use aoe_ctl::target::export::{Export, ExportOptions};
+use aoe_ctl::serve::backend::MemBackend;
+use aoe_ctl::serve::engine::{Engine, Route, Verdict};
+use aoe_ctl::serve::export::{Export, ExportOptions};
 use libfuzzer_sys::fuzz_target;
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];

@@ -6,9 +6,9 @@ use aoe_common::maps::counter;
 use aoe_common::wire::config::{ConfigCommand, ConfigRepr};
 use aoe_common::wire::mask::{Directive, DCMD_ADD};
 use aoe_ctl::initiator::frames::{self, Addr, BROADCAST_MAC};
-use aoe_ctl::target::backend::MemBackend;
-use aoe_ctl::target::export::{Export, ExportOptions};
-use aoe_ctl::target::xdp::Classifier;
+use aoe_ctl::serve::backend::MemBackend;
+use aoe_ctl::serve::export::{Export, ExportOptions};
+use aoe_ctl::serve::xdp::Classifier;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -115,11 +115,11 @@ fn config_reply_identical_to_user_space() {
     let mut c = loaded(&ex);
     let q = frame(|b| frames::config(b, &to_export(HOST), 9, ConfigCommand::Read, b""));
     let (_, kernel) = c.test_run(&q).unwrap();
-    let engine = aoe_ctl::target::engine::Engine::new(vec![ex], TARGET, 2);
+    let engine = aoe_ctl::serve::engine::Engine::new(vec![ex], TARGET, 2);
     let mut buf = vec![0u8; 2048];
     buf[..q.len()].copy_from_slice(&q);
     let n = match engine.handle(0, &mut buf, q.len()) {
-        aoe_ctl::target::engine::Verdict::Reply(n) => n,
+        aoe_ctl::serve::engine::Verdict::Reply(n) => n,
         v => panic!("{v:?}"),
     };
     assert_eq!(kernel, buf[..n]);

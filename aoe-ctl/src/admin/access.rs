@@ -10,7 +10,7 @@ use aya::maps::HashMap;
 
 use super::serving;
 use crate::net::format_mac;
-use crate::target::xdp::{lists_of, set_lists};
+use crate::serve::xdp::{lists_of, set_lists};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Edit {

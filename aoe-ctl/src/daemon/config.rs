@@ -8,8 +8,8 @@ use aoe_common::maps::ExportKey;
 use aoe_common::wire::Mac;
 use serde::Deserialize;
 
-use crate::target::export::DEFAULT_BUFFERS;
-use crate::target::xdp::ModeChoice;
+use crate::serve::export::DEFAULT_BUFFERS;
+use crate::serve::xdp::ModeChoice;
 
 /// Which data path serves an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]

@@ -13,14 +13,14 @@ use super::config::DataPath;
 use crate::net::Interface;
 use crate::packet::socket::RawSocket;
 use crate::pinned::{self, ExportRecord, IfaceInfo, Pins};
-use crate::target::chunks::Layout;
-use crate::target::engine::Engine;
-use crate::target::export::Export;
-use crate::target::live_engine::LiveEngine;
-use crate::target::packet_worker::PacketWorker;
-use crate::target::worker::{Worker, WorkerStats};
-use crate::target::xdp::{entry_for, Classifier, ModeChoice};
-use crate::target::xsk::{XskConfig, FRAME_SIZE, MAX_FRAME, MAX_TX_CHAIN};
+use crate::serve::chunks::Layout;
+use crate::serve::engine::Engine;
+use crate::serve::export::Export;
+use crate::serve::live_engine::LiveEngine;
+use crate::serve::packet_worker::PacketWorker;
+use crate::serve::worker::{Worker, WorkerStats};
+use crate::serve::xdp::{entry_for, Classifier, ModeChoice};
+use crate::serve::xsk::{XskConfig, FRAME_SIZE, MAX_FRAME, MAX_TX_CHAIN};
 
 /// Entries per AF_XDP ring.
 pub const RING: u32 = 2048;

@@ -16,9 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use aoe_common::maps::ExportKey;
 
-use crate::target::backend::{self, OpenOptions};
-use crate::target::export::{Export, ExportOptions};
-use crate::target::xdp::Classifier;
+use crate::serve::backend::{self, OpenOptions};
+use crate::serve::export::{Export, ExportOptions};
+use crate::serve::xdp::Classifier;
 use config::{ExportSpec, NodeConfig};
 use host::{Host, HostOptions, Observer};
 use state::StateFile;
@@ -97,7 +97,7 @@ impl Node {
         Node {
             config: NodeConfig {
                 mode: config::DataPath::Auto,
-                xdp_mode: crate::target::xdp::ModeChoice::Auto,
+                xdp_mode: crate::serve::xdp::ModeChoice::Auto,
                 queues: None,
                 exports: vec![],
             },

@@ -1,4 +1,4 @@
-//! The target: protocol engine, queue workers and block backend, in the order a frame
+//! Serving: protocol engine, queue workers and block backend, in the order a frame
 //! travels (kernel classifier -> `xsk` sockets -> `worker` -> `engine` -> `backend`).
 
 pub mod access;
