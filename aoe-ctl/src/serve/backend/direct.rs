@@ -4,11 +4,10 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::{byte_range, extent, Backend, OpenOptions, SECTOR};
+use super::{byte_range, extent, Backend, BackendError, OpenOptions, Result, SECTOR};
 
 /// Alignment of the bounce buffer: a page satisfies every device's O_DIRECT rule.
 const ALIGN: usize = 4096;
@@ -91,12 +90,9 @@ impl DirectBackend {
         Ok(b)
     }
 
-    fn check(&self, lba: u64, len: usize) -> io::Result<u64> {
+    fn check(&self, lba: u64, len: usize) -> Result<u64> {
         if len > MAX_IO || !len.is_multiple_of(SECTOR as usize) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("an O_DIRECT I/O of {len} bytes is not whole sectors up to {MAX_IO}"),
-            ));
+            return Err(BackendError::Unaligned { len, max: MAX_IO });
         }
         let r = byte_range(self.sectors, lba, len)?;
         Ok(self.data_offset + r.start as u64)
@@ -108,17 +104,19 @@ impl Backend for DirectBackend {
         self.sectors
     }
 
-    fn read_at(&self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
         let at = self.check(lba, buf.len())?;
         BOUNCE.with_borrow_mut(|b| {
             let bounce = b.slice(buf.len());
-            self.file.read_exact_at(bounce, at)?;
+            self.file
+                .read_exact_at(bounce, at)
+                .map_err(BackendError::syscall("pread"))?;
             buf.copy_from_slice(bounce);
             Ok(())
         })
     }
 
-    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> io::Result<()> {
+    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> Result<()> {
         let len = parts.iter().map(|p| p.len()).sum();
         let at = self.check(lba, len)?;
         BOUNCE.with_borrow_mut(|b| {
@@ -128,20 +126,26 @@ impl Backend for DirectBackend {
                 bounce[o..o + p.len()].copy_from_slice(p);
                 o += p.len();
             }
-            self.file.write_all_at(bounce, at)
+            self.file
+                .write_all_at(bounce, at)
+                .map_err(BackendError::syscall("pwrite"))
         })
     }
 
-    fn sync_range(&self, _lba: u64, _len: usize) -> io::Result<()> {
+    fn sync_range(&self, _lba: u64, _len: usize) -> Result<()> {
         if self.dsync {
             return Ok(());
         }
         // O_DIRECT bypasses the page cache, not the device's write cache.
-        self.file.sync_data()
+        self.file
+            .sync_data()
+            .map_err(BackendError::syscall("fdatasync"))
     }
 
-    fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+    fn flush(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(BackendError::syscall("fdatasync"))
     }
 }
 

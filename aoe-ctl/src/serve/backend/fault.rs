@@ -5,13 +5,15 @@
 //! inside `guarded`. When such a copy faults, the handler puts an anonymous page where the
 //! file's page was, so the copy can finish, and notes the page. Afterwards the file's page is
 //! mapped back, so a later access tries the file again, and the copy reports an error: an ATA
-//! error to the initiator, never an acknowledgement. A SIGBUS outside a guarded copy is still
-//! fatal.
+//! error to the initiator, never an acknowledgement. If the file's page cannot be mapped
+//! back, the caller's `restore` fails its mapping closed. A SIGBUS outside a guarded copy is
+//! still fatal.
 
 use std::cell::Cell;
-use std::io;
 use std::sync::atomic::{compiler_fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Once;
+
+use super::{BackendError, Result};
 
 /// Pages one copy may span: 255 sectors (130560 bytes) touch at most 33 pages of 4 KiB.
 const MAX_PAGES: usize = 64;
@@ -21,6 +23,8 @@ thread_local! {
     static RANGE: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
     static FAULTS: Cell<usize> = const { Cell::new(0) };
     static PAGES: [Cell<usize>; MAX_PAGES] = const { [const { Cell::new(0) }; MAX_PAGES] };
+    /// The `LIVE` slot announcing each of `PAGES` (`UNNAMED`: none was free).
+    static SLOTS: [Cell<usize>; MAX_PAGES] = const { [const { Cell::new(0) }; MAX_PAGES] };
 }
 
 /// A copy on another thread that touched a page while its stand-in was mapped cannot trust
@@ -32,6 +36,10 @@ static FAULT_LOG: [AtomicUsize; LOG] = [const { AtomicUsize::new(0) }; LOG];
 static LIVE: [AtomicUsize; MAX_PAGES] = [const { AtomicUsize::new(0) }; MAX_PAGES];
 /// How many `LIVE` slots are in use: copies skip scanning the table while it is 0.
 static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Live stand-ins that found every `LIVE` slot taken. While any exists every copy reports a
+/// concurrent fault: a stand-in nobody can name must not be read as data.
+static UNNAMED_COUNT: AtomicUsize = AtomicUsize::new(0);
+const UNNAMED: usize = usize::MAX;
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
 static INSTALL: Once = Once::new();
 
@@ -73,15 +81,20 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     }
     let page = addr & !(page_size - 1);
     // Announce the stand-in before it exists: a copy on another thread that can touch it
-    // runs after the mmap below, so it is sure to see the page in `LIVE` or in the log.
-    for slot in &LIVE {
-        if slot
-            .compare_exchange(0, page, Ordering::SeqCst, Ordering::SeqCst)
+    // runs after the mmap below, so it is sure to see the page in `LIVE` (or counted in
+    // `UNNAMED_COUNT`) or in the log.
+    let mut slot = UNNAMED;
+    for (i, s) in LIVE.iter().enumerate() {
+        if s.compare_exchange(0, page, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
             LIVE_COUNT.fetch_add(1, Ordering::SeqCst);
+            slot = i;
             break;
         }
+    }
+    if slot == UNNAMED {
+        UNNAMED_COUNT.fetch_add(1, Ordering::SeqCst);
     }
     let seq = EPOCH.fetch_add(1, Ordering::SeqCst);
     FAULT_LOG[seq as usize % LOG].store(page, Ordering::SeqCst);
@@ -100,25 +113,32 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         return fail();
     }
     PAGES.with(|pages| pages[n].set(page));
+    SLOTS.with(|slots| slots[n].set(slot));
     FAULTS.with(|f| f.set(n + 1));
 }
 
 /// Run `copy`, which touches only mapping addresses `lo..hi`. If the backing store failed
-/// under it, `restore(page)` maps the file back at each replaced page and the result is an
-/// error.
+/// under it, `restore(page, page_size)` maps the file back at each replaced page and the
+/// result is an error.
+///
+/// When `restore` fails, the stand-in stays over the file, yet it is no longer announced
+/// once `restore` returns: before returning the error `restore` must fail the mapping closed
+/// (refuse every later copy, and have copies that ran concurrently check again after
+/// `guarded` returns), or they would read the stand-in's zeros as data.
 pub fn guarded(
     lo: usize,
     hi: usize,
     copy: impl FnOnce(),
-    restore: impl Fn(usize, usize) -> io::Result<()>,
-) -> io::Result<()> {
+    restore: impl Fn(usize, usize) -> Result<()>,
+) -> Result<()> {
     install();
     let page_size = PAGE.load(Ordering::Relaxed);
     // Pages overlapping lo..hi start at most one page before lo.
     let touches = |page: usize| page != 0 && page < hi && page + page_size > lo;
     let live_touches = || {
-        LIVE_COUNT.load(Ordering::SeqCst) > 0
-            && LIVE.iter().any(|p| touches(p.load(Ordering::SeqCst)))
+        UNNAMED_COUNT.load(Ordering::SeqCst) > 0
+            || (LIVE_COUNT.load(Ordering::SeqCst) > 0
+                && LIVE.iter().any(|p| touches(p.load(Ordering::SeqCst))))
     };
     let epoch = EPOCH.load(Ordering::SeqCst);
     let live_before = live_touches();
@@ -135,16 +155,19 @@ pub fn guarded(
         if let Err(e) = restore(page, page_size) {
             restored = Err(e);
         }
-        if let Some(slot) = LIVE.iter().find(|s| s.load(Ordering::SeqCst) == page) {
-            slot.store(0, Ordering::SeqCst);
-            LIVE_COUNT.fetch_sub(1, Ordering::SeqCst);
-        }
+        // Free exactly the slot this fault took: another thread may have faulted the same
+        // page again after an earlier restore, and its stand-in is still live.
+        match SLOTS.with(|s| s[i].get()) {
+            UNNAMED => UNNAMED_COUNT.fetch_sub(1, Ordering::SeqCst),
+            slot => {
+                LIVE[slot].store(0, Ordering::SeqCst);
+                LIVE_COUNT.fetch_sub(1, Ordering::SeqCst)
+            }
+        };
     }
     restored?;
     if n > 0 {
-        return Err(io::Error::other(
-            "the backing store failed under the mapping (SIGBUS): file shrunk, filesystem full or device error",
-        ));
+        return Err(BackendError::Sigbus);
     }
     let now = EPOCH.load(Ordering::SeqCst);
     let logged = if now - epoch > LOG as u64 {
@@ -153,9 +176,7 @@ pub fn guarded(
         (epoch..now).any(|seq| touches(FAULT_LOG[seq as usize % LOG].load(Ordering::SeqCst)))
     };
     if live_before || logged || live_touches() {
-        return Err(io::Error::other(
-            "a concurrent backing-store fault may have touched this copy",
-        ));
+        return Err(BackendError::ConcurrentFault);
     }
     Ok(())
 }

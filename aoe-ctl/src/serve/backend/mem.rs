@@ -1,9 +1,8 @@
 //! An in-memory backend for tests of the engine.
 
-use std::io;
 use std::sync::Mutex;
 
-use super::{byte_range, Backend, SECTOR};
+use super::{byte_range, Backend, Result, SECTOR};
 
 pub struct MemBackend {
     data: Mutex<Vec<u8>>,
@@ -28,12 +27,12 @@ impl Backend for MemBackend {
     fn sectors(&self) -> u64 {
         self.sectors
     }
-    fn read_at(&self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
         let r = byte_range(self.sectors, lba, buf.len())?;
         buf.copy_from_slice(&self.data.lock().unwrap()[r]);
         Ok(())
     }
-    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> io::Result<()> {
+    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> Result<()> {
         let r = byte_range(self.sectors, lba, parts.iter().map(|p| p.len()).sum())?;
         let mut data = self.data.lock().unwrap();
         let mut at = r.start;
@@ -43,10 +42,10 @@ impl Backend for MemBackend {
         }
         Ok(())
     }
-    fn sync_range(&self, _lba: u64, _len: usize) -> io::Result<()> {
+    fn sync_range(&self, _lba: u64, _len: usize) -> Result<()> {
         Ok(())
     }
-    fn flush(&self) -> io::Result<()> {
+    fn flush(&self) -> Result<()> {
         Ok(())
     }
 }

@@ -3,20 +3,29 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use super::{byte_range, extent, fault, Backend, OpenOptions, SECTOR};
+use super::{byte_range, extent, fault, Backend, BackendError, OpenOptions, Result, SECTOR};
 
 pub struct MmapBackend {
     map: MmapRaw,
     sectors: u64,
     file: File,
+    path: PathBuf,
     /// Byte offset in the file where the mapping's data starts.
     data_offset: u64,
     read_only: bool,
+    /// A page of the mapping could not be mapped back onto the file after SIGBUS: an
+    /// anonymous stand-in sits over the file there, so nothing the mapping says is trusted.
+    failed: AtomicBool,
 }
+
+const FAILED_CLOSED: BackendError = BackendError::FailedClosed {
+    why: "mapping the file back after SIGBUS failed",
+};
 
 impl MmapBackend {
     /// Open a regular file, sparse file or block device.
@@ -41,17 +50,44 @@ impl MmapBackend {
             map,
             sectors,
             file,
+            path: path.to_owned(),
             data_offset: opts.offset * SECTOR,
             read_only: opts.read_only,
+            failed: AtomicBool::new(false),
         })
     }
 
+    /// `FailedClosed` once a restore has failed.
+    fn open_for_io(&self) -> Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(FAILED_CLOSED);
+        }
+        Ok(())
+    }
+
     /// Copy under SIGBUS protection (see `fault`); `r` is the byte range in the mapping.
-    fn guarded(&self, r: &std::ops::Range<usize>, copy: impl FnOnce()) -> io::Result<()> {
+    fn guarded(&self, r: &std::ops::Range<usize>, copy: impl FnOnce()) -> Result<()> {
+        self.open_for_io()?;
         let base = self.map.as_ptr() as usize;
-        fault::guarded(base + r.start, base + r.end, copy, |page, size| {
-            self.remap(page, size)
-        })
+        let copied = fault::guarded(base + r.start, base + r.end, copy, |page, size| {
+            self.remap(page, size).map_err(|e| self.fail_closed(e))
+        });
+        // Checked again after the copy: a restore that failed on another thread while this
+        // copy ran no longer announces its stand-in, which this copy may have touched.
+        self.open_for_io()?;
+        copied
+    }
+
+    /// Refuse all I/O from now on: the stand-in page cannot be taken off the file.
+    fn fail_closed(&self, e: io::Error) -> BackendError {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            log::error!(
+                "{}: mapping the file back after SIGBUS failed ({e}); failing closed, every I/O \
+                 fails until the export is reopened",
+                self.path.display()
+            );
+        }
+        FAILED_CLOSED
     }
 
     /// Put the file's page back at `page` after a fault replaced it.
@@ -88,7 +124,7 @@ impl Backend for MmapBackend {
         self.sectors
     }
 
-    fn read_at(&self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
         let r = byte_range(self.sectors, lba, buf.len())?;
         // SAFETY: r lies inside the mapping (checked above). Concurrent writers to the same
         // sectors race as they would on a disk; the initiator orders its own requests.
@@ -97,7 +133,7 @@ impl Backend for MmapBackend {
         })
     }
 
-    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> io::Result<()> {
+    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> Result<()> {
         let r = byte_range(self.sectors, lba, parts.iter().map(|p| p.len()).sum())?;
         self.guarded(&r, || {
             let mut at = r.start;
@@ -117,13 +153,21 @@ impl Backend for MmapBackend {
         })
     }
 
-    fn sync_range(&self, lba: u64, len: usize) -> io::Result<()> {
+    fn sync_range(&self, lba: u64, len: usize) -> Result<()> {
         let r = byte_range(self.sectors, lba, len)?;
-        self.map.flush_range(r.start, r.len())
+        self.open_for_io()?;
+        self.map
+            .flush_range(r.start, r.len())
+            .map_err(BackendError::syscall("msync"))
     }
 
-    fn flush(&self) -> io::Result<()> {
-        self.map.flush()
+    fn flush(&self) -> Result<()> {
+        self.open_for_io()?;
+        self.map.flush().map_err(BackendError::syscall("msync"))
+    }
+
+    fn failed_closed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
 }
 
@@ -193,6 +237,58 @@ mod tests {
             .unwrap();
         b.read_at(beyond, &mut buf).unwrap();
         assert!(buf.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn a_failed_restore_fails_closed() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
+        let (_d, p) = image(1 << 20);
+        let b = MmapBackend::open(&p, &OpenOptions::default()).unwrap();
+        b.write_at(8, &[7u8; 512]).unwrap();
+        // Make the real restore fail: the backend's descriptor becomes a read-only one, so
+        // mapping the page back shared and writable is refused (EACCES) after the fault
+        // handler has put its stand-in over the file, as ENOMEM at vm.max_map_count would.
+        let fd = b.file.as_raw_fd();
+        // SAFETY: dup and dup2 on descriptors this test owns; `saved` is closed below.
+        let saved = unsafe { libc::dup(fd) };
+        assert!(saved >= 0);
+        let ro = File::open(&p).unwrap();
+        assert_eq!(unsafe { libc::dup2(ro.as_raw_fd(), fd) }, fd);
+        let file = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        file.set_len(64 << 10).unwrap();
+        let beyond = (512 << 10) / 512;
+        let mut buf = vec![0xeeu8; 1024];
+        let e = b.read_at(beyond, &mut buf).unwrap_err();
+        assert_eq!(e.reason(), "failed_closed", "{e}");
+        assert!(b.failed_closed());
+        // Undo the sabotage and heal the file: the sector now holds data, and the stand-in
+        // still sits over it. Reading it as zeros, or writing into it, would be silent loss.
+        assert_eq!(unsafe { libc::dup2(saved, fd) }, fd);
+        unsafe { libc::close(saved) };
+        file.set_len(1 << 20).unwrap();
+        file.write_all_at(&[0x55; 1024], 512 << 10).unwrap();
+        buf.fill(0xee);
+        let e = b.read_at(beyond, &mut buf).unwrap_err();
+        assert_eq!(e.reason(), "failed_closed", "{e}");
+        assert!(
+            buf.iter().all(|&x| x == 0xee),
+            "a failed read filled the buffer"
+        );
+        assert!(b.write_at(beyond, &[1u8; 512]).is_err());
+        // The whole export fails, not only the page: its mapping is no longer the file.
+        assert!(b.read_at(8, &mut [0u8; 512]).is_err());
+        assert!(b.write_at(8, &[1u8; 512]).is_err());
+        assert!(b.sync_range(8, 512).is_err());
+        assert!(b.flush().is_err());
+        drop(b);
+        // Reopening starts clean, and none of the refused writes landed.
+        let b = MmapBackend::open(&p, &OpenOptions::default()).unwrap();
+        b.read_at(beyond, &mut buf).unwrap();
+        assert!(buf.iter().all(|&x| x == 0x55));
+        let mut one = [0u8; 512];
+        b.read_at(8, &mut one).unwrap();
+        assert_eq!(one, [7u8; 512]);
     }
 
     #[test]

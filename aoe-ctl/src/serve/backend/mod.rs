@@ -2,15 +2,17 @@
 //! uses it at once without a lock.
 
 mod direct;
+mod error;
 mod fault;
 mod mem;
 mod mmap;
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::Path;
 
 pub use direct::DirectBackend;
+pub use error::{BackendError, Result};
 pub use mem::MemBackend;
 pub use mmap::MmapBackend;
 
@@ -22,19 +24,24 @@ pub trait Backend: Send + Sync {
     /// Capacity in sectors.
     fn sectors(&self) -> u64;
     /// Copy `buf.len()` bytes from sector `lba` into `buf`.
-    fn read_at(&self, lba: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn read_at(&self, lba: u64, buf: &mut [u8]) -> Result<()>;
     /// Copy `buf` to sector `lba`. When this returns Ok the data is visible to every later
     /// reader and survives the death of this process (it is in the shared page cache).
-    fn write_at(&self, lba: u64, buf: &[u8]) -> io::Result<()> {
+    fn write_at(&self, lba: u64, buf: &[u8]) -> Result<()> {
         self.write_parts_at(lba, &[buf])
     }
     /// Copy the concatenation of `parts` to sector `lba`, as `write_at` does: a write that
     /// arrived in pieces (a jumbo frame's descriptors) lands without being gathered first.
-    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> io::Result<()>;
+    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> Result<()>;
     /// Make the sectors `lba .. lba + len/512` durable on stable storage.
-    fn sync_range(&self, lba: u64, len: usize) -> io::Result<()>;
+    fn sync_range(&self, lba: u64, len: usize) -> Result<()>;
     /// Make everything written so far durable.
-    fn flush(&self) -> io::Result<()>;
+    fn flush(&self) -> Result<()>;
+    /// The backend can no longer trust its store and fails every I/O
+    /// (`BackendError::FailedClosed`) until the export is reopened.
+    fn failed_closed(&self) -> bool {
+        false
+    }
 }
 
 /// How to open an image.
@@ -95,15 +102,12 @@ fn extent(mut file: &File, path: &Path, opts: &OpenOptions) -> anyhow::Result<u6
 }
 
 /// The byte range of `len` bytes at sector `lba`, if it lies inside a device of `sectors`.
-pub fn byte_range(sectors: u64, lba: u64, len: usize) -> io::Result<std::ops::Range<usize>> {
+pub fn byte_range(sectors: u64, lba: u64, len: usize) -> Result<std::ops::Range<usize>> {
     let start = lba.checked_mul(SECTOR);
     let end = start.and_then(|s| s.checked_add(len as u64));
     match (start, end) {
         (Some(s), Some(e)) if e <= sectors * SECTOR => Ok(s as usize..e as usize),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("sector {lba} + {len} bytes is outside the device ({sectors} sectors)"),
-        )),
+        _ => Err(BackendError::OutOfRange { lba, len, sectors }),
     }
 }
 
@@ -115,7 +119,14 @@ mod tests {
     fn ranges() {
         assert_eq!(byte_range(4, 0, 2048).unwrap(), 0..2048);
         assert_eq!(byte_range(4, 3, 512).unwrap(), 1536..2048);
-        assert!(byte_range(4, 3, 1024).is_err());
+        assert!(matches!(
+            byte_range(4, 3, 1024),
+            Err(BackendError::OutOfRange {
+                lba: 3,
+                len: 1024,
+                sectors: 4
+            })
+        ));
         assert!(byte_range(4, u64::MAX, 512).is_err());
         assert!(byte_range(4, u64::MAX / 512, 512).is_err());
     }
