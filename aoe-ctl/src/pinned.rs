@@ -18,7 +18,7 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Columns of `ExportRecord::stats`, as `ExportStats` counts them.
-pub const STAT_NAMES: [&str; 10] = [
+pub const STAT_NAMES: [&str; 17] = [
     "frames",
     "reads",
     "writes",
@@ -29,6 +29,13 @@ pub const STAT_NAMES: [&str; 10] = [
     "config_answered_user",
     "dropped_acl_user",
     "dropped_config_mismatch_user",
+    "errors_storage_out_of_range",
+    "errors_storage_unaligned",
+    "errors_storage_io",
+    "errors_storage_no_space",
+    "errors_storage_sigbus",
+    "errors_storage_concurrent_fault",
+    "errors_storage_failed_closed",
 ];
 
 /// Export option flags in `ExportRecord::flags`.

@@ -14,7 +14,7 @@ use crate::net::Interface;
 use crate::packet::socket::RawSocket;
 use crate::pinned::{self, ExportRecord, IfaceInfo, Pins};
 use crate::serve::chunks::Layout;
-use crate::serve::engine::Engine;
+use crate::serve::engine::{ControlWork, Engine};
 use crate::serve::export::Export;
 use crate::serve::live_engine::LiveEngine;
 use crate::serve::packet_worker::PacketWorker;
@@ -25,8 +25,9 @@ use crate::serve::xsk::{XskConfig, FRAME_SIZE, MAX_FRAME, MAX_TX_CHAIN};
 /// Entries per AF_XDP ring.
 pub const RING: u32 = 2048;
 
-/// Called when an initiator changed an export's string or access lists.
-pub type Observer = Arc<dyn Fn(&Export) + Send + Sync>;
+/// Takes a state-changing request that arrived on the named interface to the control plane
+/// (false when it cannot; the frame is then dropped). Never blocks a worker.
+pub type Observer = Arc<dyn Fn(ControlWork, &str) -> bool + Send + Sync>;
 
 /// How to serve an interface.
 #[derive(Debug, Clone, Copy)]
@@ -60,8 +61,9 @@ pub struct Host {
 }
 
 fn engine(exports: &[Arc<Export>], iface: &Interface, max_sectors: usize, o: &Observer) -> Engine {
-    let o = o.clone();
-    Engine::new(exports.to_vec(), iface.mac, max_sectors).with_observer(Box::new(move |ex| o(ex)))
+    let (o, name) = (o.clone(), iface.name.clone());
+    Engine::new(exports.to_vec(), iface.mac, max_sectors)
+        .with_control(Arc::new(move |work| o(work, &name)))
 }
 
 impl Host {

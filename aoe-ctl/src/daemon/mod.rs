@@ -5,7 +5,9 @@
 //! config of one export and nothing to reload.
 
 pub mod config;
+pub mod control;
 pub mod host;
+pub mod owner;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,63 +22,24 @@ use crate::serve::backend::{self, OpenOptions};
 use crate::serve::export::{Export, ExportOptions};
 use crate::serve::xdp::Classifier;
 use config::{ExportSpec, NodeConfig};
+use control::ControlSocket;
 use host::{Host, HostOptions, Observer};
+use owner::{Owner, Work};
 use state::StateFile;
 
 /// The classifiers of the interfaces an export is served on.
 type Kernels = Vec<Arc<std::sync::Mutex<Classifier>>>;
 
-/// Where each export is served, for the observer and the control tick.
+/// Where each export is served, for the owner thread.
 #[derive(Default)]
 struct Placements {
     by_key: HashMap<ExportKey, (Arc<Export>, Kernels)>,
 }
 
-/// What the workers' observer needs: placements and the state file.
-struct Shared {
+/// What the owner thread needs: where each export is, and the state file.
+pub(crate) struct Shared {
     placements: RwLock<Placements>,
     state: Option<StateFile>,
-}
-
-impl Shared {
-    /// An initiator changed an export: mirror it into every interface's kernel entry, and
-    /// keep its config string, before the reply leaves.
-    fn changed(&self, ex: &Export) {
-        let p = self.placements.read().unwrap();
-        if let Some((_, kernels)) = p.by_key.get(&ex.key()) {
-            for k in kernels {
-                if let Err(e) = k.lock().unwrap().sync_export(ex) {
-                    log::error!("{}: kernel entry not updated: {e:#}", ex.name());
-                }
-            }
-        }
-        if let Some(s) = &self.state {
-            if let Err(e) = s.record(&ex.name(), &ex.config()) {
-                log::error!("{}: config string not kept: {e:#}", ex.name());
-            }
-        }
-    }
-
-    /// Take over access-list edits another process made in the pinned maps.
-    fn adopt_external(&self) {
-        let p = self.placements.read().unwrap();
-        for (ex, kernels) in p.by_key.values() {
-            let mut edited = false;
-            for k in kernels {
-                match k.lock().unwrap().adopt_external(ex) {
-                    Ok(e) => edited |= e,
-                    Err(e) => log::warn!("{}: {e:#}", ex.name()),
-                }
-            }
-            if edited {
-                for k in kernels {
-                    if let Err(e) = k.lock().unwrap().sync_export(ex) {
-                        log::error!("{}: kernel entry not updated: {e:#}", ex.name());
-                    }
-                }
-            }
-        }
-    }
 }
 
 pub struct Node {
@@ -85,16 +48,18 @@ pub struct Node {
     exports: BTreeMap<ExportKey, (ExportSpec, Arc<Export>)>,
     shared: Arc<Shared>,
     observer: Observer,
+    owner: Owner,
 }
 
 impl Node {
-    pub fn new(state: Option<StateFile>) -> Node {
+    pub fn new(state: Option<StateFile>) -> Result<Node> {
         let shared = Arc::new(Shared {
             placements: RwLock::new(Placements::default()),
             state,
         });
-        let s = shared.clone();
-        Node {
+        let owner = Owner::spawn(shared.clone())?;
+        let tx = owner.sender();
+        Ok(Node {
             config: NodeConfig {
                 mode: config::DataPath::Auto,
                 xdp_mode: crate::serve::xdp::ModeChoice::Auto,
@@ -104,8 +69,16 @@ impl Node {
             hosts: BTreeMap::new(),
             exports: BTreeMap::new(),
             shared,
-            observer: Arc::new(move |ex| s.changed(ex)),
-        }
+            observer: Arc::new(move |work, iface| {
+                Owner::offer(&tx, Work::Initiator(work, iface.to_string()))
+            }),
+            owner,
+        })
+    }
+
+    /// Where the control socket hands operators' requests.
+    pub fn owner(&self) -> std::sync::mpsc::SyncSender<Work> {
+        self.owner.sender()
     }
 
     fn open_export(&self, spec: &ExportSpec) -> Result<Arc<Export>> {
@@ -268,13 +241,10 @@ impl Node {
         *self.shared.placements.write().unwrap() = p;
     }
 
-    /// Pick up access-list edits from other processes and refresh the pins.
-    fn tick(&mut self, publish: bool) {
-        self.shared.adopt_external();
-        if publish {
-            for h in self.hosts.values_mut() {
-                h.publish();
-            }
+    /// Refresh the pins (counters for `status` and `stats`).
+    fn publish(&mut self) {
+        for h in self.hosts.values_mut() {
+            h.publish();
         }
     }
 
@@ -308,7 +278,7 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut node = Node::new(state);
+    let mut node = Node::new(state)?;
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
@@ -318,9 +288,16 @@ pub fn run(
             node.stop();
             return Err(e);
         }
+        let control = match ControlSocket::bind() {
+            Ok(c) => c,
+            Err(e) => {
+                node.stop();
+                return Err(e);
+            }
+        };
+        let owner = node.owner();
         println!("ready: {}", node.summary());
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut n = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -332,10 +309,8 @@ pub fn run(
                     },
                     None => eprintln!("SIGHUP: no config file to reload (aoe-ctl export)"),
                 },
-                _ = tick.tick() => {
-                    n += 1;
-                    node.tick(n.is_multiple_of(5));
-                }
+                _ = control.serve_next(&owner) => {},
+                _ = tick.tick() => node.publish(),
             }
         }
         node.stop();

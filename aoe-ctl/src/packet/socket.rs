@@ -12,7 +12,12 @@ use crate::net::Interface;
 /// An AF_PACKET socket for AoE frames bound to `iface`, which does not see its own
 /// transmissions (our requests would otherwise come back to us).
 pub(crate) fn open_bound(iface: &Interface) -> Result<OwnedFd> {
-    let proto = ETHERTYPE_AOE.to_be() as libc::c_int;
+    open_bound_to(iface, ETHERTYPE_AOE)
+}
+
+/// An AF_PACKET socket bound to `iface` that receives `ethertype` (0: nothing).
+fn open_bound_to(iface: &Interface, ethertype: u16) -> Result<OwnedFd> {
+    let proto = ethertype.to_be() as libc::c_int;
     // SAFETY: plain socket call.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
     if fd < 0 {
@@ -23,7 +28,7 @@ pub(crate) fn open_bound(iface: &Interface) -> Result<OwnedFd> {
     // SAFETY: sockaddr_ll is plain old data.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETHERTYPE_AOE.to_be();
+    sll.sll_protocol = ethertype.to_be();
     sll.sll_ifindex = iface.index as i32;
     // SAFETY: valid sockaddr_ll of the right size.
     let r = unsafe {
@@ -78,6 +83,14 @@ impl RawSocket {
         let size: libc::c_int = 8 << 20;
         let _ = set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size);
         let _ = set_option(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &size);
+        Ok(RawSocket { fd, iface })
+    }
+
+    /// A socket that only sends (it receives nothing, so no frame is ever queued to it):
+    /// for replies the control plane sends.
+    pub fn open_sender(ifname: &str) -> Result<RawSocket> {
+        let iface = Interface::lookup(ifname)?;
+        let fd = open_bound_to(&iface, 0)?;
         Ok(RawSocket { fd, iface })
     }
 

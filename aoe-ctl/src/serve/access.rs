@@ -106,6 +106,13 @@ impl Access {
         result
     }
 
+    /// Replace both lists (control plane).
+    pub fn set_lists(&self, lists: Lists) {
+        let mut l = self.lists.write().unwrap();
+        *l = lists;
+        self.update_restricted(&l);
+    }
+
     /// Replace the mask list (control plane).
     pub fn set_masks(&self, masks: Vec<Mac>) {
         let mut l = self.lists.write().unwrap();

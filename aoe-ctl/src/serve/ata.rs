@@ -1,99 +1,107 @@
-//! Command 0: ATA commands against the export's backend.
-//!
-//! Bad ATA requests get ATA status errors (ERR + ABRT / IDNF), not AoE errors: the Linux
-//! initiator retries AoE errors until it declares the device dead.
+//! Execute command 0: an ATA request against the export's backend. Reads land in the reply
+//! buffer after the ATA header; a write's payload goes from where it arrived (one buffer,
+//! or a chain of descriptors) to the backend. The reply itself is `reply.rs`'s business.
 
-use aoe_common::wire::ata::{
-    self, AtaCommand, AtaRepr, ATA_HEADER_LEN, ERROR_ABRT, ERROR_IDNF, ERROR_UNC, STATUS_DRDY,
-    STATUS_ERR,
-};
+use aoe_common::wire::ata::ATA_HEADER_LEN;
 use aoe_common::wire::identify::Identity;
 use aoe_common::wire::SECTOR_SIZE;
 
-use super::engine::{Ignore, Outcome};
 use super::export::{Export, ExportStats, FIRMWARE_STRING, MODEL};
+use super::reply::Completion;
+use super::request::{AtaOp, AtaRequest};
+use super::status::{self, AtaFailure, OK};
 
 /// Most pieces a write's payload may arrive in (the worker's longest descriptor chain).
 pub const MAX_WRITE_PARTS: usize = 32;
 
-/// Execute the ATA request in `buf[..len]`, whose payload may continue in `tail` (a write
-/// that arrived as a chain of buffers); returns the reply length (written into `buf`).
+/// Execute `req`, whose frame is `buf[..len]` with its payload possibly continuing in `tail`.
 pub fn execute(
     ex: &Export,
     max_sectors: usize,
+    req: &AtaRequest,
     buf: &mut [u8],
     len: usize,
     tail: &[&[u8]],
-) -> Result<usize, Outcome> {
-    let Ok(a) = AtaRepr::parse(&buf[..len]) else {
-        return Err(Outcome::Ignore(Ignore::Malformed));
-    };
-    let (status, error, n) = run(ex, max_sectors, &a, buf, len, tail);
-    if status & STATUS_ERR != 0 {
-        ExportStats::add(&ex.stats.ata_errors, 1);
+) -> Completion {
+    match run(ex, max_sectors, req, buf, len, tail) {
+        Ok((data, sector_count)) => Completion::Ata {
+            status: OK,
+            error: 0,
+            data,
+            sector_count,
+        },
+        Err(failure) => {
+            if let AtaFailure::Storage(e) = &failure {
+                ex.storage_failed(e);
+            }
+            let (status, error) = status::registers(&failure, req.op);
+            Completion::Ata {
+                status,
+                error,
+                data: 0,
+                sector_count: None,
+            }
+        }
     }
-    ata::set_status(buf, status, error);
-    Ok(n)
 }
 
-const OK: u8 = STATUS_DRDY;
-const FAIL: u8 = STATUS_DRDY | STATUS_ERR;
+type Done = (usize, Option<u8>);
 
 fn run(
     ex: &Export,
     max_sectors: usize,
-    a: &AtaRepr,
+    req: &AtaRequest,
     buf: &mut [u8],
     len: usize,
     tail: &[&[u8]],
-) -> (u8, u8, usize) {
+) -> Result<Done, AtaFailure> {
     let h = ATA_HEADER_LEN;
-    match a.command {
-        AtaCommand::ReadSectors | AtaCommand::ReadSectorsExt => {
-            let count = a.sectors() as usize;
-            let bytes = count * SECTOR_SIZE;
-            if count > max_sectors || h + bytes > buf.len() {
-                return (FAIL, ERROR_ABRT, h);
+    match req.op {
+        AtaOp::Read => {
+            let bytes = req.bytes();
+            if req.count > max_sectors || h + bytes > buf.len() {
+                return Err(AtaFailure::TooLong);
             }
-            if !in_range(ex, a.lba(), count) {
-                return (FAIL, ERROR_IDNF, h);
-            }
-            if ex.backend.read_at(a.lba(), &mut buf[h..h + bytes]).is_err() {
-                return (FAIL, ERROR_UNC, h);
-            }
+            in_range(ex, req)?;
+            ex.backend
+                .read_at(req.lba, &mut buf[h..h + bytes])
+                .map_err(AtaFailure::Storage)?;
             ExportStats::add(&ex.stats.reads, 1);
             ExportStats::add(&ex.stats.bytes_read, bytes as u64);
-            (OK, 0, h + bytes)
+            Ok((bytes, None))
         }
-        AtaCommand::WriteSectors | AtaCommand::WriteSectorsExt => {
-            let count = a.sectors() as usize;
-            let bytes = count * SECTOR_SIZE;
+        AtaOp::Write => {
+            let bytes = req.bytes();
             // A short payload or a count the frame cannot carry: nothing is written.
             let mut parts: [&[u8]; MAX_WRITE_PARTS] = [&[]; MAX_WRITE_PARTS];
-            let Some(n) = payload(&buf[h..len.max(h)], tail, bytes, &mut parts) else {
-                return (FAIL, ERROR_ABRT, h);
-            };
-            if ex.read_only || count > max_sectors {
-                return (FAIL, ERROR_ABRT, h);
+            let n = payload(&buf[h..len.max(h)], tail, bytes, &mut parts)
+                .ok_or(AtaFailure::ShortPayload)?;
+            if ex.read_only {
+                return Err(AtaFailure::ReadOnly);
             }
-            if !in_range(ex, a.lba(), count) {
-                return (FAIL, ERROR_IDNF, h);
+            if req.count > max_sectors {
+                return Err(AtaFailure::TooLong);
             }
-            if ex.backend.write_parts_at(a.lba(), &parts[..n]).is_err() {
-                return (FAIL, ERROR_ABRT, h);
-            }
-            if ex.sync && ex.backend.sync_range(a.lba(), bytes).is_err() {
-                return (FAIL, ERROR_ABRT, h);
+            in_range(ex, req)?;
+            ex.backend
+                .write_parts_at(req.lba, &parts[..n])
+                .map_err(AtaFailure::Storage)?;
+            if ex.sync {
+                ex.backend
+                    .sync_range(req.lba, bytes)
+                    .map_err(AtaFailure::Storage)?;
             }
             ExportStats::add(&ex.stats.writes, 1);
             ExportStats::add(&ex.stats.bytes_written, bytes as u64);
-            (OK, 0, h)
+            Ok((0, None))
         }
-        AtaCommand::IdentifyDevice => {
-            if h + SECTOR_SIZE > buf.len() {
-                return (FAIL, ERROR_ABRT, h);
-            }
-            let out: &mut [u8; SECTOR_SIZE] = (&mut buf[h..h + SECTOR_SIZE]).try_into().unwrap();
+        AtaOp::Identify => {
+            let Some(out) = buf
+                .get_mut(h..h + SECTOR_SIZE)
+                .and_then(|s| <&mut [u8; SECTOR_SIZE]>::try_from(s).ok())
+            else {
+                return Err(AtaFailure::TooLong);
+            };
             Identity {
                 sectors: ex.backend.sectors(),
                 serial: ex.serial(),
@@ -101,18 +109,15 @@ fn run(
                 model: MODEL,
             }
             .emit(out);
-            (OK, 0, h + SECTOR_SIZE)
+            Ok((SECTOR_SIZE, None))
         }
-        AtaCommand::FlushCache | AtaCommand::FlushCacheExt => match ex.backend.flush() {
-            Ok(()) => (OK, 0, h),
-            Err(_) => (FAIL, ERROR_ABRT, h),
-        },
-        AtaCommand::CheckPowerMode => {
-            // Sector count 0xFF: active or idle.
-            buf[ata::field::SECTOR_COUNT] = 0xFF;
-            (OK, 0, h)
+        AtaOp::Flush => {
+            ex.backend.flush().map_err(AtaFailure::Storage)?;
+            Ok((0, None))
         }
-        AtaCommand::Unknown(_) => (FAIL, ERROR_ABRT, h),
+        // Sector count 0xFF: active or idle.
+        AtaOp::CheckPowerMode => Ok((0, Some(0xFF))),
+        AtaOp::Unsupported(_) => Err(AtaFailure::Unsupported),
     }
 }
 
@@ -138,7 +143,10 @@ fn payload<'a>(
     (need == 0).then_some(n)
 }
 
-fn in_range(ex: &Export, lba: u64, count: usize) -> bool {
-    lba.checked_add(count as u64)
-        .is_some_and(|end| end <= ex.backend.sectors())
+fn in_range(ex: &Export, req: &AtaRequest) -> Result<(), AtaFailure> {
+    let end = req.lba.checked_add(req.count as u64);
+    match end {
+        Some(end) if end <= ex.backend.sectors() => Ok(()),
+        _ => Err(AtaFailure::OutOfRange),
+    }
 }

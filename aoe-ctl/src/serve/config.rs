@@ -1,28 +1,22 @@
-//! Command 1: Query Config, all five subcommands.
+//! Execute command 1, Query Config: all five subcommands against the export's string.
 
 use aoe_common::wire::config::{ConfigCommand, ConfigRepr};
 use aoe_common::wire::{AoeError, AOE_VERSION};
 
-use super::engine::{Engine, Ignore, Outcome};
-use super::export::{Export, ExportStats, FIRMWARE_VERSION};
+use super::export::{Export, FIRMWARE_VERSION};
+use super::reply::Completion;
+use super::request::Ignore;
 
-pub fn handle(engine: &Engine, ex: &Export, buf: &mut [u8], len: usize) -> Result<usize, Outcome> {
-    let Ok(req) = ConfigRepr::parse(&buf[..len]) else {
-        return Err(Outcome::Ignore(Ignore::Malformed));
-    };
-    let mut error = None;
+pub fn execute(ex: &Export, req: &ConfigRepr) -> Completion {
     match req.command {
-        ConfigCommand::Read => {}
-        ConfigCommand::Test => {
-            if req.string != ex.config().as_slice() {
-                return Err(Outcome::Ignore(Ignore::ConfigMismatch));
-            }
+        ConfigCommand::Read => Completion::Config { error: None },
+        ConfigCommand::Test if req.string != ex.config().as_slice() => {
+            Completion::Ignore(Ignore::ConfigMismatch)
         }
-        ConfigCommand::TestPrefix => {
-            if !ex.config().starts_with(req.string) {
-                return Err(Outcome::Ignore(Ignore::ConfigMismatch));
-            }
+        ConfigCommand::TestPrefix if !ex.config().starts_with(req.string) => {
+            Completion::Ignore(Ignore::ConfigMismatch)
         }
+        ConfigCommand::Test | ConfigCommand::TestPrefix => Completion::Config { error: None },
         ConfigCommand::SetIfEmpty | ConfigCommand::ForceSet => {
             let mut cur = ex.config_mut();
             let allowed = req.command == ConfigCommand::ForceSet
@@ -31,21 +25,16 @@ pub fn handle(engine: &Engine, ex: &Export, buf: &mut [u8], len: usize) -> Resul
             if allowed {
                 if cur.as_slice() != req.string {
                     *cur = req.string.to_vec();
-                    drop(cur);
-                    engine.changed(ex);
                 }
+                Completion::Config { error: None }
             } else {
-                error = Some(AoeError::ConfigStringPresent);
+                // Replies, errors included, carry the current string.
+                Completion::Config {
+                    error: Some(AoeError::ConfigStringPresent),
+                }
             }
         }
-        ConfigCommand::Unknown(_) => return Err(Outcome::Error(AoeError::BadArgument)),
-    }
-    // Replies, errors included, carry the current string.
-    let n = write_reply(ex, engine.max_sectors(), buf);
-    ExportStats::add(&ex.stats.config_replies, 1);
-    match error {
-        Some(e) => Err(Outcome::ErrorWithBody(e, n)),
-        None => Ok(n),
+        ConfigCommand::Unknown(_) => Completion::Error(AoeError::BadArgument),
     }
 }
 

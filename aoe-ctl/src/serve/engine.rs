@@ -1,82 +1,70 @@
-//! The protocol engine: a pure function from a request frame to a reply frame, over the
-//! exports' backends. No sockets here, so every command is tested without a network.
+//! The protocol engine: parse a frame into a typed request (`request`), execute it against
+//! the export (`ata`, `config`, `control`), write the reply in one place (`reply`). No
+//! sockets here, so every command is tested without a network.
 //!
-//! Frames are answered in place: the worker hands the whole UMEM chunk (`buf`) with the
-//! request in its first `len` bytes, and the reply is written over it.
+//! Frames are answered in place: the worker hands the whole buffer (`buf`) with the request
+//! in its first `len` bytes, and the reply is written over it. A request that changes an
+//! export's config string or access lists is handed to the control plane instead
+//! (`Verdict::Pending`): it applies such edits one at a time, keeps them, and sends the
+//! reply itself, so a slow state write never holds up a queue worker.
 
 use std::sync::Arc;
 
-use aoe_common::wire::header::{HeaderRepr, FLAG_ERROR};
-use aoe_common::wire::{
-    AoeError, Command, Frame, Mac, AOE_VERSION, ETHERTYPE_AOE, MIN_FRAME_LEN, SHELF_BROADCAST,
-    SLOT_BROADCAST,
-};
+use aoe_common::wire::ata::{AtaRepr, ATA_HEADER_LEN};
+use aoe_common::wire::{AoeError, Command, Frame, Mac, MIN_FRAME_LEN, SECTOR_SIZE};
 
 use super::export::{Export, ExportStats};
+use super::reply::{Completion, Responder};
+use super::request::{self, AtaOp, Body};
 use super::{ata, config, control};
 
-/// The longest reply to anything but an ATA read: a mask list of 255 entries (a config
-/// reply is at most 1056 bytes).
-pub const CONTROL_REPLY_MAX: usize = aoe_common::wire::header::HEADER_LEN + 4 + 255 * 8;
-
-/// Why a frame got no reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ignore {
-    /// Shorter than its own fields claim, or not AoE at all.
-    Malformed,
-    /// An AoE response (R flag): not for a target.
-    Response,
-    /// Addressed to a shelf/slot we do not export.
-    NotOurs,
-    /// Source MAC not on the mask list.
-    Acl,
-    /// ATA to a broadcast address: never executed.
-    BroadcastAta,
-    /// Query Config test / test-prefix that did not match: silence is the answer.
-    ConfigMismatch,
-}
-
-/// What to do with a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Send the first `n` bytes of the buffer.
-    Reply(usize),
-    Ignore(Ignore),
-}
+pub use super::reply::{Verdict, CONTROL_REPLY_MAX};
+pub use super::request::Ignore;
 
 /// Which exports a frame is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     One(usize),
-    /// A broadcast: every export that `Export::matches` answers on its own.
+    /// A broadcast: every export in `Engine::each` answers on its own.
     Each,
     Ignore(Ignore),
 }
 
-/// Called after an initiator changed an export's config string, mask list or reservation,
-/// before the reply leaves: the loader mirrors the change into the kernel maps.
-pub type Observer = Box<dyn Fn(&Export) + Send + Sync>;
+/// A state-changing request on its way to the control plane, with room for its reply.
+pub struct ControlWork {
+    pub export: Arc<Export>,
+    /// The request in its first `len` bytes; at least `CONTROL_REPLY_MAX` long.
+    pub frame: Vec<u8>,
+    pub len: usize,
+    pub responder: Responder,
+}
+
+/// Takes a request for the control plane; false when it cannot (the frame is dropped and
+/// the initiator retransmits). Must not block: it runs on a queue worker.
+pub type ControlSink = Arc<dyn Fn(ControlWork) -> bool + Send + Sync>;
 
 pub struct Engine {
     exports: Vec<Arc<Export>>,
-    mac: Mac,
-    max_sectors: usize,
-    observer: Option<Observer>,
+    responder: Responder,
+    control: Option<ControlSink>,
 }
 
 impl Engine {
     /// `max_sectors`: the most sectors one frame carries on this interface (MTU and buffers).
+    /// Without a control sink, state-changing requests are applied inline.
     pub fn new(exports: Vec<Arc<Export>>, mac: Mac, max_sectors: usize) -> Self {
         Engine {
             exports,
-            mac,
-            max_sectors: max_sectors.clamp(1, 255),
-            observer: None,
+            responder: Responder {
+                mac,
+                max_sectors: max_sectors.clamp(1, 255),
+            },
+            control: None,
         }
     }
 
-    pub fn with_observer(mut self, observer: Observer) -> Self {
-        self.observer = Some(observer);
+    pub fn with_control(mut self, sink: ControlSink) -> Self {
+        self.control = Some(sink);
         self
     }
 
@@ -85,17 +73,11 @@ impl Engine {
     }
 
     pub fn mac(&self) -> Mac {
-        self.mac
+        self.responder.mac
     }
 
     pub fn max_sectors(&self) -> usize {
-        self.max_sectors
-    }
-
-    pub(super) fn changed(&self, ex: &Export) {
-        if let Some(o) = &self.observer {
-            o(ex);
-        }
+        self.responder.max_sectors
     }
 
     /// Decide which exports a frame is for.
@@ -103,14 +85,14 @@ impl Engine {
         let Ok(f) = Frame::new_checked(frame) else {
             return Route::Ignore(Ignore::Malformed);
         };
-        if f.ethertype() != ETHERTYPE_AOE {
+        if f.ethertype() != aoe_common::wire::ETHERTYPE_AOE {
             return Route::Ignore(Ignore::Malformed);
         }
         if f.is_response() {
             return Route::Ignore(Ignore::Response);
         }
         let (shelf, slot) = (f.shelf(), f.slot());
-        if shelf == SHELF_BROADCAST || slot == SLOT_BROADCAST {
+        if shelf == aoe_common::wire::SHELF_BROADCAST || slot == aoe_common::wire::SLOT_BROADCAST {
             if f.command() == Command::Ata {
                 return Route::Ignore(Ignore::BroadcastAta);
             }
@@ -126,20 +108,29 @@ impl Engine {
         }
     }
 
+    /// The exports a broadcast frame reaches (each answers from a buffer of its own holding
+    /// the whole request: both workers use this).
+    pub fn each<'a>(&'a self, frame: &[u8]) -> impl Iterator<Item = usize> + 'a {
+        let to = Frame::new_checked(frame)
+            .ok()
+            .map(|f| (f.shelf(), f.slot()));
+        self.exports
+            .iter()
+            .enumerate()
+            .filter(move |(_, e)| to.is_some_and(|(shelf, slot)| e.matches(shelf, slot)))
+            .map(|(i, _)| i)
+    }
+
     /// The longest reply the request in `frame` can get: the room it must be answered in.
     pub fn reply_room(&self, frame: &[u8]) -> usize {
-        use aoe_common::wire::ata::{AtaCommand, AtaRepr, ATA_HEADER_LEN};
-        use aoe_common::wire::SECTOR_SIZE;
         let small = frame.len().max(CONTROL_REPLY_MAX);
         let is_ata = Frame::new_checked(frame).is_ok_and(|f| f.command() == Command::Ata);
         let Some(a) = is_ata.then(|| AtaRepr::parse(frame).ok()).flatten() else {
             return small;
         };
-        let data = match a.command {
-            AtaCommand::ReadSectors | AtaCommand::ReadSectorsExt => {
-                (a.sectors() as usize).min(self.max_sectors) * SECTOR_SIZE
-            }
-            AtaCommand::IdentifyDevice => SECTOR_SIZE,
+        let data = match request::AtaRequest::from(a).op {
+            AtaOp::Read => (a.sectors() as usize).min(self.max_sectors()) * SECTOR_SIZE,
+            AtaOp::Identify => SECTOR_SIZE,
             _ => 0,
         };
         frame.len().max(ATA_HEADER_LEN + data).max(MIN_FRAME_LEN)
@@ -158,99 +149,66 @@ impl Engine {
             return Verdict::Ignore(Ignore::NotOurs);
         };
         ExportStats::add(&ex.stats.frames, 1);
-        if len > buf.len() || buf.len() < MIN_FRAME_LEN {
-            return Verdict::Ignore(Ignore::Malformed);
-        }
-        let Ok(frame) = Frame::new_checked(&buf[..len]) else {
-            return Verdict::Ignore(Ignore::Malformed);
-        };
-        let Some(req) = HeaderRepr::parse(&frame) else {
-            return Verdict::Ignore(Ignore::Malformed);
-        };
-        let version = frame.version();
-        if req.flags & aoe_common::wire::header::FLAG_RESPONSE != 0 {
-            return Verdict::Ignore(Ignore::Response);
-        }
-        if !ex.matches(req.shelf, req.slot) {
-            return Verdict::Ignore(Ignore::NotOurs);
-        }
-        if !ex.access.mask_allows(&req.src) {
-            ExportStats::add(&ex.stats.dropped_acl, 1);
-            return Verdict::Ignore(Ignore::Acl);
-        }
-        let reply = req.reply(self.mac, ex.shelf, ex.slot);
-        if version != AOE_VERSION {
-            return self.error(ex, buf, len, reply, AoeError::UnsupportedVersion);
-        }
-        let outcome = match req.command {
-            Command::Ata => {
-                if req.shelf == SHELF_BROADCAST || req.slot == SLOT_BROADCAST {
-                    return Verdict::Ignore(Ignore::BroadcastAta);
-                }
-                if !ex.access.reservation_allows(&req.src) {
-                    return self.error(ex, buf, len, reply, AoeError::TargetReserved);
-                }
-                ata::execute(ex, self.max_sectors, buf, len, tail)
-            }
-            Command::QueryConfig => config::handle(self, ex, buf, len),
-            Command::MacMaskList => control::mask_list(self, ex, buf, len),
-            Command::ReserveRelease => control::reserve_release(self, ex, &req.src, buf, len),
-            Command::Unknown(_) => Err(Outcome::Error(AoeError::UnrecognizedCommand)),
-        };
-        match outcome {
-            Ok(n) => self.finish(buf, n, reply),
-            Err(Outcome::Ignore(why)) => {
-                if why == Ignore::ConfigMismatch {
-                    ExportStats::add(&ex.stats.dropped_config_mismatch, 1);
-                }
-                Verdict::Ignore(why)
-            }
-            Err(Outcome::Error(e)) => self.error(ex, buf, len, reply, e),
-            Err(Outcome::ErrorWithBody(e, n)) => {
-                ExportStats::add(&ex.stats.aoe_errors, 1);
-                let mut r = reply;
-                r.flags |= FLAG_ERROR;
-                r.error = e as u8;
-                self.finish(buf, n, r)
-            }
-        }
-    }
-
-    /// An AoE error reply: the request's header and arguments (up to the ATA header) with
-    /// the E flag and the error code.
-    fn error(
-        &self,
-        ex: &Export,
-        buf: &mut [u8],
-        len: usize,
-        mut reply: HeaderRepr,
-        e: AoeError,
-    ) -> Verdict {
-        ExportStats::add(&ex.stats.aoe_errors, 1);
-        reply.flags |= FLAG_ERROR;
-        reply.error = e as u8;
-        let keep = len.min(aoe_common::wire::ata::ATA_HEADER_LEN);
-        self.finish(buf, keep, reply)
-    }
-
-    /// Write the reply header and pad to the shortest Ethernet frame.
-    fn finish(&self, buf: &mut [u8], n: usize, reply: HeaderRepr) -> Verdict {
-        reply.emit(&mut Frame::new_unchecked(&mut buf[..]));
-        let n = n.max(aoe_common::wire::header::HEADER_LEN);
-        if n < MIN_FRAME_LEN {
-            buf[n..MIN_FRAME_LEN].fill(0);
-            return Verdict::Reply(MIN_FRAME_LEN);
-        }
-        Verdict::Reply(n)
+        answer(ex, self.responder, buf, len, tail, self.control.as_ref())
     }
 }
 
-/// How a command handler ends when it does not produce a plain reply of `n` bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ignore(Ignore),
-    /// AoE error reply carrying the request's arguments.
-    Error(AoeError),
-    /// AoE error reply whose body (`n` bytes) the handler already wrote.
-    ErrorWithBody(AoeError, usize),
+/// Answer a request inline, state-changing commands included: the control plane's path.
+pub fn answer_now(ex: &Arc<Export>, responder: Responder, buf: &mut [u8], len: usize) -> Verdict {
+    answer(ex, responder, buf, len, &[], None)
+}
+
+/// Parse, execute, respond.
+fn answer(
+    ex: &Arc<Export>,
+    responder: Responder,
+    buf: &mut [u8],
+    len: usize,
+    tail: &[&[u8]],
+    control: Option<&ControlSink>,
+) -> Verdict {
+    if len > buf.len() || buf.len() < MIN_FRAME_LEN {
+        return Verdict::Ignore(Ignore::Malformed);
+    }
+    let req = match request::parse(&buf[..len]) {
+        Ok(r) => r,
+        Err(why) => return Verdict::Ignore(why),
+    };
+    let header = req.header;
+    if !ex.matches(header.shelf, header.slot) {
+        return Verdict::Ignore(Ignore::NotOurs);
+    }
+    if !ex.access.mask_allows(&header.src) {
+        ExportStats::add(&ex.stats.dropped_acl, 1);
+        return Verdict::Ignore(Ignore::Acl);
+    }
+    let broadcast = header.shelf == aoe_common::wire::SHELF_BROADCAST
+        || header.slot == aoe_common::wire::SLOT_BROADCAST;
+    let done = match req.body {
+        Body::UnsupportedVersion(_) => Completion::Error(AoeError::UnsupportedVersion),
+        Body::Ata(_) if broadcast => return Verdict::Ignore(Ignore::BroadcastAta),
+        Body::Ata(_) if !ex.access.reservation_allows(&header.src) => {
+            Completion::Error(AoeError::TargetReserved)
+        }
+        Body::Ata(a) => ata::execute(ex, responder.max_sectors, &a, buf, len, tail),
+        body if body.changes_state() && control.is_some() => {
+            let mut frame = vec![0u8; len.max(CONTROL_REPLY_MAX)];
+            frame[..len].copy_from_slice(&buf[..len]);
+            let work = ControlWork {
+                export: ex.clone(),
+                frame,
+                len,
+                responder,
+            };
+            return match control.map(|sink| sink(work)) {
+                Some(true) => Verdict::Pending,
+                _ => Verdict::Ignore(Ignore::ControlBusy),
+            };
+        }
+        Body::Config(c) => config::execute(ex, &c),
+        Body::Mask(m) => control::mask_list(ex, &m),
+        Body::Reserve(r) => control::reserve_release(ex, &header.src, &r),
+        Body::Unknown(_) => Completion::Error(AoeError::UnrecognizedCommand),
+    };
+    responder.respond(ex, &header, done, buf, len)
 }

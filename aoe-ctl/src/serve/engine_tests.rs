@@ -2,10 +2,11 @@
 //! the initiator's builders and checked byte by byte where the spec fixes the bytes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use aoe_common::wire::ata::{
-    AtaCommand, AtaRepr, AFLAG_LBA48, AFLAG_WRITE, ERROR_ABRT, ERROR_IDNF, STATUS_DRDY, STATUS_ERR,
+    self as ata, AtaCommand, AtaRepr, AFLAG_LBA48, AFLAG_WRITE, ERROR_ABRT, ERROR_IDNF,
+    STATUS_DRDY, STATUS_ERR,
 };
 use aoe_common::wire::config::{ConfigCommand, ConfigRepr};
 use aoe_common::wire::mask::{Directive, MaskRepr, DCMD_ADD, DCMD_DELETE, MERROR_BAD_DCMD};
@@ -13,7 +14,7 @@ use aoe_common::wire::reserve::{ReserveRepr, RCMD_FORCE_SET, RCMD_READ, RCMD_SET
 use aoe_common::wire::{identify, Frame, Mac};
 
 use super::backend::MemBackend;
-use super::engine::{Engine, Ignore, Route, Verdict};
+use super::engine::{answer_now, ControlWork, Engine, Ignore, Route, Verdict};
 use super::export::{Export, ExportOptions};
 use crate::initiator::frames::{self, Addr, BROADCAST_MAC};
 
@@ -24,6 +25,9 @@ const SECTORS: u64 = 64;
 
 struct Rig {
     engine: Engine,
+    /// State-changing requests the engine handed to the control plane.
+    handed: Arc<Mutex<Vec<ControlWork>>>,
+    /// How many of them changed the export's state.
     changes: Arc<AtomicUsize>,
     buf: Vec<u8>,
 }
@@ -32,14 +36,16 @@ fn rig_with(opts: impl FnOnce(&mut ExportOptions)) -> Rig {
     let mut o = ExportOptions::new(1, 2);
     opts(&mut o);
     let ex = Arc::new(Export::new(o, Box::new(MemBackend::new(SECTORS))));
-    let changes = Arc::new(AtomicUsize::new(0));
-    let c = changes.clone();
-    let engine = Engine::new(vec![ex], TARGET, 2).with_observer(Box::new(move |_| {
-        c.fetch_add(1, Ordering::SeqCst);
+    let handed: Arc<Mutex<Vec<ControlWork>>> = Arc::default();
+    let h = handed.clone();
+    let engine = Engine::new(vec![ex], TARGET, 2).with_control(Arc::new(move |w| {
+        h.lock().unwrap().push(w);
+        true
     }));
     Rig {
         engine,
-        changes,
+        handed,
+        changes: Arc::default(),
         buf: vec![0; 3840],
     }
 }
@@ -70,6 +76,20 @@ impl Rig {
         match self.engine.handle(idx, &mut self.buf, n) {
             Verdict::Reply(m) => Ok(self.buf[..m].to_vec()),
             Verdict::Ignore(why) => Err(why),
+            // What the daemon's owner thread does: apply it, then send its reply.
+            Verdict::Pending => {
+                let mut w = self.handed.lock().unwrap().pop().expect("handed over");
+                let before = w.export.control_state();
+                let v = answer_now(&w.export, w.responder, &mut w.frame, w.len);
+                if w.export.control_state() != before {
+                    self.changes.fetch_add(1, Ordering::SeqCst);
+                }
+                match v {
+                    Verdict::Reply(m) => Ok(w.frame[..m].to_vec()),
+                    Verdict::Ignore(why) => Err(why),
+                    Verdict::Pending => panic!("pending twice"),
+                }
+            }
         }
     }
 }
@@ -524,9 +544,20 @@ fn garbage_never_panics() {
 }
 
 #[test]
-fn lba48_write_flag_consistency() {
-    // AFLAG constants as the spec gives them.
-    assert_eq!((AFLAG_LBA48, AFLAG_WRITE), (0x40, 0x01));
+fn lba28_ignores_the_device_bits() {
+    // LBA28 carries the device/head register in lba3's high nibble: it is not address.
+    let mut r = rig();
+    let a = from(HOST_A);
+    r.send(|b| {
+        let n = frames::write(b, &a, 1, 5, &[0x5a; 512]);
+        b[ata::field::AFLAGS] &= !AFLAG_LBA48;
+        b[ata::field::CMD_STATUS] = 0x30;
+        b[ata::field::LBA + 3] = 0xE0;
+        n
+    })
+    .unwrap();
+    let rep = r.send(|b| frames::read(b, &a, 2, 5, 1)).unwrap();
+    assert!(rep[36..36 + 512].iter().all(|&x| x == 0x5a));
 }
 
 #[test]
@@ -569,4 +600,130 @@ fn a_write_in_pieces_lands_as_one() {
         .send(|b| frames::read(b, &from(HOST_A), 3, 40, 2))
         .unwrap();
     assert!(rep[36..].iter().all(|&x| x == 0), "nothing written");
+}
+
+#[test]
+fn state_changes_go_to_the_control_plane_and_nothing_else_does() {
+    let mut r = rig();
+    let a = from(HOST_A);
+    // Reads of the string and the lists are answered at once, by the worker.
+    let n = frames::config(&mut r.buf, &a, 1, ConfigCommand::Read, b"");
+    assert!(matches!(
+        r.engine.handle(0, &mut r.buf, n),
+        Verdict::Reply(_)
+    ));
+    let n = frames::mask_read(&mut r.buf, &a, 2);
+    assert!(matches!(
+        r.engine.handle(0, &mut r.buf, n),
+        Verdict::Reply(_)
+    ));
+    assert!(r.handed.lock().unwrap().is_empty());
+    // A set is handed over whole, unapplied: the owner applies and answers it.
+    let n = frames::config(&mut r.buf, &a, 3, ConfigCommand::ForceSet, b"mine");
+    assert_eq!(r.engine.handle(0, &mut r.buf, n), Verdict::Pending);
+    assert!(r.engine.exports()[0].config().is_empty());
+    let w = r.handed.lock().unwrap().pop().unwrap();
+    assert_eq!((w.len, &w.frame[..n]), (n, &r.buf[..n]));
+    assert!(w.frame.len() >= super::engine::CONTROL_REPLY_MAX);
+    // Without a control plane (tests, fuzzing) the engine applies it inline.
+    let ex = r.engine.exports()[0].clone();
+    let inline = Engine::new(vec![ex.clone()], TARGET, 2);
+    assert!(matches!(inline.handle(0, &mut r.buf, n), Verdict::Reply(_)));
+    assert_eq!(ex.config().as_slice(), b"mine");
+    // A full control queue drops the frame: the initiator retransmits.
+    let full = Engine::new(vec![ex], TARGET, 2).with_control(Arc::new(|_| false));
+    let n = frames::config(&mut r.buf, &a, 4, ConfigCommand::ForceSet, b"x");
+    assert_eq!(
+        full.handle(0, &mut r.buf, n),
+        Verdict::Ignore(Ignore::ControlBusy)
+    );
+}
+
+#[test]
+fn a_broadcast_reaches_each_export_it_names() {
+    let exports: Vec<Arc<Export>> = [(1, 2), (1, 3), (2, 2)]
+        .into_iter()
+        .map(|(shelf, slot)| {
+            Arc::new(Export::new(
+                ExportOptions::new(shelf, slot),
+                Box::new(MemBackend::new(8)),
+            ))
+        })
+        .collect();
+    let engine = Engine::new(exports, TARGET, 2);
+    let mut buf = [0u8; 1200];
+    let to = |shelf, slot| Addr {
+        src: HOST_A,
+        dst: BROADCAST_MAC,
+        shelf,
+        slot,
+    };
+    let mut each = |shelf, slot| {
+        let n = frames::config(&mut buf, &to(shelf, slot), 1, ConfigCommand::Read, b"");
+        assert_eq!(engine.route(&buf[..n]), Route::Each);
+        engine.each(&buf[..n]).collect::<Vec<_>>()
+    };
+    assert_eq!(each(0xFFFF, 0xFF), vec![0, 1, 2]);
+    assert_eq!(each(1, 0xFF), vec![0, 1]);
+    assert_eq!(each(0xFFFF, 2), vec![0, 2]);
+}
+
+/// A backend whose every I/O fails as a dying disk does.
+struct Failing;
+
+impl super::backend::Backend for Failing {
+    fn sectors(&self) -> u64 {
+        SECTORS
+    }
+    fn read_at(&self, _: u64, _: &mut [u8]) -> super::backend::Result<()> {
+        Err(eio("pread"))
+    }
+    fn write_parts_at(&self, _: u64, _: &[&[u8]]) -> super::backend::Result<()> {
+        Err(eio("pwrite"))
+    }
+    fn sync_range(&self, _: u64, _: usize) -> super::backend::Result<()> {
+        Err(eio("fdatasync"))
+    }
+    fn flush(&self) -> super::backend::Result<()> {
+        Err(eio("fsync"))
+    }
+}
+
+fn eio(call: &'static str) -> super::backend::BackendError {
+    super::backend::BackendError::Syscall {
+        call,
+        source: std::io::Error::from_raw_os_error(libc::EIO),
+    }
+}
+
+#[test]
+fn storage_errors_become_ata_errors_and_are_counted() {
+    use super::export::STORAGE_REASONS;
+    let ex = Arc::new(Export::new(ExportOptions::new(1, 2), Box::new(Failing)));
+    let engine = Engine::new(vec![ex.clone()], TARGET, 2);
+    let mut buf = vec![0u8; 3840];
+    let a = from(HOST_A);
+    let mut send = |build: &dyn Fn(&mut [u8]) -> usize| {
+        let n = build(&mut buf);
+        match engine.handle(0, &mut buf, n) {
+            Verdict::Reply(m) => buf[..m].to_vec(),
+            v => panic!("{v:?}"),
+        }
+    };
+    let rep = send(&|b| frames::read(b, &a, 1, 0, 1));
+    assert_eq!(
+        ata_status(&rep),
+        (STATUS_DRDY | STATUS_ERR, aoe_common::wire::ata::ERROR_UNC)
+    );
+    let rep = send(&|b| frames::write(b, &a, 2, 0, &[1; 512]));
+    assert_eq!(ata_status(&rep), (STATUS_DRDY | STATUS_ERR, ERROR_ABRT));
+    let io = STORAGE_REASONS.iter().position(|r| *r == "io").unwrap();
+    let counted = |i: usize| ex.stats.storage_errors[i].load(Ordering::Relaxed);
+    assert_eq!(counted(io), 2);
+    assert_eq!(ex.stats.ata_errors.load(Ordering::Relaxed), 2);
+    assert_eq!(ex.stats.writes.load(Ordering::Relaxed), 0);
+    // Out of range is refused before the backend is asked: IDNF, and no storage error.
+    let rep = send(&|b| frames::read(b, &a, 3, SECTORS, 1));
+    assert_eq!(ata_status(&rep), (STATUS_DRDY | STATUS_ERR, ERROR_IDNF));
+    assert_eq!(counted(io), 2);
 }

@@ -6,8 +6,9 @@ use std::sync::RwLock;
 
 use aoe_common::wire::{Mac, CONFIG_STRING_MAX};
 
-use super::access::Access;
+use super::access::{Access, Lists};
 use super::backend::Backend;
+use super::backend::BackendError;
 
 /// Per-export counters (relaxed atomics; read by `stats`).
 #[derive(Debug, Default)]
@@ -25,7 +26,20 @@ pub struct ExportStats {
     pub dropped_acl: AtomicU64,
     /// Query Config tests that did not match (no reply is the answer).
     pub dropped_config_mismatch: AtomicU64,
+    /// Backend failures, by `BackendError::reason` in the order of `STORAGE_REASONS`.
+    pub storage_errors: [AtomicU64; STORAGE_REASONS.len()],
 }
+
+/// The reasons backend failures are counted by (`BackendError::reason`).
+pub const STORAGE_REASONS: [&str; 7] = [
+    "out_of_range",
+    "unaligned",
+    "io",
+    "no_space",
+    "sigbus",
+    "concurrent_fault",
+    "failed_closed",
+];
 
 impl ExportStats {
     #[inline]
@@ -34,8 +48,9 @@ impl ExportStats {
     }
 
     /// The counters in the order of `crate::pinned::STAT_NAMES`.
-    pub fn snapshot(&self) -> [u64; 10] {
-        [
+    pub fn snapshot(&self) -> [u64; 10 + STORAGE_REASONS.len()] {
+        let mut out = [0; 10 + STORAGE_REASONS.len()];
+        let named = [
             &self.frames,
             &self.reads,
             &self.writes,
@@ -46,8 +61,14 @@ impl ExportStats {
             &self.config_replies,
             &self.dropped_acl,
             &self.dropped_config_mismatch,
-        ]
-        .map(|c| c.load(Ordering::Relaxed))
+        ];
+        for (o, c) in out
+            .iter_mut()
+            .zip(named.into_iter().chain(&self.storage_errors))
+        {
+            *o = c.load(Ordering::Relaxed);
+        }
+        out
     }
 }
 
@@ -75,6 +96,16 @@ pub struct Export {
     pub stats: ExportStats,
     config: RwLock<Vec<u8>>,
     serial: [u8; 20],
+    /// Unix second of the last storage error logged, and errors not logged since.
+    last_logged: AtomicU64,
+    unlogged: AtomicU64,
+}
+
+/// An export's config string and access lists: what initiators and `aoe-ctl acl` change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlState {
+    pub config: Vec<u8>,
+    pub lists: Lists,
 }
 
 /// What `Export::new` needs besides the backend.
@@ -138,6 +169,8 @@ impl Export {
             stats: ExportStats::default(),
             config: RwLock::new(config),
             serial,
+            last_logged: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
         }
     }
 
@@ -172,5 +205,47 @@ impl Export {
 
     pub fn config_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<u8>> {
         self.config.write().unwrap()
+    }
+
+    pub fn control_state(&self) -> ControlState {
+        ControlState {
+            config: self.config().clone(),
+            lists: self.access.snapshot(),
+        }
+    }
+
+    /// Put back a state taken with `control_state` (an edit that could not be kept).
+    pub fn restore_control_state(&self, s: ControlState) {
+        *self.config_mut() = s.config;
+        self.access.set_lists(s.lists);
+    }
+
+    /// Count a backend failure by reason and log it, at most once a second per export (a
+    /// failing disk under load must not flood the log).
+    pub fn storage_failed(&self, e: &BackendError) {
+        let reason = e.reason();
+        if let Some(i) = STORAGE_REASONS.iter().position(|r| *r == reason) {
+            ExportStats::add(&self.stats.storage_errors[i], 1);
+        }
+        let now = crate::pinned::unix_now();
+        let last = self.last_logged.load(Ordering::Relaxed);
+        if now == last
+            || self
+                .last_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let more = self.unlogged.swap(0, Ordering::Relaxed);
+        if more > 0 {
+            log::error!(
+                "{}: {e} ({more} more storage errors in the last second)",
+                self.name()
+            );
+        } else {
+            log::error!("{}: {e}", self.name());
+        }
     }
 }

@@ -1,5 +1,8 @@
-//! Serving: protocol engine, queue workers and block backend, in the order a frame
-//! travels (kernel classifier -> `xsk` sockets -> `worker` -> `engine` -> `backend`).
+//! Serving: the data path in the order a frame travels. The kernel classifier (`xdp`) hands
+//! ATA frames to the queue workers (`xsk`, `worker`; `packet_worker` where XDP cannot run);
+//! the engine parses each into a typed request (`request`), executes it (`ata`, `config`,
+//! `control`, against `export`'s state and its `backend`) and writes the reply (`reply`,
+//! with `status` mapping failures to ATA registers).
 
 pub mod access;
 pub mod ata;
@@ -11,6 +14,9 @@ pub mod engine;
 pub mod export;
 pub mod live_engine;
 pub mod packet_worker;
+pub mod reply;
+pub mod request;
+pub mod status;
 pub mod worker;
 pub mod xdp;
 pub mod xsk;

@@ -97,15 +97,9 @@ fn answer(engine: &Engine, frame: &[u8], ring: &mut crate::packet::ring::TxRing)
     match engine.route(frame) {
         Route::One(i) => reply(engine, i, frame, ring),
         Route::Each => {
-            // `route` said Each only for a well-formed frame.
-            let Ok(f) = aoe_common::wire::Frame::new_checked(frame) else {
-                return Some(0);
-            };
             let mut n = 0;
-            for (i, ex) in engine.exports().iter().enumerate() {
-                if ex.matches(f.shelf(), f.slot()) {
-                    n += reply(engine, i, frame, ring)?;
-                }
+            for i in engine.each(frame) {
+                n += reply(engine, i, frame, ring)?;
             }
             Some(n)
         }
@@ -130,7 +124,8 @@ fn reply(
                 sent = 1;
                 n
             }
-            Verdict::Ignore(_) => 0,
+            // Pending: the control plane answers it.
+            Verdict::Ignore(_) | Verdict::Pending => 0,
         }
     });
     queued.then_some(sent)

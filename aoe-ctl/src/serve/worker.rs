@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use aoe_common::wire::ata::{self, ATA_HEADER_LEN};
-use aoe_common::wire::{header, Frame};
+use aoe_common::wire::header;
 use xdpilone::xdp::XdpDesc;
 
 use super::chunks::{Chunks, Layout};
@@ -124,6 +124,8 @@ fn serve(
     // waiting for a free run.
     let mut held: Vec<XdpDesc> = Vec::with_capacity(2 * BATCH as usize + MAX_RX_CHAIN);
     let mut waiting_for_run = false;
+    // A broadcast request, whole (it may have arrived as a chain).
+    let mut scratch: Vec<u8> = Vec::with_capacity(4 * FRAME_SIZE as usize);
     refill(&mut sock, &mut chunks);
     let mut idle = 0u32;
     let mut loops = 0u32;
@@ -172,7 +174,14 @@ fn serve(
                 break;
             };
             let chain = &held[at..=at + last];
-            match handle(&mut sock, &engine, chain, &mut chunks, &mut tx_queue) {
+            match handle(
+                &mut sock,
+                &engine,
+                chain,
+                &mut chunks,
+                &mut tx_queue,
+                &mut scratch,
+            ) {
                 Some(n) => {
                     received += 1;
                     replied += n;
@@ -240,6 +249,7 @@ fn handle(
     chain: &[XdpDesc],
     chunks: &mut Chunks,
     tx_queue: &mut VecDeque<XdpDesc>,
+    scratch: &mut Vec<u8>,
 ) -> Option<u64> {
     let first = chain[0];
     // SAFETY: the kernel handed this chunk to us through the rx ring; it is ours until we
@@ -260,25 +270,26 @@ fn handle(
         }
         Route::One(i) => answer_in_run(sock, engine, i, chain, chunks, tx_queue),
         Route::Each => {
-            // A broadcast: each matching export answers from a spare chunk of its own.
-            let mut request = [0u8; 64];
-            let n = len.min(request.len());
-            request[..n].copy_from_slice(&buf[..n]);
+            // A broadcast: the whole request, gathered from its descriptors, then each
+            // export it reaches answers from a spare chunk of its own.
+            scratch.clear();
+            for d in chain {
+                // SAFETY: as above, every chunk of the chain is ours until put back.
+                let piece = unsafe { sock.chunk_from(d.addr) };
+                scratch.extend_from_slice(&piece[..(d.len as usize).min(piece.len())]);
+            }
             chain.iter().for_each(|d| chunks.put(d.addr));
-            let Ok(f) = Frame::new_checked(&request[..n]) else {
-                return Some(0);
-            };
-            let (shelf, slot) = (f.shelf(), f.slot());
             let mut replies = 0;
-            for (i, ex) in engine.exports().iter().enumerate() {
-                if !ex.matches(shelf, slot) {
-                    continue;
-                }
+            for i in engine.each(scratch) {
                 let Some(spare) = chunks.take() else { break };
                 // SAFETY: a free chunk is owned by us and not referenced elsewhere.
                 let out = unsafe { sock.chunk_from(spare) };
-                out[..n].copy_from_slice(&request[..n]);
-                let verdict = engine.handle(i, out, n);
+                if scratch.len() > out.len() || engine.reply_room(scratch) > out.len() {
+                    chunks.put(spare);
+                    break;
+                }
+                out[..scratch.len()].copy_from_slice(scratch);
+                let verdict = engine.handle(i, out, scratch.len());
                 replies += settle(verdict, spare, chunks, tx_queue);
             }
             Some(replies)
@@ -336,7 +347,8 @@ fn settle(
             });
             1
         }
-        Verdict::Ignore(_) => {
+        // Pending: the control plane answers it; the chunk is free.
+        Verdict::Ignore(_) | Verdict::Pending => {
             chunks.put(addr);
             0
         }
@@ -364,7 +376,8 @@ fn answer_in_run(
     let mut at = 0;
     for d in chain {
         let room = (FRAME_SIZE as usize).saturating_sub((d.addr - chunk_base(d.addr)) as usize);
-        at += sock.copy(d.addr, (d.len as usize).min(room), run + at as u64);
+        // SAFETY: the descriptor's chunk is ours (received) and the run was taken above.
+        at += unsafe { sock.copy(d.addr, (d.len as usize).min(room), run + at as u64) };
         chunks.put(d.addr);
     }
     // SAFETY: the run was taken from the free list above; nothing else refers to it.
@@ -383,7 +396,7 @@ fn answer_in_run(
             chunks.run_sent(run, pieces);
             Some(1)
         }
-        Verdict::Ignore(_) => {
+        Verdict::Ignore(_) | Verdict::Pending => {
             chunks.put_run(run);
             Some(0)
         }

@@ -42,9 +42,6 @@ pub struct Classifier {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Each export's row in EXPORT_COUNTERS.
     rows: StdHashMap<ExportKey, u32>,
-    /// The access lists as last written, to tell edits made by another process
-    /// (`aoe-ctl acl`, `aoe-ctl reservation`) from our own.
-    written: StdHashMap<ExportKey, Lists>,
 }
 
 fn program(bpf: &mut Ebpf) -> Result<&mut XdpProgram> {
@@ -75,7 +72,6 @@ impl Classifier {
             max_sectors,
             logger,
             rows: StdHashMap::new(),
-            written: StdHashMap::new(),
         })
     }
 
@@ -122,10 +118,10 @@ impl Classifier {
         Ok((r.return_value, out))
     }
 
-    /// Write an export's entry: config reply template, access lists, counter row. Edits
-    /// another process made to the entry since we last wrote it are taken over first.
+    /// Write an export's entry: config reply template, access lists, counter row, all from
+    /// the export's current state (the daemon's owner thread is the only other writer, and
+    /// it writes the same way, so the last write always carries the latest state).
     pub fn sync_export(&mut self, ex: &Export) -> Result<()> {
-        self.adopt_external(ex)?;
         let key = ExportKey::new(ex.shelf, ex.slot);
         let Some(&row) = self.rows.get(&key) else {
             return Ok(());
@@ -136,60 +132,12 @@ impl Classifier {
         exports
             .insert(key, entry, 0)
             .with_context(|| format!("updating the kernel entry of {}", ex.name()))?;
-        self.written.insert(key, ex.access.snapshot());
         Ok(())
     }
 
     /// Each export's row in EXPORT_COUNTERS.
     pub fn rows(&self) -> StdHashMap<ExportKey, u32> {
         self.rows.clone()
-    }
-
-    /// Take over mask-list and reservation edits another process wrote into the kernel
-    /// entry; true when there were any (the caller then writes the export everywhere).
-    pub fn adopt_external(&mut self, ex: &Export) -> Result<bool> {
-        let key = ExportKey::new(ex.shelf, ex.slot);
-        let Some(prev) = self.written.get(&key) else {
-            return Ok(false);
-        };
-        let exports: HashMap<_, ExportKey, ExportEntry> =
-            HashMap::try_from(map(&mut self.bpf, MAP_EXPORTS)?)?;
-        let Ok(entry) = exports.get(&key, 0) else {
-            return Ok(false);
-        };
-        let now = lists_of(&entry);
-        if now == *prev {
-            return Ok(false);
-        }
-        let added: Vec<Mac> = now
-            .masks
-            .iter()
-            .filter(|m| !prev.masks.contains(m))
-            .copied()
-            .collect();
-        let removed: Vec<Mac> = prev
-            .masks
-            .iter()
-            .filter(|m| !now.masks.contains(m))
-            .copied()
-            .collect();
-        ex.access.apply_mask_changes(&added, &removed);
-        if now.reserve.is_empty() && !prev.reserve.is_empty() {
-            ex.access.clear_reservation();
-        }
-        log::info!(
-            "{}: access lists edited by another process: mask list +{} -{}{}",
-            ex.name(),
-            added.len(),
-            removed.len(),
-            if now.reserve.is_empty() && !prev.reserve.is_empty() {
-                ", reservation cleared"
-            } else {
-                ""
-            }
-        );
-        self.written.insert(key, now);
-        Ok(true)
     }
 
     /// Make the kernel know exactly these exports (rows for new ones, entries of removed
@@ -211,7 +159,6 @@ impl Classifier {
             let _ = m.remove(&key);
             self.zero_row(row)?;
             self.rows.remove(&key);
-            self.written.remove(&key);
         }
         for key in &keep {
             if !self.rows.contains_key(key) {

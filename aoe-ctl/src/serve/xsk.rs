@@ -191,8 +191,12 @@ impl XskSocket {
     }
 
     /// Copy `len` bytes inside the UMEM from `from` to `to`, clamped to the area; returns
-    /// the bytes copied. Both ranges must be chunks user space owns.
-    pub fn copy(&mut self, from: u64, len: usize, to: u64) -> usize {
+    /// the bytes copied.
+    ///
+    /// # Safety
+    /// Both ranges must lie in chunks user space owns: the kernel may be writing any other
+    /// chunk (the copy itself stays inside the area whatever the arguments).
+    pub unsafe fn copy(&mut self, from: u64, len: usize, to: u64) -> usize {
         let size = self.area.len();
         let (from, to) = ((from as usize).min(size), (to as usize).min(size));
         let n = len.min(size - from).min(size - to);

@@ -1,0 +1,201 @@
+//! The control socket: how `aoe-ctl acl` and `aoe-ctl reservation` reach a running daemon.
+//! Each aoe-ctl process that serves exports listens on `<run dir>/aoe-ctl.<pid>.sock` (the run
+//! dir is /run/aoe unless `AOE_RUN_DIR` names another; mode 0700, the socket 0600, and only
+//! root peers are answered). One JSON request a line, one JSON reply a line. The daemon hands
+//! each request to its owner thread, which applies edits one at a time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::owner::{Owner, Work};
+
+/// Where control sockets live when `AOE_RUN_DIR` does not say.
+pub const DEFAULT_RUN_DIR: &str = "/run/aoe";
+/// How long a client waits for a daemon's answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminRequest {
+    AclList { target: String },
+    AclAdd { target: String, mac: String },
+    AclDel { target: String, mac: String },
+    ReservationShow { target: String },
+    ReservationClear { target: String },
+}
+
+impl AdminRequest {
+    pub fn target(&self) -> &str {
+        match self {
+            AdminRequest::AclList { target }
+            | AdminRequest::AclAdd { target, .. }
+            | AdminRequest::AclDel { target, .. }
+            | AdminRequest::ReservationShow { target }
+            | AdminRequest::ReservationClear { target } => target,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AdminReply {
+    /// The list the request is about, after it was applied.
+    #[serde(default)]
+    pub macs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// This daemon does not serve the target: ask the next one.
+    #[serde(default)]
+    pub not_served: bool,
+}
+
+impl AdminReply {
+    pub fn list(macs: Vec<String>) -> Self {
+        AdminReply {
+            macs,
+            ..Default::default()
+        }
+    }
+    pub fn error(e: String) -> Self {
+        AdminReply {
+            error: Some(e),
+            ..Default::default()
+        }
+    }
+    pub fn not_served() -> Self {
+        AdminReply {
+            not_served: true,
+            ..Default::default()
+        }
+    }
+}
+
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("AOE_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
+}
+
+/// The socket this process listens on.
+pub fn own_path() -> PathBuf {
+    run_dir().join(format!("aoe-ctl.{}.sock", std::process::id()))
+}
+
+/// A listening control socket; removed on drop.
+pub struct ControlSocket {
+    path: PathBuf,
+    listener: tokio::net::UnixListener,
+}
+
+impl ControlSocket {
+    /// Bind `own_path()` (needs a tokio runtime).
+    pub fn bind() -> Result<ControlSocket> {
+        let dir = run_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("setting the mode of {}", dir.display()))?;
+        let path = own_path();
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .with_context(|| format!("binding the control socket {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ControlSocket { path, listener })
+    }
+
+    /// Take the next connection and answer it in a task of its own.
+    pub async fn serve_next(&self, owner: &SyncSender<Work>) {
+        let Ok((stream, _)) = self.listener.accept().await else {
+            return;
+        };
+        let owner = owner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, owner).await {
+                log::warn!("control socket: {e:#}");
+            }
+        });
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn answer(stream: tokio::net::UnixStream, owner: SyncSender<Work>) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let uid = stream.peer_cred()?.uid();
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    tokio::io::BufReader::new(read.take(64 << 10))
+        .read_line(&mut line)
+        .await?;
+    let reply = if uid != 0 {
+        AdminReply::error(format!("only root may control aoe-ctl (you are uid {uid})"))
+    } else {
+        match serde_json::from_str::<AdminRequest>(&line) {
+            Err(e) => AdminReply::error(format!("bad control request: {e}")),
+            Ok(req) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if Owner::offer(&owner, Work::Admin(req, tx)) {
+                    rx.await
+                        .unwrap_or_else(|_| AdminReply::error("the daemon is stopping".into()))
+                } else {
+                    AdminReply::error("the daemon's control plane is busy; try again".into())
+                }
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&reply)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+/// Ask one daemon.
+fn ask(path: &Path, req: &AdminRequest) -> Result<AdminReply> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(ANSWER_WITHIN))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply)?;
+    serde_json::from_str(&reply).map_err(|e| anyhow!("bad reply from {}: {e}", path.display()))
+}
+
+/// Send `req` to the daemon serving its target, whichever that is.
+pub fn request(req: &AdminRequest) -> Result<Vec<String>> {
+    let dir = run_dir();
+    let mut sockets: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(e) => e
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    sockets.sort();
+    for path in sockets {
+        // A socket whose daemon died refuses the connection: not an answer, ask the next.
+        let Ok(reply) = ask(&path, req) else { continue };
+        if reply.not_served {
+            continue;
+        }
+        if let Some(e) = reply.error {
+            bail!("{e}");
+        }
+        return Ok(reply.macs);
+    }
+    bail!(
+        "{} is not served by any running aoe-ctl (no daemon in {} answered for it)",
+        req.target(),
+        dir.display()
+    )
+}

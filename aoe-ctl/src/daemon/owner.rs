@@ -1,0 +1,215 @@
+//! The one writer of export state: a control-plane thread that applies every change to an
+//! export's config string and access lists, in the order they arrive, whether an initiator
+//! asked (AoE commands 1, 2 and 3, handed over by the queue workers) or an operator did
+//! (`aoe-ctl acl`, `aoe-ctl reservation`, over the control socket). Each change is kept
+//! (state file) and written into the kernel entry of every interface serving the export
+//! before it is acknowledged; a change that cannot be kept is undone and not acknowledged.
+//! No other thread or process writes the kernel's export table, so no edit is lost.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, bail, Result};
+use aoe_common::maps::{ExportKey, MAX_MASKS};
+use aoe_common::wire::mask::{Directive, DCMD_ADD, DCMD_DELETE, MERROR_LIST_FULL};
+
+use super::control::{AdminReply, AdminRequest};
+use super::Shared;
+use crate::net::format_mac;
+use crate::packet::socket::RawSocket;
+use crate::serve::engine::{self, ControlWork, Verdict};
+use crate::serve::export::Export;
+
+/// Requests waiting for the owner: beyond this, workers drop them (the initiator retries).
+const QUEUE: usize = 1024;
+
+pub enum Work {
+    /// A state-changing AoE request that arrived on an interface.
+    Initiator(ControlWork, String),
+    Admin(AdminRequest, tokio::sync::oneshot::Sender<AdminReply>),
+    Stop,
+}
+
+pub struct Owner {
+    tx: SyncSender<Work>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Owner {
+    pub(crate) fn spawn(shared: Arc<Shared>) -> Result<Owner> {
+        let (tx, rx) = sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("aoe-owner".into())
+            .spawn(move || run(&shared, rx))?;
+        Ok(Owner {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for queue workers and the control socket.
+    pub fn sender(&self) -> SyncSender<Work> {
+        self.tx.clone()
+    }
+
+    /// Hand over without blocking; false when the queue is full or the owner gone.
+    pub fn offer(tx: &SyncSender<Work>, work: Work) -> bool {
+        match tx.try_send(work) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                log::warn!("control plane busy: a state-changing request was dropped");
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Work::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, rx: Receiver<Work>) {
+    // One send-only socket per interface, for the replies the owner sends itself.
+    let mut senders: HashMap<String, RawSocket> = HashMap::new();
+    while let Ok(work) = rx.recv() {
+        match work {
+            Work::Stop => break,
+            Work::Initiator(w, iface) => initiator(shared, w, &iface, &mut senders),
+            Work::Admin(req, reply) => {
+                let _ = reply.send(admin(shared, &req));
+            }
+        }
+    }
+}
+
+/// Apply an initiator's request, keep its effect, then send the reply it earned.
+fn initiator(
+    shared: &Shared,
+    mut w: ControlWork,
+    iface: &str,
+    senders: &mut HashMap<String, RawSocket>,
+) {
+    let ex = w.export.clone();
+    let verdict = match change(shared, &ex, || {
+        Ok(engine::answer_now(&ex, w.responder, &mut w.frame, w.len))
+    }) {
+        Ok(v) => v,
+        Err(e) => {
+            log::error!(
+                "{}: an initiator's change was not kept, and not acknowledged: {e:#}",
+                ex.name()
+            );
+            return;
+        }
+    };
+    let Verdict::Reply(n) = verdict else { return };
+    if !senders.contains_key(iface) {
+        match RawSocket::open_sender(iface) {
+            Ok(s) => {
+                senders.insert(iface.to_string(), s);
+            }
+            Err(e) => {
+                log::error!("{}: reply not sent on {iface}: {e:#}", ex.name());
+                return;
+            }
+        }
+    }
+    if let Err(e) = senders[iface].send(&w.frame[..n]) {
+        log::warn!("{}: reply not sent on {iface}: {e:#}", ex.name());
+        senders.remove(iface);
+    }
+}
+
+/// Run `apply` (which edits the export's state); when the state changed, keep it in the state
+/// file and the kernel entries, or put it back and fail.
+fn change<T>(shared: &Shared, ex: &Arc<Export>, apply: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = ex.control_state();
+    let out = apply()?;
+    if ex.control_state() == before {
+        return Ok(out);
+    }
+    match keep(shared, ex) {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            ex.restore_control_state(before);
+            if let Err(again) = sync_kernels(shared, ex) {
+                log::error!("{}: kernel entry not restored: {again:#}", ex.name());
+            }
+            Err(e)
+        }
+    }
+}
+
+fn keep(shared: &Shared, ex: &Export) -> Result<()> {
+    if let Some(s) = &shared.state {
+        s.record(&ex.name(), &ex.config())?;
+    }
+    sync_kernels(shared, ex)
+}
+
+/// Write the export's entry into the classifier of every interface serving it.
+fn sync_kernels(shared: &Shared, ex: &Export) -> Result<()> {
+    let p = shared.placements.read().unwrap();
+    if let Some((_, kernels)) = p.by_key.get(&ex.key()) {
+        for k in kernels {
+            k.lock().unwrap().sync_export(ex)?;
+        }
+    }
+    Ok(())
+}
+
+fn admin(shared: &Shared, req: &AdminRequest) -> AdminReply {
+    let (shelf, slot) = match crate::address::parse_target(req.target()) {
+        Ok(t) => t,
+        Err(e) => return AdminReply::error(format!("{e:#}")),
+    };
+    let ex = {
+        let p = shared.placements.read().unwrap();
+        p.by_key
+            .get(&ExportKey::new(shelf, slot))
+            .map(|(ex, _)| ex.clone())
+    };
+    let Some(ex) = ex else {
+        return AdminReply::not_served();
+    };
+    let macs = |list: Vec<[u8; 6]>| list.iter().map(format_mac).collect();
+    let result = change(shared, &ex, || edit(&ex, req));
+    match result {
+        Ok(true) => AdminReply::list(macs(ex.access.snapshot().reserve)),
+        Ok(false) => AdminReply::list(macs(ex.access.snapshot().masks)),
+        Err(e) => AdminReply::error(format!("{e:#}")),
+    }
+}
+
+/// Apply an operator's request; true when its answer is the reservation list.
+fn edit(ex: &Export, req: &AdminRequest) -> Result<bool> {
+    let mac = |s: &str| crate::net::parse_mac(s);
+    let directive = |dcmd, s: &str| -> Result<()> {
+        let d = Directive { dcmd, mac: mac(s)? };
+        match ex.access.edit_masks(std::iter::once(d)) {
+            Err(e) if e.merror == MERROR_LIST_FULL => {
+                bail!("the mask list of {} is full ({MAX_MASKS} MACs)", ex.name())
+            }
+            Err(e) => Err(anyhow!("mask list edit refused (merror {})", e.merror)),
+            Ok(()) => Ok(()),
+        }
+    };
+    match req {
+        AdminRequest::AclList { .. } => Ok(false),
+        AdminRequest::AclAdd { mac, .. } => directive(DCMD_ADD, mac).map(|()| false),
+        AdminRequest::AclDel { mac, .. } => directive(DCMD_DELETE, mac).map(|()| false),
+        AdminRequest::ReservationShow { .. } => Ok(true),
+        AdminRequest::ReservationClear { .. } => {
+            ex.access.clear_reservation();
+            Ok(true)
+        }
+    }
+}
