@@ -284,15 +284,28 @@ impl Lab {
         Ok(format!("AOE_BPFFS={}", dir.display()))
     }
 
-    /// `aoe-ctl ARGS` in the target namespace with this lab's bpffs.
-    pub fn spawn_live(&self, args: &[&str]) -> Result<Proc> {
-        spawn_in_env(&self.target_ns, &[self.bpffs_env()?], args)
+    /// The environment of live control in this lab: its bpffs, and its own run dir for
+    /// control sockets (`AOE_RUN_DIR`), so `aoe-ctl acl` reaches this lab's daemon only.
+    pub fn live_env(&self) -> Result<Vec<String>> {
+        let run = self.dir.join("run");
+        std::fs::create_dir_all(&run)?;
+        Ok(vec![
+            self.bpffs_env()?,
+            format!("AOE_RUN_DIR={}", run.display()),
+        ])
     }
 
-    /// Run `aoe-ctl ARGS` to completion in the target namespace with this lab's bpffs.
+    /// `aoe-ctl ARGS` in the target namespace with this lab's live-control environment.
+    pub fn spawn_live(&self, args: &[&str]) -> Result<Proc> {
+        spawn_in_env(&self.target_ns, &self.live_env()?, args)
+    }
+
+    /// Run `aoe-ctl ARGS` to completion in the target namespace with this lab's
+    /// live-control environment.
     pub fn run_live(&self, args: &[&str]) -> Result<Output> {
         Ok(Command::new("ip")
-            .args(["netns", "exec", &self.target_ns, "env", &self.bpffs_env()?])
+            .args(["netns", "exec", &self.target_ns, "env"])
+            .args(self.live_env()?)
             .arg(aoe_ctl())
             .args(args)
             .output()?)

@@ -31,6 +31,17 @@ pub enum AdminRequest {
 }
 
 impl AdminRequest {
+    /// What it asks, for the log: `acl add 02:00:00:00:00:0a`.
+    pub fn describe(&self) -> String {
+        match self {
+            AdminRequest::AclList { .. } => "acl list".into(),
+            AdminRequest::AclAdd { mac, .. } => format!("acl add {mac}"),
+            AdminRequest::AclDel { mac, .. } => format!("acl del {mac}"),
+            AdminRequest::ReservationShow { .. } => "reservation show".into(),
+            AdminRequest::ReservationClear { .. } => "reservation clear".into(),
+        }
+    }
+
     pub fn target(&self) -> &str {
         match self {
             AdminRequest::AclList { target }

@@ -182,6 +182,15 @@ fn admin(shared: &Shared, req: &AdminRequest) -> AdminReply {
     };
     let macs = |list: Vec<[u8; 6]>| list.iter().map(format_mac).collect();
     let result = change(shared, &ex, || edit(&ex, req));
+    if !matches!(
+        req,
+        AdminRequest::AclList { .. } | AdminRequest::ReservationShow { .. }
+    ) {
+        match &result {
+            Ok(_) => log::info!("{}: {} (control socket)", ex.name(), req.describe()),
+            Err(e) => log::warn!("{}: {} refused: {e:#}", ex.name(), req.describe()),
+        }
+    }
     match result {
         Ok(true) => AdminReply::list(macs(ex.access.snapshot().reserve)),
         Ok(false) => AdminReply::list(macs(ex.access.snapshot().masks)),
