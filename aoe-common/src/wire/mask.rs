@@ -161,7 +161,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 }
 
 /// The mask list arguments of a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct MaskRepr<'a> {
     pub mcmd: u8,
     pub merror: u8,
@@ -212,6 +212,16 @@ impl<'a> MaskRepr<'a> {
         self.buffer_len()
     }
 }
+
+/// Equal when the directives are: their reserved bytes are not part of the value.
+impl PartialEq for MaskRepr<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.mcmd, self.merror, self.count) == (other.mcmd, other.merror, other.count)
+            && self.directives().eq(other.directives())
+    }
+}
+
+impl Eq for MaskRepr<'_> {}
 
 /// Write the mask arguments and `list` as (dcmd none) directives; returns the frame length.
 /// `frame` must hold `MASK_HEADER_LEN + list.len() * 8` bytes.
@@ -319,6 +329,20 @@ mod tests {
         out[..24].copy_from_slice(&EDIT[..24]);
         assert_eq!(m.emit(&mut out), 36);
         assert_eq!(out, EDIT);
+    }
+
+    #[test]
+    fn reserved_bytes_are_not_the_value() {
+        let mut f = EDIT;
+        f[28] = 0xff;
+        let m = MaskRepr::parse(&f).unwrap();
+        assert_eq!(m, MaskRepr::parse(&EDIT).unwrap());
+        let mut out = [0u8; 36];
+        m.emit(&mut out);
+        assert_eq!(out[28], 0, "emitted reserved byte");
+        let mut g = f;
+        g[29] = DCMD_DELETE;
+        assert_ne!(MaskRepr::parse(&g).unwrap(), m);
     }
 
     #[test]
