@@ -303,8 +303,8 @@ mod tests {
     #[test]
     fn every_claimed_length_in_every_buffer() {
         // Whatever the length field says, the view is either refused or readable.
-        let mut f = [b'x'; CONFIG_HEADER_LEN + 40];
-        for claim in (0..=60u16).chain([1024, 1025, 0xffff]) {
+        let mut f = [b'x'; CONFIG_HEADER_LEN + CONFIG_STRING_MAX + 8];
+        for claim in (0..=60u16).chain([1023, 1024, 1025, 1032, 0xffff]) {
             f[30..32].copy_from_slice(&claim.to_be_bytes());
             for n in 0..=f.len() {
                 let ok = usize::from(claim) <= CONFIG_STRING_MAX
