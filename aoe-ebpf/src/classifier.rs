@@ -2,7 +2,10 @@
 
 use aoe_common::{
     maps::{counter, export_counter, ExportEntry, ExportKey, MAX_MASKS},
-    wire::{header::field, header::FLAG_RESPONSE, SHELF_BROADCAST, SLOT_BROADCAST},
+    wire::{
+        header::{field, CMD_ATA, CMD_QUERY_CONFIG, FLAG_RESPONSE, HEADER_LEN, VERSION_SHIFT},
+        AOE_VERSION, ETHERTYPE_AOE, SHELF_BROADCAST, SLOT_BROADCAST,
+    },
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
@@ -11,9 +14,6 @@ use crate::{
     maps::{count, count_export, EXPORTS, SETTINGS, XSKS},
     packet,
 };
-
-const CMD_ATA: u8 = 0;
-const CMD_QUERY_CONFIG: u8 = 1;
 
 // `frags`: jumbo frames arrive as several buffers; the AoE headers are always in the first.
 #[xdp(frags)]
@@ -34,12 +34,12 @@ pub fn aoe_pass(_ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> u32 {
-    let Some(hdr) = packet::bytes_at::<{ field::ARG }>(ctx, 0) else {
+    let Some(hdr) = packet::bytes_at::<HEADER_LEN>(ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: bounds checked by bytes_at.
     let hdr = unsafe { &*hdr };
-    if hdr[field::ETHERTYPE] != 0x88 || hdr[field::ETHERTYPE + 1] != 0xA2 {
+    if u16::from_be_bytes([hdr[field::ETHERTYPE], hdr[field::ETHERTYPE + 1]]) != ETHERTYPE_AOE {
         return xdp_action::XDP_PASS;
     }
     let ver_flags = hdr[field::VER_FLAGS];
@@ -98,7 +98,7 @@ fn classify(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     }
 
-    if ver_flags >> 4 == 1 && command == CMD_QUERY_CONFIG {
+    if ver_flags >> VERSION_SHIFT == AOE_VERSION && command == CMD_QUERY_CONFIG {
         if let Some(action) = config_reply::answer(ctx, entry, src) {
             return action;
         }

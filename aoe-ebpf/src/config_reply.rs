@@ -6,7 +6,11 @@
 
 use aoe_common::{
     maps::{counter, export_counter, ExportEntry, REPLY_BUF_LEN},
-    wire::{config, header::field, CONFIG_STRING_MAX, MIN_FRAME_LEN},
+    wire::{
+        config::{self, CCMD_MASK, CCMD_READ, CCMD_TEST, CCMD_TEST_PREFIX},
+        header::{field, HEADER_LEN},
+        CONFIG_STRING_MAX, MIN_FRAME_LEN,
+    },
 };
 use aya_ebpf::{
     bindings::xdp_action,
@@ -20,10 +24,6 @@ use crate::{
     packet,
 };
 
-const CCMD_READ: u8 = 0;
-const CCMD_TEST: u8 = 1;
-const CCMD_TEST_PREFIX: u8 = 2;
-
 /// `Some(action)` when handled here, `None` to leave the frame to user space.
 #[inline(always)]
 pub fn answer(ctx: &XdpContext, entry: &ExportEntry, src: [u8; 6]) -> Option<u32> {
@@ -34,7 +34,7 @@ pub fn answer(ctx: &XdpContext, entry: &ExportEntry, src: [u8; 6]) -> Option<u32
     let arg = packet::bytes_at::<{ config::CONFIG_HEADER_LEN }>(ctx, 0)?;
     // SAFETY: bounds checked by bytes_at.
     let arg = unsafe { &*arg };
-    let ccmd = arg[config::field::VER_CCMD] & 0x0F;
+    let ccmd = arg[config::field::VER_CCMD] & CCMD_MASK;
     if ccmd > CCMD_TEST_PREFIX {
         return None;
     }
@@ -93,7 +93,7 @@ pub fn answer(ctx: &XdpContext, entry: &ExportEntry, src: [u8; 6]) -> Option<u32
     let stored = unsafe {
         bpf_xdp_store_bytes(ctx.ctx, 0, entry.reply.as_ptr() as *mut _, reply_len as u32)
     };
-    let Some(out) = packet::bytes_at::<{ field::ARG }>(ctx, 0) else {
+    let Some(out) = packet::bytes_at::<HEADER_LEN>(ctx, 0) else {
         return Some(xdp_action::XDP_DROP);
     };
     if stored != 0 {
@@ -101,8 +101,8 @@ pub fn answer(ctx: &XdpContext, entry: &ExportEntry, src: [u8; 6]) -> Option<u32
     }
     // SAFETY: bounds checked by bytes_at.
     let out = unsafe { &mut *out };
-    out[field::DST..field::DST + 6].copy_from_slice(&src);
-    out[field::TAG..field::TAG + 4].copy_from_slice(&tag);
+    out[field::DST_BYTES].copy_from_slice(&src);
+    out[field::TAG_BYTES].copy_from_slice(&tag);
     count(counter::ANSWERED);
     count_export(entry, export_counter::ANSWERED);
     Some(xdp_action::XDP_TX)

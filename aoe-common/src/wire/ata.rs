@@ -5,6 +5,8 @@ use super::Truncated;
 
 /// Byte offsets of the ATA arguments, counted from the start of the frame.
 pub mod field {
+    use crate::wire::Field;
+
     pub const AFLAGS: usize = 24;
     /// Error register in replies, feature register in requests.
     pub const ERR_FEATURE: usize = 25;
@@ -12,7 +14,11 @@ pub mod field {
     /// Command register in requests, status register in replies.
     pub const CMD_STATUS: usize = 27;
     /// lba0 (least significant) .. lba5.
-    pub const LBA: usize = 28;
+    pub const LBA_BYTES: Field = 28..34;
+    pub const LBA: usize = LBA_BYTES.start;
+    /// Two reserved bytes, zero in requests.
+    pub const RESERVED_BYTES: Field = 34..36;
+    /// Sector data, to the end of the frame.
     pub const DATA: usize = 36;
 }
 
@@ -83,6 +89,119 @@ impl From<AtaCommand> for u8 {
     }
 }
 
+/// A view of an ATA request or reply (the whole frame, header included).
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wrap a buffer without checking it.
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Packet { buffer }
+    }
+
+    /// Wrap a buffer that holds the ATA arguments.
+    pub fn new_checked(buffer: T) -> Result<Self, Truncated> {
+        let p = Packet { buffer };
+        p.check_len()?;
+        Ok(p)
+    }
+
+    /// The arguments must be there. The sector count says nothing about the data here:
+    /// reads carry none, and a write's data may continue in further buffers (jumbo
+    /// fragments), so the engine checks it against what arrived.
+    pub fn check_len(&self) -> Result<(), Truncated> {
+        if self.b().len() < ATA_HEADER_LEN {
+            return Err(Truncated);
+        }
+        Ok(())
+    }
+
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    fn b(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+
+    pub fn aflags(&self) -> u8 {
+        self.b()[field::AFLAGS]
+    }
+    pub fn is_lba48(&self) -> bool {
+        self.aflags() & AFLAG_LBA48 != 0
+    }
+    pub fn is_write(&self) -> bool {
+        self.aflags() & AFLAG_WRITE != 0
+    }
+    pub fn is_async(&self) -> bool {
+        self.aflags() & AFLAG_ASYNC != 0
+    }
+    /// The feature register (requests).
+    pub fn feature(&self) -> u8 {
+        self.b()[field::ERR_FEATURE]
+    }
+    /// The error register (replies); the same byte as `feature`.
+    pub fn error(&self) -> u8 {
+        self.b()[field::ERR_FEATURE]
+    }
+    pub fn sector_count(&self) -> u8 {
+        self.b()[field::SECTOR_COUNT]
+    }
+    /// The command register (requests).
+    pub fn command(&self) -> AtaCommand {
+        AtaCommand::from(self.b()[field::CMD_STATUS])
+    }
+    /// The status register (replies); the same byte as `command`.
+    pub fn status(&self) -> u8 {
+        self.b()[field::CMD_STATUS]
+    }
+    /// The six LBA registers, lba0 first.
+    pub fn lba_regs(&self) -> [u8; 6] {
+        let mut r = [0u8; 6];
+        r.copy_from_slice(&self.b()[field::LBA_BYTES]);
+        r
+    }
+    /// Sector data (writes, read replies); possibly empty.
+    pub fn data(&self) -> &[u8] {
+        &self.b()[field::DATA..]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    fn bm(&mut self) -> &mut [u8] {
+        self.buffer.as_mut()
+    }
+    pub fn set_aflags(&mut self, v: u8) {
+        self.bm()[field::AFLAGS] = v;
+    }
+    pub fn set_feature(&mut self, v: u8) {
+        self.bm()[field::ERR_FEATURE] = v;
+    }
+    pub fn set_error(&mut self, v: u8) {
+        self.bm()[field::ERR_FEATURE] = v;
+    }
+    pub fn set_sector_count(&mut self, v: u8) {
+        self.bm()[field::SECTOR_COUNT] = v;
+    }
+    pub fn set_command(&mut self, c: AtaCommand) {
+        self.bm()[field::CMD_STATUS] = c.into();
+    }
+    pub fn set_status(&mut self, v: u8) {
+        self.bm()[field::CMD_STATUS] = v;
+    }
+    pub fn set_lba_regs(&mut self, regs: [u8; 6]) {
+        self.bm()[field::LBA_BYTES].copy_from_slice(&regs);
+    }
+    pub fn clear_reserved(&mut self) {
+        self.bm()[field::RESERVED_BYTES].fill(0);
+    }
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.bm()[field::DATA..]
+    }
+}
+
 /// The ATA arguments of a request, as a plain value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AtaRepr {
@@ -108,18 +227,23 @@ impl AtaRepr {
 
     /// Parse the ATA arguments of a whole frame.
     pub fn parse(frame: &[u8]) -> Result<AtaRepr, Truncated> {
-        if frame.len() < ATA_HEADER_LEN {
-            return Err(Truncated);
+        Ok(AtaRepr::from_packet(&Packet::new_checked(frame)?))
+    }
+
+    /// The arguments of a checked view.
+    pub fn from_packet<T: AsRef<[u8]>>(p: &Packet<T>) -> AtaRepr {
+        AtaRepr {
+            aflags: p.aflags(),
+            feature: p.feature(),
+            sector_count: p.sector_count(),
+            command: p.command(),
+            lba_regs: p.lba_regs(),
         }
-        let mut lba_regs = [0u8; 6];
-        lba_regs.copy_from_slice(&frame[field::LBA..field::LBA + 6]);
-        Ok(AtaRepr {
-            aflags: frame[field::AFLAGS],
-            feature: frame[field::ERR_FEATURE],
-            sector_count: frame[field::SECTOR_COUNT],
-            command: AtaCommand::from(frame[field::CMD_STATUS]),
-            lba_regs,
-        })
+    }
+
+    /// Bytes the arguments occupy from the start of the frame (the data is not ours).
+    pub const fn buffer_len(&self) -> usize {
+        ATA_HEADER_LEN
     }
 
     pub fn is_lba48(&self) -> bool {
@@ -151,15 +275,19 @@ impl AtaRepr {
         }
     }
 
-    /// Write these arguments into a request frame.
+    /// Write these arguments into a request frame of at least `buffer_len()` bytes.
     pub fn emit(&self, frame: &mut [u8]) {
-        frame[field::AFLAGS] = self.aflags;
-        frame[field::ERR_FEATURE] = self.feature;
-        frame[field::SECTOR_COUNT] = self.sector_count;
-        frame[field::CMD_STATUS] = self.command.into();
-        frame[field::LBA..field::LBA + 6].copy_from_slice(&self.lba_regs);
-        frame[field::LBA + 6] = 0;
-        frame[field::LBA + 7] = 0;
+        self.emit_packet(&mut Packet::new_unchecked(frame));
+    }
+
+    /// Write these arguments through a view.
+    pub fn emit_packet<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) {
+        p.set_aflags(self.aflags);
+        p.set_feature(self.feature);
+        p.set_sector_count(self.sector_count);
+        p.set_command(self.command);
+        p.set_lba_regs(self.lba_regs);
+        p.clear_reserved();
     }
 
     /// Registers for an LBA48 request.
@@ -170,18 +298,17 @@ impl AtaRepr {
 }
 
 /// Write the status and error registers of a reply (the other arguments stay as the request
-/// had them, as real targets do).
+/// had them, as real targets do); `frame` holds at least `ATA_HEADER_LEN` bytes.
 pub fn set_status(frame: &mut [u8], status: u8, error: u8) {
-    frame[field::CMD_STATUS] = status;
-    frame[field::ERR_FEATURE] = error;
+    let mut p = Packet::new_unchecked(frame);
+    p.set_status(status);
+    p.set_error(error);
 }
 
 /// The ATA reply registers of a reply frame: (status, error).
 pub fn status(frame: &[u8]) -> Result<(u8, u8), Truncated> {
-    if frame.len() < ATA_HEADER_LEN {
-        return Err(Truncated);
-    }
-    Ok((frame[field::CMD_STATUS], frame[field::ERR_FEATURE]))
+    let p = Packet::new_checked(frame)?;
+    Ok((p.status(), p.error()))
 }
 
 const _: () = assert!(HEADER_LEN == field::AFLAGS);
@@ -257,6 +384,38 @@ mod tests {
             &f[24..36],
             &[0x41, 0x00, 0x11, 0x34, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0x00, 0x00]
         );
+    }
+
+    #[test]
+    fn view_reads_the_registers() {
+        // A reply to READ SECTORS: status DRDY|ERR, error ABRT, then one data byte.
+        let mut f = [0u8; 37];
+        f[..36].copy_from_slice(&frame_with([
+            0x00, 0x04, 0x01, 0x41, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x00, 0x00,
+        ]));
+        f[36] = 0xee;
+        let p = Packet::new_checked(&f[..]).unwrap();
+        assert_eq!(p.status(), STATUS_DRDY | STATUS_ERR);
+        assert_eq!(p.error(), ERROR_ABRT);
+        assert_eq!(p.sector_count(), 1);
+        assert_eq!(p.lba_regs(), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(p.data(), &[0xee]);
+        assert!(!p.is_lba48() && !p.is_write() && !p.is_async());
+    }
+
+    #[test]
+    fn every_prefix_of_a_valid_frame() {
+        let f = frame_with([0x41, 0, 2, 0x34, 1, 2, 3, 4, 5, 6, 0, 0]);
+        for n in 0..ATA_HEADER_LEN {
+            assert_eq!(Packet::new_checked(&f[..n]).unwrap_err(), Truncated, "{n}");
+            assert_eq!(AtaRepr::parse(&f[..n]).unwrap_err(), Truncated, "{n}");
+            assert_eq!(status(&f[..n]).unwrap_err(), Truncated, "{n}");
+        }
+        let a = AtaRepr::parse(&f).unwrap();
+        assert_eq!(a.buffer_len(), f.len());
+        let mut out = [0xa5u8; 36];
+        a.emit(&mut out);
+        assert_eq!(out[24..], f[24..]);
     }
 
     #[test]

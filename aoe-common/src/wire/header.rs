@@ -2,24 +2,35 @@
 
 use super::{be16, put_be16, Truncated, AOE_VERSION, ETHERTYPE_AOE};
 
+/// Bytes in a MAC address.
+pub const MAC_LEN: usize = 6;
+
 /// A MAC address.
-pub type Mac = [u8; 6];
+pub type Mac = [u8; MAC_LEN];
 
 /// Byte offsets of the common header.
 pub mod field {
-    pub const DST: usize = 0;
-    pub const SRC: usize = 6;
-    pub const ETHERTYPE: usize = 12;
+    use crate::wire::Field;
+
+    pub const DST_BYTES: Field = 0..6;
+    pub const SRC_BYTES: Field = 6..12;
+    pub const ETHERTYPE_BYTES: Field = 12..14;
+    /// Shelf, big-endian.
+    pub const MAJOR_BYTES: Field = 16..18;
+    /// Tag, echoed unchanged.
+    pub const TAG_BYTES: Field = 20..24;
+
+    pub const DST: usize = DST_BYTES.start;
+    pub const SRC: usize = SRC_BYTES.start;
+    pub const ETHERTYPE: usize = ETHERTYPE_BYTES.start;
     /// Version in the high nibble, flags in the low one.
     pub const VER_FLAGS: usize = 14;
     pub const ERROR: usize = 15;
-    /// Shelf, big-endian.
-    pub const MAJOR: usize = 16;
+    pub const MAJOR: usize = MAJOR_BYTES.start;
     /// Slot.
     pub const MINOR: usize = 18;
     pub const COMMAND: usize = 19;
-    /// Tag, four bytes, echoed unchanged.
-    pub const TAG: usize = 20;
+    pub const TAG: usize = TAG_BYTES.start;
     /// First byte of the command's arguments.
     pub const ARG: usize = 24;
 }
@@ -27,9 +38,19 @@ pub mod field {
 /// Length of Ethernet + AoE header.
 pub const HEADER_LEN: usize = field::ARG;
 
+/// Byte 14 holds the version above this shift and the flags below it.
+pub const VERSION_SHIFT: u32 = 4;
+/// The flag bits of byte 14.
+pub const FLAGS_MASK: u8 = 0x0F;
 /// Flag bits in the low nibble of byte 14.
 pub const FLAG_RESPONSE: u8 = 0x08;
 pub const FLAG_ERROR: u8 = 0x04;
+
+/// Command codes (byte 19), as the kernel side compares them.
+pub const CMD_ATA: u8 = 0;
+pub const CMD_QUERY_CONFIG: u8 = 1;
+pub const CMD_MAC_MASK_LIST: u8 = 2;
+pub const CMD_RESERVE_RELEASE: u8 = 3;
 
 /// AoE commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +65,10 @@ pub enum Command {
 impl From<u8> for Command {
     fn from(v: u8) -> Self {
         match v {
-            0 => Command::Ata,
-            1 => Command::QueryConfig,
-            2 => Command::MacMaskList,
-            3 => Command::ReserveRelease,
+            CMD_ATA => Command::Ata,
+            CMD_QUERY_CONFIG => Command::QueryConfig,
+            CMD_MAC_MASK_LIST => Command::MacMaskList,
+            CMD_RESERVE_RELEASE => Command::ReserveRelease,
             other => Command::Unknown(other),
         }
     }
@@ -56,10 +77,10 @@ impl From<u8> for Command {
 impl From<Command> for u8 {
     fn from(c: Command) -> u8 {
         match c {
-            Command::Ata => 0,
-            Command::QueryConfig => 1,
-            Command::MacMaskList => 2,
-            Command::ReserveRelease => 3,
+            Command::Ata => CMD_ATA,
+            Command::QueryConfig => CMD_QUERY_CONFIG,
+            Command::MacMaskList => CMD_MAC_MASK_LIST,
+            Command::ReserveRelease => CMD_RESERVE_RELEASE,
             Command::Unknown(v) => v,
         }
     }
@@ -91,10 +112,17 @@ impl<T: AsRef<[u8]>> Frame<T> {
 
     /// Wrap a buffer holding at least the common header.
     pub fn new_checked(buffer: T) -> Result<Self, Truncated> {
-        if buffer.as_ref().len() < HEADER_LEN {
+        let f = Frame { buffer };
+        f.check_len()?;
+        Ok(f)
+    }
+
+    /// The header has no length field: it only has to be there.
+    pub fn check_len(&self) -> Result<(), Truncated> {
+        if self.b().len() < HEADER_LEN {
             return Err(Truncated);
         }
-        Ok(Frame { buffer })
+        Ok(())
     }
 
     pub fn into_inner(self) -> T {
@@ -115,10 +143,10 @@ impl<T: AsRef<[u8]>> Frame<T> {
         be16(self.b(), field::ETHERTYPE)
     }
     pub fn version(&self) -> u8 {
-        self.b()[field::VER_FLAGS] >> 4
+        self.b()[field::VER_FLAGS] >> VERSION_SHIFT
     }
     pub fn flags(&self) -> u8 {
-        self.b()[field::VER_FLAGS] & 0x0F
+        self.b()[field::VER_FLAGS] & FLAGS_MASK
     }
     pub fn is_response(&self) -> bool {
         self.flags() & FLAG_RESPONSE != 0
@@ -139,13 +167,8 @@ impl<T: AsRef<[u8]>> Frame<T> {
         Command::from(self.b()[field::COMMAND])
     }
     pub fn tag(&self) -> u32 {
-        let b = self.b();
-        u32::from_be_bytes([
-            b[field::TAG],
-            b[field::TAG + 1],
-            b[field::TAG + 2],
-            b[field::TAG + 3],
-        ])
+        let b = &self.b()[field::TAG_BYTES];
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
     }
     /// The command arguments and data.
     pub fn payload(&self) -> &[u8] {
@@ -158,16 +181,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
         self.buffer.as_mut()
     }
     pub fn set_dst(&mut self, mac: Mac) {
-        self.bm()[field::DST..field::DST + 6].copy_from_slice(&mac);
+        self.bm()[field::DST_BYTES].copy_from_slice(&mac);
     }
     pub fn set_src(&mut self, mac: Mac) {
-        self.bm()[field::SRC..field::SRC + 6].copy_from_slice(&mac);
+        self.bm()[field::SRC_BYTES].copy_from_slice(&mac);
     }
     pub fn set_ethertype(&mut self, v: u16) {
         put_be16(self.bm(), field::ETHERTYPE, v);
     }
     pub fn set_ver_flags(&mut self, version: u8, flags: u8) {
-        self.bm()[field::VER_FLAGS] = (version << 4) | (flags & 0x0F);
+        self.bm()[field::VER_FLAGS] = (version << VERSION_SHIFT) | (flags & FLAGS_MASK);
     }
     pub fn set_error(&mut self, e: u8) {
         self.bm()[field::ERROR] = e;
@@ -182,7 +205,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
         self.bm()[field::COMMAND] = c.into();
     }
     pub fn set_tag(&mut self, tag: u32) {
-        self.bm()[field::TAG..field::TAG + 4].copy_from_slice(&tag.to_be_bytes());
+        self.bm()[field::TAG_BYTES].copy_from_slice(&tag.to_be_bytes());
     }
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.bm()[HEADER_LEN..]
@@ -190,8 +213,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
 }
 
 pub(crate) fn mac_at(b: &[u8], at: usize) -> Mac {
-    let mut m = [0u8; 6];
-    m.copy_from_slice(&b[at..at + 6]);
+    let mut m = [0u8; MAC_LEN];
+    m.copy_from_slice(&b[at..at + MAC_LEN]);
     m
 }
 
@@ -224,6 +247,11 @@ impl HeaderRepr {
             command: f.command(),
             tag: f.tag(),
         })
+    }
+
+    /// Bytes the header occupies.
+    pub const fn buffer_len(&self) -> usize {
+        HEADER_LEN
     }
 
     /// Write the header (always version 1).
@@ -308,6 +336,21 @@ mod tests {
     #[test]
     fn truncated() {
         assert_eq!(Frame::new_checked(&QUERY[..23]).unwrap_err(), Truncated);
+    }
+
+    #[test]
+    fn every_short_prefix_is_err() {
+        for n in 0..HEADER_LEN {
+            assert_eq!(
+                Frame::new_checked(&QUERY[..n]).unwrap_err(),
+                Truncated,
+                "{n}"
+            );
+        }
+        for n in HEADER_LEN..=QUERY.len() {
+            let f = Frame::new_checked(&QUERY[..n]).unwrap();
+            assert_eq!(f.payload().len(), n - HEADER_LEN);
+        }
     }
 
     #[test]
