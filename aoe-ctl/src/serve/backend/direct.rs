@@ -243,12 +243,15 @@ mod tests {
             Ok(Some((mem, offset))) => {
                 // The bounce buffer and whole-sector offsets satisfy what the filesystem asks.
                 assert!(
-                    mem > 0 && ALIGN % mem as usize == 0,
+                    mem > 0 && ALIGN.is_multiple_of(mem as usize),
                     "memory alignment {mem}"
                 );
-                assert_eq!(SECTOR % offset as u64, 0, "offset alignment {offset}");
+                assert!(
+                    SECTOR.is_multiple_of(offset as u64),
+                    "offset alignment {offset}"
+                );
                 let at = BOUNCE.with_borrow(|b| b.0 as usize);
-                assert_eq!(at % mem as usize, 0, "bounce buffer at {at:#x}");
+                assert!(at.is_multiple_of(mem as usize), "bounce buffer at {at:#x}");
             }
             Ok(None) => {}
         }
