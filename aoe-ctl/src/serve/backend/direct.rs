@@ -152,34 +152,142 @@ impl Backend for DirectBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::PathBuf;
+
+    /// A scratch directory next to the test binary: on the filesystem the build lives on,
+    /// a real one, where temp_dir() may be tmpfs.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new() -> Self {
+            let exe = std::env::current_exe().unwrap();
+            let target = exe.parent().and_then(Path::parent).unwrap();
+            let d = target.join(format!("aoe-direct-test-{}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            Dir(d)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The memory and file-offset alignment O_DIRECT needs on `path` (statx DIOALIGN; None
+    /// when the filesystem does not say), or why its filesystem has no usable O_DIRECT.
+    fn dio_align(path: &Path) -> std::result::Result<Option<(u32, u32)>, String> {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: statfs, open, statx and close on a NUL-terminated path and our own fd.
+        unsafe {
+            let mut fs: libc::statfs = std::mem::zeroed();
+            assert_eq!(
+                libc::statfs(c.as_ptr(), &mut fs),
+                0,
+                "statfs {}",
+                path.display()
+            );
+            let fd = libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECT);
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                // EINVAL is how open says the filesystem has no O_DIRECT (tmpfs before 6.6).
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    return Err(format!(
+                        "the filesystem of {} (statfs type {:#x}{}) refuses O_DIRECT",
+                        path.display(),
+                        fs.f_type,
+                        if fs.f_type == libc::TMPFS_MAGIC {
+                            ", tmpfs"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                panic!("O_DIRECT open of {}: {e}", path.display());
+            }
+            let mut stx: libc::statx = std::mem::zeroed();
+            let empty = c"";
+            let r = libc::statx(
+                fd,
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH,
+                libc::STATX_DIOALIGN,
+                &mut stx,
+            );
+            libc::close(fd);
+            assert_eq!(r, 0, "statx {}", path.display());
+            if stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+                return Ok(None);
+            }
+            if stx.stx_dio_offset_align as u64 > SECTOR {
+                return Err(format!(
+                    "{} needs O_DIRECT offsets aligned to {} bytes, not 512",
+                    path.display(),
+                    stx.stx_dio_offset_align
+                ));
+            }
+            Ok(Some((stx.stx_dio_mem_align, stx.stx_dio_offset_align)))
+        }
+    }
 
     #[test]
     fn reads_and_writes_at_the_offset() {
-        let dir = std::env::temp_dir().join(format!("aoe-direct-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("img");
+        let dir = Dir::new();
+        let path = dir.0.join("img");
         std::fs::write(&path, vec![0u8; 64 * 512]).unwrap();
+        match dio_align(&path) {
+            Err(why) => return eprintln!("skipped: {why}"),
+            Ok(Some((mem, offset))) => {
+                // The bounce buffer and whole-sector offsets satisfy what the filesystem asks.
+                assert!(
+                    mem > 0 && ALIGN.is_multiple_of(mem as usize),
+                    "memory alignment {mem}"
+                );
+                assert!(
+                    SECTOR.is_multiple_of(offset as u64),
+                    "offset alignment {offset}"
+                );
+                let at = BOUNCE.with_borrow(|b| b.0 as usize);
+                assert!(at.is_multiple_of(mem as usize), "bounce buffer at {at:#x}");
+            }
+            Ok(None) => {}
+        }
         let opts = OpenOptions {
             offset: 8,
             length: Some(16),
             direct: true,
             ..Default::default()
         };
-        let b = match DirectBackend::open(&path, &opts) {
-            Ok(b) => b,
-            // tmpfs before 6.6 has no O_DIRECT: nothing to test there.
-            Err(e) if e.to_string().contains("O_DIRECT") => return,
-            Err(e) => panic!("{e:#}"),
-        };
+        let b = DirectBackend::open(&path, &opts).unwrap_or_else(|e| panic!("{e:#}"));
+        // SAFETY: F_GETFL on our own open file.
+        let fl = unsafe { libc::fcntl(b.file.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(fl & libc::O_DIRECT, 0, "opened without O_DIRECT");
         assert_eq!(b.sectors(), 16);
-        b.write_parts_at(1, &[&[7u8; 512], &[9u8; 512]]).unwrap();
-        let mut back = [0u8; 1024];
-        b.read_at(1, &mut back).unwrap();
-        assert!(back[..512].iter().all(|&x| x == 7) && back[512..].iter().all(|&x| x == 9));
+        // Caller buffers at odd addresses, which O_DIRECT may refuse (EINVAL) where the
+        // kernel does not fall back to buffered I/O: the I/O goes through the bounce buffer.
+        let mut src = vec![0u8; 1030];
+        src[3..515].fill(7);
+        src[515..1027].fill(9);
+        b.write_parts_at(1, &[&src[3..515], &src[515..1027]])
+            .unwrap();
+        let mut back = vec![0u8; 1030];
+        b.read_at(1, &mut back[1..1025]).unwrap();
+        assert!(back[1..513].iter().all(|&x| x == 7) && back[513..1025].iter().all(|&x| x == 9));
         let file = std::fs::read(&path).unwrap();
         assert!(file[9 * 512..10 * 512].iter().all(|&x| x == 7));
-        assert!(b.read_at(16, &mut [0u8; 512]).is_err(), "past the length");
-        assert!(b.read_at(0, &mut [0u8; 100]).is_err(), "not whole sectors");
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(file[10 * 512..11 * 512].iter().all(|&x| x == 9));
+        assert!(
+            file[..9 * 512].iter().all(|&x| x == 0),
+            "written before the offset"
+        );
+        b.sync_range(1, 1024).unwrap();
+        b.flush().unwrap();
+        let e = b.read_at(16, &mut [0u8; 512]).unwrap_err();
+        assert_eq!(e.reason(), "out_of_range", "past the length: {e}");
+        let e = b.read_at(0, &mut [0u8; 100]).unwrap_err();
+        assert_eq!(e.reason(), "unaligned", "not whole sectors: {e}");
     }
 }
