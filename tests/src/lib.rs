@@ -139,6 +139,16 @@ pub fn spawn_in_env(ns: &str, env: &[String], args: &[&str]) -> Result<Proc> {
     }
 }
 
+/// A veth pair, each end `[name, "netns", ns, options...]`: created in its namespace, so
+/// nothing is ever made in the root namespace (where a failed move would leak it).
+fn veth(a: &[&str], b: &[&str]) -> Result<()> {
+    let mut args = vec!["link", "add"];
+    args.extend_from_slice(a);
+    args.extend_from_slice(&["type", "veth", "peer", "name"]);
+    args.extend_from_slice(b);
+    ip(&args)
+}
+
 pub struct Lab {
     pub target_ns: String,
     pub initiator_ns: String,
@@ -149,13 +159,16 @@ pub struct Lab {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// A short name part no other lab of this or another process uses.
+/// A short name part no other lab of this or another process uses: hex pid, a dash, hex
+/// sequence (the dash keeps pid 0x1 lab 0x23 apart from pid 0x12 lab 0x3). Interface names
+/// hold 15 bytes: "ai" + 6 (pid_max is 2^22) + 1 + up to 3, and room for a suffix such as
+/// "m12"; a longer one makes `ip link add` fail, never collide.
 pub(crate) fn unique_id() -> String {
-    format!(
-        "{:x}{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    id_of(std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+fn id_of(pid: u32, seq: u32) -> String {
+    format!("{pid:x}-{seq:x}")
 }
 
 /// Options for the veth pair.
@@ -192,31 +205,29 @@ impl Lab {
         ip(&["netns", "add", &lab.target_ns])?;
         ip(&["netns", "add", &lab.initiator_ns])?;
         let q = o.queues.to_string();
-        ip(&[
-            "link",
-            "add",
-            &lab.target_if,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lab.initiator_if,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-        ])?;
         let mtu = o.mtu.to_string();
+        let end = |dev, ns| {
+            [
+                dev,
+                "netns",
+                ns,
+                "mtu",
+                &mtu,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+            ]
+        };
+        veth(
+            &end(&lab.target_if, &lab.target_ns),
+            &end(&lab.initiator_if, &lab.initiator_ns),
+        )?;
         for (ns, dev) in [
             (&lab.target_ns, &lab.target_if),
             (&lab.initiator_ns, &lab.initiator_if),
         ] {
-            ip(&["link", "set", dev, "netns", ns])?;
-            ip(&["-n", ns, "link", "set", dev, "mtu", &mtu, "up"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             quiet_ipv6(ns, dev);
         }
@@ -315,9 +326,11 @@ impl Lab {
     pub fn add_link(&self, suffix: &str) -> Result<(String, String)> {
         let t = format!("{}{suffix}", self.target_if);
         let i = format!("{}{suffix}", self.initiator_if);
-        ip(&["link", "add", &t, "type", "veth", "peer", "name", &i])?;
+        veth(
+            &[&t, "netns", &self.target_ns],
+            &[&i, "netns", &self.initiator_ns],
+        )?;
         for (ns, dev) in [(&self.target_ns, &t), (&self.initiator_ns, &i)] {
-            ip(&["link", "set", dev, "netns", ns])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
             quiet_ipv6(ns, dev);
         }
@@ -335,9 +348,23 @@ impl Lab {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting vblade (apt-get install vblade)")?;
-        // vblade says nothing when it is ready; its socket is open within milliseconds,
-        // and initiators retry their first query anyway.
-        std::thread::sleep(Duration::from_millis(300));
+        // vblade says nothing when it is ready: wait for its AoE packet socket.
+        let mut child = child;
+        let start = std::time::Instant::now();
+        while !has_aoe_socket(child.id()) {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+                bail!("vblade exited ({status}): {}", err.trim());
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("vblade opened no AoE socket in 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Ok(Proc {
             child,
             first_line: String::new(),
@@ -481,6 +508,26 @@ impl Lab {
     }
 }
 
+/// Does process `pid` hold a packet socket for the AoE ethertype (88a2)?
+fn has_aoe_socket(pid: u32) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: Vec<String> = fds
+        .filter_map(|fd| {
+            let l = std::fs::read_link(fd.ok()?.path()).ok()?;
+            let l = l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(l.to_string())
+        })
+        .collect();
+    // Columns: sk RefCnt Type Proto Iface R Rmem User Inode.
+    let packet = std::fs::read_to_string(format!("/proc/{pid}/net/packet")).unwrap_or_default();
+    packet.lines().skip(1).any(|l| {
+        let c: Vec<&str> = l.split_whitespace().collect();
+        c.len() >= 9 && c[3] == "88a2" && inodes.iter().any(|i| i == c[8])
+    })
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         // Deleting the namespaces deletes the veth pair with them.
@@ -491,5 +538,20 @@ impl Drop for Lab {
             let _ = Command::new("umount").arg(&bpf).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_of;
+
+    #[test]
+    fn lab_ids_are_unambiguous_and_fit_interface_names() {
+        // Hex pid then decimal (or hex) sequence, unseparated, made these equal.
+        assert_ne!(id_of(0x1, 23), id_of(0x12, 3));
+        assert_ne!(id_of(0x1, 0x23), id_of(0x12, 0x3));
+        // The longest name: a macvlan "ai{id}m{k}" of the last pid (pid_max 2^22).
+        let longest = format!("ai{}m12", id_of(1 << 22, 0xfff));
+        assert!(longest.len() <= 15, "{longest}");
     }
 }

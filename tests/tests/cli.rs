@@ -4,7 +4,7 @@ mod common;
 
 use aoe_ctl::initiator::frames;
 use aoe_integration::Lab;
-use common::{ata, Rig, SECTORS};
+use common::{ata, Rig};
 
 #[test]
 fn discover_and_verify() {
@@ -206,19 +206,6 @@ fn read_only_offset_length() {
         256
     );
     assert_eq!(r.image_bytes(), raw);
-}
-
-#[test]
-fn sync_export_writes_through() {
-    let mut r = Rig::start(&["--sync"]);
-    let me = r.mine();
-    let rep = r
-        .ask(|b, t| frames::write(b, &me, t, SECTORS - 2, &[0xee; 1024]))
-        .unwrap();
-    assert_eq!(ata(&rep), (0x40, 0));
-    assert!(r.image_bytes()[(SECTORS as usize - 2) * 512..]
-        .iter()
-        .all(|&x| x == 0xee));
 }
 
 #[test]

@@ -3,12 +3,12 @@
 //! is `aoe-ctl bench --verify`, which reads back every block whose write was acknowledged.
 
 use std::process::Command;
-use std::time::Duration;
 
 mod common;
 
 use aoe_integration::Lab;
-use common::{bench_json as json, exit_count, num};
+use common::pagecache::{dirty_pages, DiskDir};
+use common::{bench_json as json, exit_count, holds_pattern, num, wait_for};
 
 #[test]
 fn duplicated_and_reordered_requests_are_harmless() {
@@ -80,7 +80,8 @@ fn kill_9_under_write_load_loses_nothing_acknowledged() {
             ],
         )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    // Kill it under load: once a thousand blocks are acknowledged (and bench still runs).
+    wait_for("bench to write block 1000", || holds_pattern(&img, 2000));
     let mut target = target;
     target.child.kill().unwrap(); // SIGKILL: no chance to flush or detach
     target.child.wait().unwrap();
@@ -179,59 +180,20 @@ fn full_filesystem_under_a_sparse_image() {
     drop(fs);
 }
 
-/// Pages of the first `bytes` of `path` that the page cache holds dirty (not yet written
-/// back), from /proc/self/pagemap and /proc/kpageflags (root only).
-fn dirty_pages(path: &std::path::Path, bytes: usize) -> usize {
-    use std::io::{Read, Seek, SeekFrom};
-    use std::os::fd::AsRawFd;
-    const KPF_DIRTY: u64 = 1 << 4;
-    let f = std::fs::File::open(path).unwrap();
-    // SAFETY: a fresh read-only shared mapping of a file we opened, unmapped below.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(map, libc::MAP_FAILED);
-    let mut pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
-    let mut kflags = std::fs::File::open("/proc/kpageflags").unwrap();
-    let mut dirty = 0;
-    for page in 0..bytes / 4096 {
-        let addr = map as usize + page * 4096;
-        // SAFETY: inside the mapping; a read makes the page present in our page table.
-        let _ = unsafe { std::ptr::read_volatile(addr as *const u8) };
-        let mut e = [0u8; 8];
-        pagemap
-            .seek(SeekFrom::Start((addr / 4096 * 8) as u64))
-            .unwrap();
-        pagemap.read_exact(&mut e).unwrap();
-        let entry = u64::from_le_bytes(e);
-        assert!(entry & (1 << 63) != 0, "page {page} not present");
-        let pfn = entry & ((1 << 55) - 1);
-        kflags.seek(SeekFrom::Start(pfn * 8)).unwrap();
-        kflags.read_exact(&mut e).unwrap();
-        if u64::from_le_bytes(e) & KPF_DIRTY != 0 {
-            dirty += 1;
-        }
-    }
-    // SAFETY: the mapping made above.
-    unsafe { libc::munmap(map, bytes) };
-    dirty
-}
-
 #[test]
 fn sync_writes_are_on_stable_storage_when_acknowledged() {
     // Without --sync an acknowledged write may still be only in the page cache (dirty);
     // with --sync it has been written back before the reply left. No sleeps: the page
-    // cache is asked right after the client got its last acknowledgement.
+    // cache is asked right after the client got its last acknowledgement. The image is on
+    // a disk-backed filesystem (tmpfs pages stay dirty whatever the target does).
     for (extra, want_dirty) in [(&[][..], true), (&["--sync"][..], false)] {
         let lab = Lab::new().unwrap();
-        let img = lab.image("disk.img", 4 << 20).unwrap();
+        let disk = DiskDir::new();
+        let img = disk.0.join("disk.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
         let (target, _peer) = lab.start_target(&img, extra).unwrap();
         let w = lab
             .bench(&[
@@ -243,12 +205,21 @@ fn sync_writes_are_on_stable_storage_when_acknowledged() {
                 "0.3",
                 "--span",
                 "256",
+                "--verify", // writes the known pattern (and reads it back: reads dirty nothing)
                 "--json",
             ])
             .unwrap();
         assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
         let dirty = dirty_pages(&img, 128 << 10);
-        eprintln!("{extra:?}: {dirty} of 32 written pages dirty after the last ack");
+        eprintln!("{extra:?}: {dirty} of the first 32 pages dirty after the last ack");
+        // And what was acknowledged is in the file (seqwrite from sector 0, 2 per I/O).
+        let written = (2 * num(&json(&w.stdout), "ios") as u64).min(256);
+        for lba in [0, written / 2, written - 1] {
+            assert!(
+                holds_pattern(&img, lba),
+                "{extra:?}: sector {lba} of {written}"
+            );
+        }
         target.stop().unwrap();
         if want_dirty {
             assert!(

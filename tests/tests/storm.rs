@@ -3,15 +3,13 @@
 //! is alive, the verified data is right, nothing else in the image changed, and the
 //! kernel's and user space's counts say where the storm went.
 
-use std::time::Duration;
-
 use aoe_ctl::initiator::client::Client;
 use aoe_ctl::packet::ring::RingSocket;
 use aoe_integration::Lab;
 
 mod common;
 
-use common::{bench_json, exit_count as counter};
+use common::{bench_json, exit_count as counter, holds_pattern, wait_for};
 
 const FRAMES: u64 = 1_200_000;
 const HOSTILE: [u8; 6] = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
@@ -130,7 +128,8 @@ fn a_million_hostile_frames_change_nothing_and_stop_nothing() {
             ],
         )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The storm starts once the verifier's writes land.
+    wait_for("the verifier's first write", || holds_pattern(&img, 0));
 
     let ifname = lab.initiator_if.clone();
     let sent = Lab::in_ns(&lab.initiator_ns, move || {

@@ -11,7 +11,7 @@ use aoe_common::wire::identify;
 use aoe_common::wire::mask::{Directive, MaskRepr, DCMD_ADD, DCMD_DELETE, MERROR_BAD_DCMD};
 use aoe_common::wire::reserve::{RCMD_FORCE_SET, RCMD_SET};
 use aoe_ctl::initiator::frames::{self, Addr, BROADCAST_MAC};
-use common::{aoe, ata, Rig, SECTORS};
+use common::{aoe, ata, wait_for_some, Rig, SECTORS};
 
 const OK: (u8, u8) = (STATUS_DRDY, 0);
 const HOST_B: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0b];
@@ -369,11 +369,12 @@ fn hostile_frames_then_correct_data() {
         send(&mut r, &b[..n]);
     }
     assert!(sent >= 3000);
-    // Still serving, with the data intact and nothing else changed.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let rep = r
-        .ask(|b, t| frames::read(b, &me, t, 50, 2))
-        .expect("target still answers");
+    // Still serving (once it has worked through the queued frames), with the data intact
+    // and nothing else changed.
+    let rep = wait_for_some(
+        "the target to answer a read after the hostile frames",
+        || r.ask(|b, t| frames::read(b, &me, t, 50, 2)),
+    );
     assert!(rep[36..].iter().all(|&x| x == 0x5a));
     let after = r.image_bytes();
     let changed: Vec<usize> = (0..SECTORS as usize)

@@ -2,7 +2,14 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+pub mod pagecache;
+pub mod poll;
+pub mod stderr;
+
+#[allow(unused_imports)] // not every test file waits
+pub use poll::{wait_for, wait_for_some};
+
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aoe_common::wire::Mac;
@@ -110,4 +117,14 @@ pub fn exit_count(log: &str, name: &str) -> u64 {
         .and_then(|s| s.split([',', ' ', ')']).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {log}"))
+}
+
+/// Does sector `lba` of `path` hold what `aoe-ctl bench` and `verify` write there (seed 0x5eed)?
+pub fn holds_pattern(path: &Path, lba: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut got = [0u8; 512];
+    let mut want = [0u8; 512];
+    aoe_ctl::initiator::verify::pattern(0x5eed, lba, &mut want);
+    let f = std::fs::File::open(path).unwrap();
+    f.read_exact_at(&mut got, lba * 512).is_ok() && got == want
 }
