@@ -56,8 +56,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 fn peer(lab: &Lab, iface: &str) -> Proc {
-    lab.spawn(&lab.initiator_ns, &["lab-peer", "--iface", iface])
-        .unwrap()
+    lab.start_peer(iface).unwrap()
 }
 
 fn write_config(lab: &Lab, body: &str) -> PathBuf {
