@@ -9,16 +9,8 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_XSKS: &str = "XSKS";
 pub const MAP_EXPORT_COUNTERS: &str = "EXPORT_COUNTERS";
-/// Program names.
+/// The program's name.
 pub const PROG_CLASSIFIER: &str = "aoe_classifier";
-/// An XDP_PASS program for the peer of a veth in a lab: native XDP_TX on a veth is only
-/// delivered when the peer has an XDP program (shared/notes/lab.md).
-pub const PROG_PASS: &str = "aoe_pass";
-
-/// The benchmark ceiling (a tc program answering every request in the kernel, no storage)
-/// and its one-entry settings map.
-pub const PROG_CEILING: &str = "aoe_ceiling";
-pub const MAP_CEILING: &str = "CEILING";
 
 /// Shortest reply the kernel sends (the shortest Ethernet frame).
 pub const MIN_REPLY: usize = crate::wire::MIN_FRAME_LEN;
@@ -155,30 +147,8 @@ pub mod export_counter {
     pub const COUNT: u32 = 4;
 }
 
-/// What the benchmark ceiling answers with (an array of one). Templates come from the same
-/// wire-format code the target uses.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct CeilingEntry {
-    pub shelf: u16,
-    pub slot: u8,
-    /// Most sectors one read may ask for; more gets ERR + ABRT.
-    pub max_sectors: u8,
-    /// Our MAC: the source of every reply.
-    pub mac: [u8; 6],
-    pub _pad: [u8; 2],
-    /// A complete Query Config reply of 60 bytes (destination MAC and tag filled in per frame).
-    pub config_reply: [u8; crate::wire::MIN_FRAME_LEN],
-    /// IDENTIFY DEVICE data.
-    pub identify: [u8; crate::wire::SECTOR_SIZE],
-    /// A sector of zeros: the payload of every read.
-    pub zeros: [u8; crate::wire::SECTOR_SIZE],
-}
-
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain #[repr(C)] struct of integers and byte arrays without padding holes.
-    unsafe impl aya::Pod for super::CeilingEntry {}
     // SAFETY: plain #[repr(C)] structs of integers and byte arrays without padding holes.
     unsafe impl aya::Pod for super::ExportKey {}
     unsafe impl aya::Pod for super::ExportEntry {}
@@ -188,4 +158,3 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<ExportKey>() == 4);
 const _: () = assert!(core::mem::size_of::<ExportEntry>() == 24 + 16 * MAX_MASKS + REPLY_BUF_LEN);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
-const _: () = assert!(core::mem::size_of::<CeilingEntry>() == 12 + 60 + 2 * 512);

@@ -201,31 +201,6 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmark instrument: answer every request for SHELF/SLOT on an interface in the
-    /// kernel (tc), with no storage behind it, until SIGINT/SIGTERM.
-    #[command(hide = true)]
-    Ceiling {
-        #[arg(long)]
-        iface: String,
-        #[arg(long, value_parser = parse_shelf)]
-        shelf: u16,
-        #[arg(long, value_parser = parse_slot)]
-        slot: u8,
-        /// The size to pretend, in sectors.
-        #[arg(long, default_value_t = 1 << 21)]
-        sectors: u64,
-        /// Buffer count advertised to initiators.
-        #[arg(long, default_value_t = 64)]
-        buffers: u16,
-    },
-    /// Lab helper: attach an XDP_PASS program to a veth peer until SIGINT/SIGTERM, so that
-    /// native-mode XDP_TX replies from the other end are delivered (real NICs need no such
-    /// thing).
-    #[command(hide = true)]
-    LabPeer {
-        #[arg(long)]
-        iface: String,
-    },
 }
 
 pub use aoe_ctl::address::{parse_shelf, parse_slot, parse_target};

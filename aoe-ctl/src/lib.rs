@@ -3,7 +3,6 @@
 
 pub mod address;
 pub mod admin;
-pub mod ceiling;
 pub mod daemon;
 pub mod initiator;
 pub mod net;

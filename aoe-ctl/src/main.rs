@@ -177,28 +177,6 @@ fn run(cli: Cli) -> Result<()> {
             retries: 8,
             json,
         }),
-        Cmd::Ceiling {
-            iface,
-            shelf,
-            slot,
-            sectors,
-            buffers,
-        } => {
-            let _attached = aoe_ctl::ceiling::attach(&aoe_ctl::ceiling::Options {
-                iface: iface.clone(),
-                shelf,
-                slot,
-                sectors,
-                buffers,
-            })?;
-            println!("ceiling e{shelf}.{slot} on {iface}: {sectors} sectors answered in the kernel, no storage");
-            until_signal()
-        }
-        Cmd::LabPeer { iface } => {
-            let _attached = aoe_ctl::serve::xdp::attach_pass(&iface)?;
-            println!("pass program attached to {iface}");
-            until_signal()
-        }
     }
 }
 
@@ -226,21 +204,4 @@ fn serve_one(
         exports: vec![spec],
     };
     aoe_ctl::daemon::run(cfg, None, state)
-}
-
-/// Block until SIGINT or SIGTERM (what lab helpers attached stays attached until then).
-fn until_signal() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        Ok(())
-    })
 }

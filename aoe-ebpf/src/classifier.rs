@@ -1,4 +1,4 @@
-//! The entry points: `aoe_classifier` and the lab helper `aoe_pass`.
+//! The entry point `aoe_classifier`.
 
 use aoe_common::{
     maps::{counter, export_counter, ExportEntry, ExportKey, MAX_MASKS},
@@ -24,12 +24,6 @@ pub fn aoe_classifier(ctx: XdpContext) -> u32 {
         count(counter::PASSED);
     }
     action
-}
-
-/// Lets XDP_TX frames from a veth peer in; see `aoe_common::maps::PROG_PASS`.
-#[xdp(frags)]
-pub fn aoe_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
 }
 
 #[inline(always)]

@@ -10,8 +10,6 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod ceiling;
-#[cfg(target_arch = "bpf")]
 mod classifier;
 #[cfg(target_arch = "bpf")]
 mod config_reply;

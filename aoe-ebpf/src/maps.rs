@@ -1,8 +1,7 @@
 //! The maps this program shares with aoe-ctl (types from aoe-common).
 
 use aoe_common::maps::{
-    counter, export_counter, CeilingEntry, ExportEntry, ExportKey, Settings, MAX_EXPORTS,
-    MAX_QUEUES,
+    counter, export_counter, ExportEntry, ExportKey, Settings, MAX_EXPORTS, MAX_QUEUES,
 };
 use aya_ebpf::{
     macros::map,
@@ -25,10 +24,6 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static EXPORT_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(MAX_EXPORTS * export_counter::COUNT, 0);
-
-/// What the benchmark ceiling answers with (`ceiling.rs`).
-#[map]
-pub static CEILING: Array<CeilingEntry> = Array::with_max_entries(1, 0);
 
 /// One AF_XDP socket per rx queue.
 #[map]

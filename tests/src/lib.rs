@@ -21,6 +21,14 @@ pub fn aoe_ctl() -> PathBuf {
     workspace_root().join("target/release/aoe-ctl")
 }
 
+/// The lab instruments (ceiling, veth peer program): $AOE_LAB, else target/release/aoe-lab.
+pub fn aoe_lab() -> PathBuf {
+    if let Some(p) = std::env::var_os("AOE_LAB") {
+        return PathBuf::from(p);
+    }
+    workspace_root().join("target/release/aoe-lab")
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -102,15 +110,29 @@ pub fn spawn_in(ns: &str, args: &[&str]) -> Result<Proc> {
 
 /// `spawn_in` with environment variables (`NAME=value`).
 pub fn spawn_in_env(ns: &str, env: &[String], args: &[&str]) -> Result<Proc> {
+    spawn_program(&aoe_ctl(), ns, env, args)
+}
+
+/// Start `aoe-lab ARGS` in namespace `ns` and wait for its first line of output.
+pub fn spawn_lab_in(ns: &str, args: &[&str]) -> Result<Proc> {
+    spawn_program(&aoe_lab(), ns, &[], args)
+}
+
+/// Start `program ARGS` in namespace `ns` and wait for its first line of output.
+fn spawn_program(program: &Path, ns: &str, env: &[String], args: &[&str]) -> Result<Proc> {
+    let shown = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "env"])
         .args(env)
-        .arg(aoe_ctl())
+        .arg(program)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting aoe-ctl")?;
+        .with_context(|| format!("starting {}", program.display()))?;
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -131,7 +153,7 @@ pub fn spawn_in_env(ns: &str, env: &[String], args: &[&str]) -> Result<Proc> {
             let _ = child.kill();
             let out = child.wait_with_output()?;
             Err(anyhow!(
-                "aoe-ctl {} printed nothing: {}",
+                "{shown} {} printed nothing: {}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
@@ -249,11 +271,14 @@ impl Lab {
     /// `aoe-ctl export` of `image` as e1.2 on the target side, plus the lab peer program on
     /// the initiator side (native XDP_TX on veth needs one there).
     pub fn start_target(&self, image: &Path, extra: &[&str]) -> Result<(Proc, Proc)> {
-        let peer = self.spawn(
-            &self.initiator_ns,
-            &["lab-peer", "--iface", &self.initiator_if],
-        )?;
+        let peer = self.start_peer(&self.initiator_if)?;
         Ok((self.start_export(image, extra)?, peer))
+    }
+
+    /// `aoe-lab peer` on `iface` of the initiator side: native XDP_TX from the target's veth
+    /// is only delivered to a peer with an XDP program.
+    pub fn start_peer(&self, iface: &str) -> Result<Proc> {
+        spawn_lab_in(&self.initiator_ns, &["peer", "--iface", iface])
     }
 
     /// The arguments of `aoe-ctl export` serving `image` as e1.2 on the target side.
@@ -372,9 +397,10 @@ impl Lab {
         })
     }
 
-    /// The benchmark ceiling answering as e1.2 with `sectors` on the target side.
+    /// The benchmark ceiling (`aoe-lab ceiling`) answering as e1.2 with `sectors` on the
+    /// target side.
     pub fn start_ceiling(&self, sectors: u64) -> Result<Proc> {
-        self.spawn(
+        spawn_lab_in(
             &self.target_ns,
             &[
                 "ceiling",

@@ -1,4 +1,4 @@
-//! `aoe-ctl bench` (the load generator) and `aoe-ctl ceiling` (the in-kernel benchmark
+//! `aoe-ctl bench` (the load generator) and `aoe-lab ceiling` (the in-kernel benchmark
 //! ceiling), end to end in a lab. Figures are only checked for being there and non-zero:
 //! no test asserts a timing.
 
@@ -174,12 +174,7 @@ fn ceiling_answers_every_request_in_the_kernel_with_no_storage() {
     let lab = Lab::new().unwrap();
     let sectors = 1u64 << 20;
     let ceiling = lab.start_ceiling(sectors).unwrap();
-    let _peer = lab
-        .spawn(
-            &lab.initiator_ns,
-            &["lab-peer", "--iface", &lab.initiator_if],
-        )
-        .unwrap();
+    let _peer = lab.start_peer(&lab.initiator_if).unwrap();
     assert!(
         ceiling.first_line.contains("answered in the kernel"),
         "{}",

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use aoe_common::maps::counter;
+use aoe_common::maps::PROG_CLASSIFIER;
 use aoe_common::wire::config::{ConfigCommand, ConfigRepr};
 use aoe_common::wire::mask::{Directive, DCMD_ADD};
 use aoe_ctl::initiator::frames::{self, Addr, BROADCAST_MAC};
 use aoe_ctl::serve::backend::MemBackend;
 use aoe_ctl::serve::export::{Export, ExportOptions};
-use aoe_ctl::serve::xdp::Classifier;
+use aoe_ctl::serve::xdp::{Classifier, OBJECT};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -30,6 +31,26 @@ fn loaded(ex: &Arc<Export>) -> Classifier {
     let mut c = Classifier::load(TARGET, 2).expect("load the classifier (root needed)");
     c.set_exports(std::slice::from_ref(ex)).unwrap();
     c
+}
+
+/// BPF_PROG_TEST_RUN of the loaded classifier, with the maps `set_exports` filled.
+trait TestRun {
+    /// Run on one frame: (XDP action, frame after).
+    fn test_run(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)>;
+}
+
+impl TestRun for Classifier {
+    fn test_run(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let mut out = vec![0u8; frame.len() + 4096];
+        let r = self.program()?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
 }
 
 fn to_export(src: [u8; 6]) -> Addr {
@@ -216,4 +237,13 @@ fn longest_config_string_left_to_user_space_or_answered() {
         XDP_PASS => assert_eq!(c.counters().unwrap()[counter::NO_SOCKET as usize], 1),
         a => panic!("unexpected action {a}"),
     }
+}
+
+#[test]
+fn the_product_object_holds_the_classifier_alone() {
+    // The lab's programs (ceiling, veth peer pass) live in aoe-lab's own object.
+    let bpf = aya::Ebpf::load(OBJECT).expect("parse the embedded object (root needed)");
+    let programs: Vec<&str> = bpf.programs().map(|(name, _)| name).collect();
+    assert_eq!(programs, [PROG_CLASSIFIER]);
+    assert!(bpf.map("CEILING").is_none());
 }

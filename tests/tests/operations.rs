@@ -47,8 +47,7 @@ fn verify(lab: &Lab, iface: &str, target: &str, bytes: &str) -> std::process::Ou
 }
 
 fn peer(lab: &Lab, iface: &str) -> Proc {
-    lab.spawn(&lab.initiator_ns, &["lab-peer", "--iface", iface])
-        .unwrap()
+    lab.start_peer(iface).unwrap()
 }
 
 fn write_config(lab: &Lab, body: &str) -> PathBuf {

@@ -2,11 +2,13 @@
 # A/B of two aoe-ctl binaries on the hot path: the same client (NEW's bench), the same lab,
 # the same image, alternating ABBA so drift and page-cache state hit both alike.
 #   xtask/scripts/ab.sh OLD_BIN NEW_BIN [ROUNDS] [PATTERNS] [SECONDS]
+# The veth peer program comes from the aoe-lab beside NEW_BIN ($AOE_LAB overrides).
 # e.g. git worktree add /tmp/old REV && (cd /tmp/old && cp -r ../main/.tools . && cargo build --release -p aoe-ctl)
 #      xtask/scripts/ab.sh /tmp/old/target/release/aoe-ctl target/release/aoe-ctl 12 "randread randwrite" 3
 # Prints one line per run (round, old|new, pattern, IOPS, CPU us/IO) and the medians.
 set -eu
 OLD=$1; NEW=$2; ROUNDS=${3:-8}; PATTERNS=${4:-"randread randwrite"}; SECS=${5:-3}
+LAB=${AOE_LAB:-$(dirname "$NEW")/aoe-lab}
 ID=ab$$
 T=${ID}t; I=${ID}i; IMG=$(mktemp /tmp/aoe-ab-XXXXXX.img)
 cleanup() { kill $PEER 2>/dev/null || true; ip netns del $T 2>/dev/null; ip netns del $I 2>/dev/null; rm -f $IMG; }
@@ -16,7 +18,7 @@ ip link add $T type veth peer name $I
 ip link set $T netns $T; ip link set $I netns $I
 ip -n $T link set $T up; ip -n $I link set $I up
 dd if=/dev/urandom of=$IMG bs=1M count=256 status=none
-ip netns exec $I $NEW lab-peer --iface $I >/dev/null 2>&1 &
+ip netns exec $I $LAB peer --iface $I >/dev/null 2>&1 &
 PEER=$!
 LOG=$(mktemp)
 for round in $(seq 1 $ROUNDS); do

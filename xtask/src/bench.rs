@@ -141,10 +141,7 @@ pub fn run(o: &Options) -> Result<()> {
         let image = filled_image(&lab)?;
         // Native XDP_TX (our config replies) needs a program on the peer; it stays on for
         // every target so the client pays the same.
-        let _peer = lab.spawn(
-            &lab.initiator_ns,
-            &["lab-peer", "--iface", &lab.initiator_if],
-        )?;
+        let _peer = lab.start_peer(&lab.initiator_if)?;
         // samples[target][row]: one Figures per run.
         let mut samples: Vec<Vec<Vec<Figures>>> = vec![vec![Vec::new(); rows.len()]; TARGETS.len()];
         for run in 1..=o.runs {

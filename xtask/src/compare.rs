@@ -27,10 +27,7 @@ pub fn run(mtu: u32) -> Result<()> {
     let lab = Lab::with(LabOptions { mtu, queues: 1 })?;
     let image = lab.image("disk.img", 256 << 20)?;
     // The lab peer program stays attached for both targets, so the client pays the same.
-    let _peer = lab.spawn(
-        &lab.initiator_ns,
-        &["lab-peer", "--iface", &lab.initiator_if],
-    )?;
+    let _peer = lab.start_peer(&lab.initiator_if)?;
     let verify = || -> Result<Rates> {
         let v = lab.verify(BYTES, &[])?;
         anyhow::ensure!(

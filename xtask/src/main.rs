@@ -23,7 +23,8 @@ struct Cli {
 enum Cmd {
     /// Install what is missing: Debian packages and bpf-linker (idempotent).
     Setup,
-    /// Build target/release/aoe-ctl with the eBPF object embedded.
+    /// Build target/release/aoe-ctl (the classifier embedded) and target/release/aoe-lab
+    /// (the lab and benchmark instruments, with their own eBPF object).
     Build,
     /// A lab of two namespaces, an image, an export and an initiator talking to it.
     Demo,
@@ -85,8 +86,12 @@ pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
 
 fn build() -> Result<()> {
     setup::ensure()?;
-    cargo(&["build", "--release", "-p", "aoe-ctl"])?;
-    println!("xtask: built {}", aoe_integration::aoe_ctl().display());
+    cargo(&["build", "--release", "-p", "aoe-ctl", "-p", "aoe-lab"])?;
+    println!(
+        "xtask: built {} and {}",
+        aoe_integration::aoe_ctl().display(),
+        aoe_integration::aoe_lab().display()
+    );
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use aoe_common::maps::{
     counter, export_counter, ExportEntry, ExportKey, Settings, MAP_COUNTERS, MAP_EXPORTS,
     MAP_EXPORT_COUNTERS, MAP_SETTINGS, MAP_XSKS, MAX_EXPORTS, MAX_MASKS, MIN_REPLY,
-    PROG_CLASSIFIER, PROG_PASS,
+    PROG_CLASSIFIER,
 };
 use aoe_common::wire::header::{HeaderRepr, FLAG_RESPONSE};
 use aoe_common::wire::{Command, Frame, Mac};
@@ -105,17 +105,10 @@ impl Classifier {
         Ok(c)
     }
 
-    /// Run the classifier on one frame with BPF_PROG_TEST_RUN: (XDP action, frame after).
-    pub fn test_run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
-        use aya::programs::{TestRun, TestRunOptions};
-        let mut out = vec![0u8; frame.len() + 4096];
-        let r = program(&mut self.bpf)?.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+    /// The loaded program, with the maps this classifier keeps (tests run it on crafted
+    /// frames with BPF_PROG_TEST_RUN).
+    pub fn program(&mut self) -> Result<&mut XdpProgram> {
+        program(&mut self.bpf)
     }
 
     /// Write an export's entry: config reply template, access lists, counter row, all from
@@ -283,19 +276,4 @@ pub fn set_lists(e: &mut ExportEntry, l: &Lists) {
     e.mask_count = put(&mut e.masks, &l.masks);
     e.reserve_count = put(&mut e.reserve, &l.reserve);
     e.reserved = u32::from(!l.reserve.is_empty());
-}
-
-/// Attach the XDP_PASS program to a lab veth peer so native XDP_TX frames reach it. The
-/// returned object keeps it attached until dropped.
-pub fn attach_pass(iface: &str) -> Result<Ebpf> {
-    let mut bpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
-    let prog: &mut XdpProgram = bpf
-        .program_mut(PROG_PASS)
-        .ok_or_else(|| anyhow!("program {PROG_PASS} missing"))?
-        .try_into()?;
-    prog.load()?;
-    prog.attach(iface, XdpMode::Driver)
-        .or_else(|_| prog.attach(iface, XdpMode::Skb))
-        .with_context(|| format!("attaching the pass program to {iface}"))?;
-    Ok(bpf)
 }

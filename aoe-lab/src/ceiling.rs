@@ -1,20 +1,20 @@
-//! `aoe-ctl ceiling`: a benchmark instrument, not a target. It attaches `aoe_ceiling` (tc
+//! `aoe-lab ceiling`: a benchmark instrument, not a target. It attaches `aoe_ceiling` (tc
 //! ingress), which answers every request for one shelf/slot in the kernel with no storage,
 //! so `cargo xtask bench` can show how far a target is from the fastest possible answer on
 //! the same path.
 
 use anyhow::{anyhow, Context, Result};
-use aoe_common::maps::{CeilingEntry, MAP_CEILING, PROG_CEILING};
 use aoe_common::wire::config::{ConfigCommand, ConfigRepr};
 use aoe_common::wire::header::{HeaderRepr, FLAG_RESPONSE};
 use aoe_common::wire::identify::Identity;
 use aoe_common::wire::{sectors_per_frame, Command, Frame, AOE_VERSION, SECTOR_SIZE};
+use aoe_ctl::net::Interface;
+use aoe_lab_ebpf::{CeilingEntry, MAP_CEILING, PROG_CEILING};
 use aya::maps::Array;
 use aya::programs::{tc, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 
-use crate::net::Interface;
-use crate::serve::xdp::OBJECT;
+use crate::OBJECT;
 
 pub struct Options {
     pub iface: String,
@@ -67,7 +67,7 @@ pub fn attach(o: &Options) -> Result<Ebpf> {
     }
     .emit(&mut entry.identify);
 
-    let mut bpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
+    let mut bpf = Ebpf::load(OBJECT).context("loading the lab's eBPF object")?;
     let mut map: Array<_, CeilingEntry> = Array::try_from(
         bpf.map_mut(MAP_CEILING)
             .ok_or_else(|| anyhow!("map {MAP_CEILING} missing"))?,

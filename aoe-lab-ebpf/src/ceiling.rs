@@ -12,14 +12,18 @@ use aoe_common::wire::{
     header::{field, FLAG_RESPONSE},
     MIN_FRAME_LEN, SECTOR_SIZE, SHELF_BROADCAST, SLOT_BROADCAST,
 };
+use aoe_lab_ebpf::CeilingEntry;
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::generated::{bpf_redirect, bpf_skb_change_tail, bpf_skb_store_bytes},
-    macros::classifier,
+    macros::{classifier, map},
+    maps::Array,
     programs::TcContext,
 };
 
-use crate::maps::CEILING;
+/// What the ceiling answers with, written by aoe-lab before it attaches the program.
+#[map]
+static CEILING: Array<CeilingEntry> = Array::with_max_entries(1, 0);
 
 const CMD_ATA: u8 = 0;
 const CMD_QUERY_CONFIG: u8 = 1;
