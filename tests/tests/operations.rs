@@ -344,7 +344,10 @@ fn a_reload_that_fails_half_way_changes_nothing() {
             && log.contains("queue 1"),
         "{log}"
     );
-    assert!(!log.contains(&format!("{t1}: xdp native, 1 queue -> ")), "{log}");
+    assert!(
+        !log.contains(&format!("{t1}: xdp native, 1 queue -> ")),
+        "{log}"
+    );
 }
 
 /// Is an XDP program attached to `dev` in the target namespace?
@@ -376,7 +379,10 @@ fn data_path_changes_under_a_reading_client() {
         .unwrap();
     wait_for("e1.2", || discover(&lab, &i1).contains("e1.2"));
     let mut reports = vec![];
-    for (mode, now) in [("afpacket", "afpacket, 1 queue"), ("xdp", "xdp native, 1 queue")] {
+    for (mode, now) in [
+        ("afpacket", "afpacket, 1 queue"),
+        ("xdp", "xdp native, 1 queue"),
+    ] {
         let r = reader(&lab, &i1, "2");
         std::thread::sleep(Duration::from_millis(700));
         write_config(&lab, &body(mode));

@@ -260,7 +260,11 @@ impl Host {
     /// "xdp native, 2 queues".
     fn describe(&self) -> String {
         let q = self.queues();
-        format!("{}, {q} queue{}", self.mode(), if q == 1 { "" } else { "s" })
+        format!(
+            "{}, {q} queue{}",
+            self.mode(),
+            if q == 1 { "" } else { "s" }
+        )
     }
 
     /// Bring up the data path `opts` ask for next to the running one, as far as the kernel
@@ -299,7 +303,10 @@ impl Host {
     /// From AF_PACKET: attach the classifier and bind the queues' sockets.
     fn attach_and_bind(&mut self, choice: ModeChoice, queues: u32) -> Result<Vec<Queue>> {
         let Some(k) = self.kernel.clone() else {
-            bail!("no BPF maps on {} (the classifier could not be loaded)", self.iface.name);
+            bail!(
+                "no BPF maps on {} (the classifier could not be loaded)",
+                self.iface.name
+            );
         };
         k.lock().unwrap().attach_to(&self.iface.name, choice)?;
         match spawn_queues(&self.iface, 0..queues, &self.live, &k) {

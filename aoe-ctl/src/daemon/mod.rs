@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod host;
+pub mod spec;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};

@@ -27,8 +27,10 @@ use super::export::Export;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/aoe"));
 
 /// How to attach: `auto` tries native (driver) mode and falls back to generic (skb) mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ModeChoice {
+    #[default]
     Auto,
     Native,
     Skb,
