@@ -39,9 +39,9 @@ pub enum Cmd {
         /// O_DIRECT I/O instead of the page cache (for block devices).
         #[arg(long)]
         direct: bool,
-        /// Buffer count advertised to initiators (default 128, at least 2).
+        /// Buffer count advertised to initiators (default 16, at least 2).
         #[arg(long)]
-        buffers: Option<u16>,
+        buffers: Option<u64>,
         /// Only these MACs may talk to the export (seeds the MAC mask list).
         #[arg(long, value_delimiter = ',', value_parser = parse_mac)]
         allow: Vec<[u8; 6]>,
@@ -65,7 +65,7 @@ pub enum Cmd {
         xdp_mode: ModeChoice,
         /// Receive queues to serve (default: all of the interface's).
         #[arg(long)]
-        queues: Option<u32>,
+        queues: Option<u64>,
         /// The image: regular file, sparse file or block device.
         path: PathBuf,
     },
@@ -80,9 +80,9 @@ pub enum Cmd {
     /// vblade 25's command line: aoe-ctl vblade [-b bufcnt] [-d] [-s] [-r] [-m mac[,mac...]]
     /// [-o offset] [-l length] shelf slot netif filename.
     Vblade {
-        /// Buffer count advertised to initiators.
-        #[arg(short = 'b', default_value_t = 16)]
-        bufcnt: u16,
+        /// Buffer count advertised to initiators (default 16, at least 2).
+        #[arg(short = 'b')]
+        bufcnt: Option<u64>,
         /// O_DIRECT I/O.
         #[arg(short = 'd')]
         direct: bool,

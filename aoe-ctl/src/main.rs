@@ -8,7 +8,8 @@ use anyhow::Result;
 use clap::Parser;
 
 use aoe_ctl::admin;
-use aoe_ctl::daemon::config::{self, ExportSpec, NodeConfig};
+use aoe_ctl::daemon::config::{self, NodeConfig};
+use aoe_ctl::daemon::spec::{self, ExportDraft, ExportSpec, FrontEnd};
 use aoe_ctl::daemon::state::StateFile;
 use aoe_ctl::initiator::{bench, discover, verify};
 use aoe_ctl::serve::xdp::ModeChoice;
@@ -50,9 +51,9 @@ fn run(cli: Cli) -> Result<()> {
             queues,
             path,
         } => {
-            let spec = ExportSpec {
-                shelf,
-                slot,
+            let spec = ExportDraft {
+                shelf: shelf.into(),
+                slot: slot.into(),
                 interfaces: vec![iface],
                 path,
                 read_only,
@@ -60,10 +61,13 @@ fn run(cli: Cli) -> Result<()> {
                 direct,
                 offset,
                 length,
-                buffers: buffers.unwrap_or(aoe_ctl::serve::export::DEFAULT_BUFFERS),
+                buffers,
                 allow,
                 config: config.into_bytes(),
-            };
+            }
+            .check()
+            .map_err(|e| e.into_error(FrontEnd::Export))?;
+            let queues = spec::check_queues(queues).map_err(|e| e.into_error(FrontEnd::Export))?;
             serve_one(spec, mode, xdp_mode, queues, state)
         }
         Cmd::Vblade {
@@ -79,9 +83,9 @@ fn run(cli: Cli) -> Result<()> {
             netif,
             filename,
         } => {
-            let spec = ExportSpec {
-                shelf,
-                slot,
+            let spec = ExportDraft {
+                shelf: shelf.into(),
+                slot: slot.into(),
                 interfaces: vec![netif],
                 path: filename,
                 read_only,
@@ -92,7 +96,9 @@ fn run(cli: Cli) -> Result<()> {
                 buffers: bufcnt,
                 allow: macs,
                 config: vec![],
-            };
+            }
+            .check()
+            .map_err(|e| e.into_error(FrontEnd::Vblade))?;
             serve_one(spec, config::DataPath::Auto, ModeChoice::Auto, None, None)
         }
         Cmd::Daemon {
@@ -180,7 +186,8 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// `aoe-ctl export` and `aoe-ctl vblade`: a daemon of one export, nothing to reload.
+/// `aoe-ctl export` and `aoe-ctl vblade`: a daemon of one (checked) export, nothing to
+/// reload.
 fn serve_one(
     spec: ExportSpec,
     mode: config::DataPath,
@@ -188,14 +195,6 @@ fn serve_one(
     queues: Option<u32>,
     state: Option<std::path::PathBuf>,
 ) -> Result<()> {
-    if spec.buffers < 2 {
-        anyhow::bail!(
-            "--buffers must be at least 2 (the Linux initiator's window starts at half of it)"
-        );
-    }
-    if queues == Some(0) {
-        anyhow::bail!("--queues must be at least 1");
-    }
     let state = state.map(StateFile::open).transpose()?;
     let cfg = NodeConfig {
         mode,

@@ -85,6 +85,23 @@ fn bad_input_gets_one_line_errors() {
     )
     .unwrap();
     let bad_config = bad_config.to_str().unwrap().to_string();
+    // One MAC more than the kernel's mask list holds, and one byte more than a config string.
+    let macs: Vec<String> = (0..=32)
+        .map(|i| format!("02:00:00:00:00:{i:02x}"))
+        .collect();
+    let macs = macs.join(",");
+    let long = "x".repeat(1025);
+    let many_macs = lab.dir.join("many-macs.toml");
+    let quoted: Vec<String> = macs.split(',').map(|m| format!("\"{m}\"")).collect();
+    std::fs::write(
+        &many_macs,
+        format!(
+            "[[export]]\nshelf = 1\nslot = 2\ninterfaces = [\"{tif}\"]\npath = \"{i}\"\nallow = [{}]\n",
+            quoted.join(", ")
+        ),
+    )
+    .unwrap();
+    let many_macs = many_macs.to_str().unwrap().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec![
@@ -131,7 +148,25 @@ fn bad_input_gets_one_line_errors() {
                 "1",
                 i,
             ],
-            "--buffers must be at least 2",
+            "--buffers: 1, must be at least 2",
+        ),
+        (
+            vec![
+                "export", "--shelf", "1", "--slot", "2", "--iface", &tif, "--allow", &macs, i,
+            ],
+            "--allow: 33 MACs, the mask list holds at most 32",
+        ),
+        (
+            vec![
+                "export", "--shelf", "1", "--slot", "2", "--iface", &tif, "--config", &long, i,
+            ],
+            "--config: 1025 bytes, a config string holds at most 1024",
+        ),
+        (
+            vec![
+                "export", "--shelf", "1", "--slot", "2", "--iface", &tif, "--queues", "0", i,
+            ],
+            "--queues: 0, must be at least 1",
         ),
         (
             vec![
@@ -155,7 +190,11 @@ fn bad_input_gets_one_line_errors() {
         ),
         (
             vec!["daemon", "--config", &bad_config],
-            "line 3: slot 255 is out of range",
+            "line 3: slot: 255 is the broadcast slot",
+        ),
+        (
+            vec!["daemon", "--config", &many_macs],
+            "line 6: allow: 33 MACs, the mask list holds at most 32",
         ),
         (
             vec!["acl", "add", "--target", "e1.2", "02:00:zz:00:00:01"],
@@ -164,7 +203,11 @@ fn bad_input_gets_one_line_errors() {
         (vec!["vblade", "1", "255", &tif, i], "broadcast slot"),
         (
             vec!["vblade", "-b", "1", "1", "2", &tif, i],
-            "--buffers must be at least 2",
+            "-b: 1, must be at least 2",
+        ),
+        (
+            vec!["vblade", "-m", &macs, "1", "2", &tif, i],
+            "-m: 33 MACs, the mask list holds at most 32",
         ),
     ];
     for (args, want) in cases {

@@ -1,5 +1,6 @@
 //! Operating the target: the daemon with a config (several exports per interface, one export
-//! on two interfaces, SIGHUP reload under load, a refused bad file), live control from a
+//! on two interfaces, SIGHUP reload under load, a refused bad file, a data path change under
+//! load, a reload that fails half way), live control from a
 //! second process through the pinned maps (status, stats, acl, reservation), the config
 //! string state file, the AF_PACKET data path, --direct, and the vblade-compatible form.
 
@@ -204,6 +205,209 @@ fn daemon_serves_many_exports_and_reloads_without_a_miss() {
         "{log}"
     );
     assert!(!lab.target_has_xdp().unwrap(), "detached on exit");
+}
+
+/// `aoe-ctl bench` reading e1.2 through `iface` for `seconds`, in the background.
+fn reader(lab: &Lab, iface: &str, seconds: &str) -> std::process::Child {
+    lab.spawn_bench(
+        iface,
+        &[
+            "--pattern",
+            "randread",
+            "--depth",
+            "8",
+            "--duration",
+            seconds,
+            "--json",
+            "--timeout-ms",
+            "1000",
+        ],
+    )
+    .unwrap()
+}
+
+/// The reader's report, or what it said when it failed.
+fn finish(reader: std::process::Child) -> Result<serde_json::Value, String> {
+    let out = reader.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(text(&out));
+    }
+    Ok(bench_json(&out.stdout))
+}
+
+/// The `status` line of interface `iface`, without the uptime.
+fn status_of(lab: &Lab, iface: &str) -> String {
+    let st = text(&lab.run_live(&["status"]).unwrap());
+    let line = st
+        .lines()
+        .find(|l| l.starts_with(&format!("{iface}: ")))
+        .unwrap_or_else(|| panic!("{iface} in {st}"));
+    line.split(", up ").next().unwrap().to_string()
+}
+
+/// A veth pair between the lab's namespaces whose target side has `rx` receive queues and
+/// one transmit queue, and whose initiator side has one of each: everything the initiator
+/// sends arrives on queue 0 (and native XDP allows the pair: rx queues >= the peer's tx).
+fn link_with_queues(lab: &Lab, suffix: &str, rx: u32) -> (String, String) {
+    let (t, i) = (
+        format!("{}{suffix}", lab.target_if),
+        format!("{}{suffix}", lab.initiator_if),
+    );
+    let rx = rx.to_string();
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args:?}");
+    };
+    ip(&[
+        "link",
+        "add",
+        &t,
+        "numtxqueues",
+        "1",
+        "numrxqueues",
+        &rx,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &i,
+        "numtxqueues",
+        "1",
+        "numrxqueues",
+        "1",
+    ]);
+    for (ns, dev) in [(&lab.target_ns, &t), (&lab.initiator_ns, &i)] {
+        ip(&["link", "set", dev, "netns", ns]);
+        ip(&["-n", ns, "link", "set", dev, "up"]);
+    }
+    (t, i)
+}
+
+#[test]
+fn a_reload_that_fails_half_way_changes_nothing() {
+    // The first link has two rx queues, the second one: `queues = 2` comes up on the first
+    // (its queue 1 worker starts next to queue 0) and fails on the second, which has no
+    // queue 1 to bind. Both must go on serving exactly as before.
+    let lab = Lab::new().unwrap();
+    let (t1, i1) = link_with_queues(&lab, "a", 2);
+    let (t2, i2) = link_with_queues(&lab, "b", 1);
+    let _peers = (peer(&lab, &i1), peer(&lab, &i2));
+    let a = lab.image("a.img", 8 << 20).unwrap();
+    let body = |queues: u32| {
+        format!(
+            "queues = {queues}\n[[export]]\nshelf = 1\nslot = 2\ninterfaces = [\"{t1}\", \"{t2}\"]\npath = \"{}\"\n",
+            a.display()
+        )
+    };
+    let cfg = write_config(&lab, &body(1));
+    let daemon = lab
+        .spawn_live(&["daemon", "--config", cfg.to_str().unwrap()])
+        .unwrap();
+    wait_for("e1.2 on both links", || {
+        discover(&lab, &i1).contains("e1.2") && discover(&lab, &i2).contains("e1.2")
+    });
+    let before = (status_of(&lab, &t1), status_of(&lab, &t2));
+    assert!(before.0.contains("xdp native, 1 queue,"), "{before:?}");
+
+    let readers = (reader(&lab, &i1, "3"), reader(&lab, &i2, "3"));
+    std::thread::sleep(Duration::from_millis(700));
+    write_config(&lab, &body(2));
+    hup(&daemon);
+    std::thread::sleep(Duration::from_millis(1000));
+    let reports = [(finish(readers.0), &i1), (finish(readers.1), &i2)];
+    let after = (status_of(&lab, &t1), status_of(&lab, &t2));
+    let attached = [&t1, &t2].map(|t| has_xdp(&lab, t));
+    // Verify's writes go through the AF_XDP sockets: the program has workers behind it.
+    let verified = [&i1, &i2].map(|i| verify(&lab, i, "e1.2", "512K"));
+    let log = daemon.stop().unwrap();
+    for (r, iface) in reports {
+        let r = r.unwrap_or_else(|e| panic!("{iface}: {e}\n{log}"));
+        assert!(num(&r, "ios") > 1000.0, "{iface}: {r:?}");
+        assert_eq!(
+            (num(&r, "errors"), num(&r, "timeouts")),
+            (0.0, 0.0),
+            "{iface} missed nothing across the refused reload: {r:?}\n{log}"
+        );
+    }
+    assert_eq!(attached, [true, true], "{log}");
+    assert_eq!(after, before, "{log}");
+    for v in verified {
+        assert!(v.status.success(), "{}\n{log}", text(&v));
+    }
+    assert!(
+        log.contains("reload refused, still serving 1 export on 2 interfaces")
+            && log.contains(&format!("changing the data path of {t2}"))
+            && log.contains("queue 1"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("{t1}: xdp native, 1 queue -> ")),
+        "{log}"
+    );
+}
+
+/// Is an XDP program attached to `dev` in the target namespace?
+fn has_xdp(lab: &Lab, dev: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lab.target_ns, "link", "show", "dev", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
+}
+
+#[test]
+fn data_path_changes_under_a_reading_client() {
+    // xdp -> afpacket -> xdp, a reader running across each switch: the new path comes up
+    // before the old one goes.
+    let lab = Lab::new().unwrap();
+    let (t1, i1) = (lab.target_if.clone(), lab.initiator_if.clone());
+    let _peer = peer(&lab, &i1);
+    let a = lab.image("a.img", 8 << 20).unwrap();
+    let body = |mode: &str| {
+        format!(
+            "mode = \"{mode}\"\n[[export]]\nshelf = 1\nslot = 2\ninterfaces = [\"{t1}\"]\npath = \"{}\"\n",
+            a.display()
+        )
+    };
+    let cfg = write_config(&lab, &body("xdp"));
+    let daemon = lab
+        .spawn_live(&["daemon", "--config", cfg.to_str().unwrap()])
+        .unwrap();
+    wait_for("e1.2", || discover(&lab, &i1).contains("e1.2"));
+    let mut reports = vec![];
+    for (mode, now) in [
+        ("afpacket", "afpacket, 1 queue"),
+        ("xdp", "xdp native, 1 queue"),
+    ] {
+        let r = reader(&lab, &i1, "2");
+        std::thread::sleep(Duration::from_millis(700));
+        write_config(&lab, &body(mode));
+        hup(&daemon);
+        wait_for(now, || status_of(&lab, &t1).contains(now));
+        reports.push((mode, finish(r), lab.target_has_xdp().unwrap()));
+    }
+    let v = verify(&lab, &i1, "e1.2", "512K");
+    let log = daemon.stop().unwrap();
+    for (mode, r, attached) in reports {
+        let r = r.unwrap_or_else(|e| panic!("to {mode}: {e}\n{log}"));
+        assert_eq!(attached, mode == "xdp", "to {mode}: {log}");
+        assert!(num(&r, "ios") > 1000.0, "{r:?}");
+        assert_eq!(
+            (num(&r, "errors"), num(&r, "timeouts")),
+            (0.0, 0.0),
+            "to {mode}: no request lost: {r:?}\n{log}"
+        );
+    }
+    assert!(v.status.success(), "{}", text(&v));
+    assert!(
+        log.contains(&format!("{t1}: xdp native, 1 queue -> afpacket, 1 queue"))
+            && log.contains(&format!("{t1}: afpacket, 1 queue -> xdp native, 1 queue")),
+        "{log}"
+    );
 }
 
 #[test]

@@ -1,15 +1,18 @@
 //! exports.toml: what the daemon serves. Parsed whole and checked before anything changes,
 //! so a bad file is refused with its line and problem while the running set keeps serving.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
-use aoe_common::maps::ExportKey;
 use aoe_common::wire::Mac;
 use serde::Deserialize;
+use toml::Spanned;
 
-use crate::serve::export::DEFAULT_BUFFERS;
+use super::spec::{self, ExportDraft, Field, FrontEnd, SpecError};
 use crate::serve::xdp::ModeChoice;
+
+pub use super::spec::ExportSpec;
 
 /// Which data path serves an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -22,34 +25,6 @@ pub enum DataPath {
     Xdp,
     /// AF_PACKET with PACKET_MMAP rings: any interface, any kernel.
     Afpacket,
-}
-
-/// One export, as resolved from the file or the command line.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExportSpec {
-    pub shelf: u16,
-    pub slot: u8,
-    pub interfaces: Vec<String>,
-    pub path: PathBuf,
-    pub read_only: bool,
-    pub sync: bool,
-    pub direct: bool,
-    pub offset: u64,
-    pub length: Option<u64>,
-    pub buffers: u16,
-    pub allow: Vec<Mac>,
-    /// The config string until an initiator sets one (the state file keeps that).
-    pub config: Vec<u8>,
-}
-
-impl ExportSpec {
-    pub fn key(&self) -> ExportKey {
-        ExportKey::new(self.shelf, self.slot)
-    }
-
-    pub fn name(&self) -> String {
-        format!("e{}.{}", self.shelf, self.slot)
-    }
 }
 
 /// Everything the daemon serves, and how.
@@ -68,37 +43,70 @@ struct FileToml {
     #[serde(default)]
     mode: DataPath,
     #[serde(default)]
-    xdp_mode: Option<String>,
-    queues: Option<u32>,
+    xdp_mode: ModeChoice,
+    queues: Option<Spanned<u64>>,
     #[serde(default, rename = "export")]
-    exports: Vec<toml::Spanned<ExportToml>>,
+    exports: Vec<Spanned<ExportToml>>,
 }
 
+// Values keep their place in the file, so that an error points at the value's own line.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExportToml {
-    // Checked while parsing, so that an error points at the value's own line.
-    #[serde(deserialize_with = "de_shelf")]
-    shelf: u16,
-    #[serde(deserialize_with = "de_slot")]
-    slot: u8,
-    interfaces: Vec<String>,
-    path: PathBuf,
+    shelf: Spanned<u64>,
+    slot: Spanned<u64>,
+    interfaces: Spanned<Vec<String>>,
+    path: Spanned<PathBuf>,
     #[serde(default)]
     read_only: bool,
     #[serde(default)]
     sync: bool,
     #[serde(default)]
     direct: bool,
-    #[serde(default)]
-    offset: u64,
-    length: Option<u64>,
-    #[serde(default, deserialize_with = "de_buffers")]
-    buffers: Option<u16>,
+    offset: Option<Spanned<u64>>,
+    length: Option<Spanned<u64>>,
+    buffers: Option<Spanned<u64>>,
     #[serde(default, deserialize_with = "de_macs")]
-    allow: Vec<Mac>,
-    #[serde(default)]
-    config: String,
+    allow: Option<Spanned<Vec<Mac>>>,
+    config: Option<Spanned<String>>,
+}
+
+impl ExportToml {
+    /// Where the value of `field` is, when it is in the file.
+    fn span(&self, field: Field) -> Option<Range<usize>> {
+        match field {
+            Field::Shelf => Some(self.shelf.span()),
+            Field::Slot => Some(self.slot.span()),
+            Field::Interfaces => Some(self.interfaces.span()),
+            Field::Path => Some(self.path.span()),
+            Field::Offset => self.offset.as_ref().map(Spanned::span),
+            Field::Length => self.length.as_ref().map(Spanned::span),
+            Field::Buffers => self.buffers.as_ref().map(Spanned::span),
+            Field::Allow => self.allow.as_ref().map(Spanned::span),
+            Field::Config => self.config.as_ref().map(Spanned::span),
+            Field::Queues => None,
+        }
+    }
+
+    fn draft(&self) -> ExportDraft {
+        ExportDraft {
+            shelf: *self.shelf.get_ref(),
+            slot: *self.slot.get_ref(),
+            interfaces: self.interfaces.get_ref().clone(),
+            path: self.path.get_ref().clone(),
+            read_only: self.read_only,
+            sync: self.sync,
+            direct: self.direct,
+            offset: self.offset.as_ref().map_or(0, |o| *o.get_ref()),
+            length: self.length.as_ref().map(|l| *l.get_ref()),
+            buffers: self.buffers.as_ref().map(|b| *b.get_ref()),
+            allow: self.allow.as_ref().map_or(vec![], |a| a.get_ref().clone()),
+            config: self
+                .config
+                .as_ref()
+                .map_or(vec![], |c| c.get_ref().clone().into_bytes()),
+        }
+    }
 }
 
 /// Read and check a config file.
@@ -118,104 +126,55 @@ pub fn parse(text: &str) -> Result<NodeConfig> {
         Some(s) => anyhow!("line {}: {}", line_of(text, s.start), e.message().trim()),
         None => anyhow!("{}", e.message().trim()),
     })?;
-    let xdp_mode = match file.xdp_mode.as_deref() {
-        None | Some("auto") => ModeChoice::Auto,
-        Some("native") => ModeChoice::Native,
-        Some("skb") => ModeChoice::Skb,
-        Some(other) => bail!("xdp_mode {other:?} is not one of auto, native, skb"),
+    let at = |span: Range<usize>, e: SpecError| {
+        anyhow!(
+            "line {}: {}",
+            line_of(text, span.start),
+            e.render(FrontEnd::File)
+        )
     };
-    if file.queues == Some(0) {
-        bail!("queues must be at least 1");
-    }
+    let queues = match &file.queues {
+        None => None,
+        Some(q) => spec::check_queues(Some(*q.get_ref())).map_err(|e| at(q.span(), e))?,
+    };
     let mut exports: Vec<ExportSpec> = Vec::new();
-    for spanned in file.exports {
-        let line = line_of(text, spanned.span().start);
-        let e = spanned.into_inner();
-        let spec = resolve(e).map_err(|err| anyhow!("line {line}: {err}"))?;
+    for e in &file.exports {
+        let spec = e.get_ref().draft().check().map_err(|err| {
+            let span = e.get_ref().span(err.field).unwrap_or(e.span());
+            at(span, err)
+        })?;
         if let Some(dup) = exports.iter().find(|x| x.key() == spec.key()) {
-            bail!("line {line}: {} is exported twice", dup.name());
+            bail!(
+                "line {}: {} is exported twice",
+                line_of(text, e.span().start),
+                dup.name()
+            );
         }
         exports.push(spec);
     }
     Ok(NodeConfig {
         mode: file.mode,
-        xdp_mode,
-        queues: file.queues,
+        xdp_mode: file.xdp_mode,
+        queues,
         exports,
     })
 }
 
-fn de_shelf<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    let v = u64::deserialize(d)?;
-    crate::address::parse_shelf(&v.to_string()).map_err(serde::de::Error::custom)
-}
-
-fn de_slot<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
-    let v = u64::deserialize(d)?;
-    crate::address::parse_slot(&v.to_string()).map_err(serde::de::Error::custom)
-}
-
-fn de_buffers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
-    let v = u64::deserialize(d)?;
-    match u16::try_from(v) {
-        Ok(b) if b >= 2 => Ok(Some(b)),
-        _ => Err(serde::de::Error::custom(format!(
-            "buffers {v} is out of range (2-65535)"
-        ))),
-    }
-}
-
-fn de_macs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Mac>, D::Error> {
-    let list = Vec::<String>::deserialize(d)?;
-    if list.len() > aoe_common::maps::MAX_MASKS {
-        return Err(serde::de::Error::custom(format!(
-            "more than {} MACs",
-            aoe_common::maps::MAX_MASKS
-        )));
-    }
-    list.iter()
+fn de_macs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Spanned<Vec<Mac>>>, D::Error> {
+    let list = Spanned::<Vec<String>>::deserialize(d)?;
+    let span = list.span();
+    let macs = list
+        .get_ref()
+        .iter()
         .map(|m| crate::net::parse_mac(m).map_err(serde::de::Error::custom))
-        .collect()
-}
-
-fn resolve(e: ExportToml) -> Result<ExportSpec> {
-    let (shelf, slot) = (e.shelf, e.slot);
-    let name = format!("e{shelf}.{slot}");
-    if e.interfaces.is_empty() {
-        bail!("{name} names no interfaces");
-    }
-    let mut interfaces = e.interfaces.clone();
-    interfaces.dedup();
-    let buffers = e.buffers.unwrap_or(DEFAULT_BUFFERS);
-    if e.length == Some(0) {
-        bail!("{name}: length must be at least one sector");
-    }
-    if e.config.len() > aoe_common::wire::CONFIG_STRING_MAX {
-        bail!("{name}: config string longer than 1024 bytes");
-    }
-    let allow = e.allow;
-    if e.path.as_os_str().is_empty() {
-        bail!("{name}: path is empty");
-    }
-    Ok(ExportSpec {
-        shelf,
-        slot,
-        interfaces,
-        path: e.path,
-        read_only: e.read_only,
-        sync: e.sync,
-        direct: e.direct,
-        offset: e.offset,
-        length: e.length,
-        buffers,
-        allow,
-        config: e.config.into_bytes(),
-    })
+        .collect::<Result<Vec<Mac>, D::Error>>()?;
+    Ok(Some(Spanned::new(span, macs)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::export::DEFAULT_BUFFERS;
 
     const GOOD: &str = r#"
 mode = "auto"
@@ -267,7 +226,7 @@ length = 16
         );
         let bad_slot = GOOD.replace("slot = 3", "slot = 255");
         assert!(
-            err(&bad_slot).starts_with("line 14: slot 255 is out of range"),
+            err(&bad_slot).starts_with("line 14: slot: 255 is the broadcast slot"),
             "{}",
             err(&bad_slot)
         );
@@ -281,11 +240,62 @@ length = 16
         assert!(err(&mac).starts_with("line 10:"), "{}", err(&mac));
         let buffers = GOOD.replace("length = 16", "length = 16\nbuffers = 1");
         assert!(
-            err(&buffers).starts_with("line 19: buffers 1"),
+            err(&buffers).starts_with("line 19: buffers: 1, must be at least 2"),
             "{}",
             err(&buffers)
         );
         assert!(err("[[export]\n").starts_with("line 1:"));
+        assert!(err("queues = 0\n").starts_with("line 1: queues: 0, must be at least 1"));
         assert!(err("mode = \"fast\"").contains("line 1"));
+    }
+
+    #[test]
+    fn the_file_has_the_limits_of_the_command_line() {
+        let err = |t: &str| parse(t).unwrap_err().to_string();
+        let macs: Vec<String> = (0..=32)
+            .map(|i| format!("\"02:00:00:00:00:{i:02x}\""))
+            .collect();
+        let many = GOOD.replace("\"52:54:00:00:00:01\"", &macs.join(", "));
+        assert_eq!(
+            err(&many),
+            "line 10: allow: 33 MACs, the mask list holds at most 32"
+        );
+        let twice = GOOD.replace(
+            "\"52:54:00:00:00:01\"",
+            "\"52:54:00:00:00:01\", \"52:54:00:00:00:01\"",
+        );
+        assert_eq!(
+            err(&twice),
+            "line 10: allow: 52:54:00:00:00:01 is listed twice"
+        );
+        let long = GOOD.replace(
+            "length = 16",
+            &format!("length = 16\nconfig = \"{}\"", "x".repeat(1025)),
+        );
+        assert_eq!(
+            err(&long),
+            "line 19: config: 1025 bytes, a config string holds at most 1024"
+        );
+        let none = GOOD.replace("interfaces = [\"eth0\"]", "interfaces = []");
+        assert_eq!(err(&none), "line 15: interfaces: no interface named");
+        let shelf = GOOD.replace("shelf = 1\nslot = 3", "shelf = 65535\nslot = 3");
+        assert!(err(&shelf).starts_with("line 13: shelf: 65535 is the broadcast shelf"));
+        let zero = GOOD.replace("length = 16", "length = 0");
+        assert_eq!(
+            err(&zero),
+            "line 18: length: 0, must be at least one sector"
+        );
+    }
+
+    #[test]
+    fn xdp_mode_is_one_of_three() {
+        let c = parse(&format!("xdp_mode = \"skb\"\n{GOOD}")).unwrap();
+        assert_eq!(c.xdp_mode, ModeChoice::Skb);
+        assert_eq!(parse(GOOD).unwrap().xdp_mode, ModeChoice::Auto);
+        let e = parse("xdp_mode = \"fast\"\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("line 1:") && e.contains("native") && e.contains("skb"),
+            "{e}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! One served interface: its kernel classifier (or none, on the AF_PACKET path), its queue
 //! workers, the engine they share, and its pins. Exports come and go with `set_exports`
-//! while the workers keep their sockets.
+//! while the workers keep their sockets; the data path changes with `begin`, then `commit`
+//! or `rollback`, so that a reload of several interfaces can be undone as a whole.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,10 @@ use crate::serve::xsk::{XskConfig, FRAME_SIZE, MAX_FRAME, MAX_TX_CHAIN};
 /// Entries per AF_XDP ring.
 pub const RING: u32 = 2048;
 
+/// How long replaced workers keep running after a data path switch, to answer the frames
+/// that reached them before it.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Takes a state-changing request that arrived on the named interface to the control plane
 /// (false when it cannot; the frame is then dropped). Never blocks a worker.
 pub type Observer = Arc<dyn Fn(ControlWork, &str) -> bool + Send + Sync>;
@@ -37,22 +42,62 @@ pub struct HostOptions {
     pub queues: Option<u32>,
 }
 
+/// One AF_XDP worker with a stop flag of its own, so that a queue can retire alone.
+struct Queue {
+    worker: Worker,
+    stop: Arc<AtomicBool>,
+}
+
+/// The AF_PACKET worker and its stop flag.
+struct Packet {
+    worker: PacketWorker,
+    stop: Arc<AtomicBool>,
+}
+
 enum Workers {
-    Xdp(Vec<Worker>),
-    Packet(PacketWorker),
+    Xdp(Vec<Queue>),
+    Packet(Packet),
+}
+
+impl Workers {
+    fn stats(&self) -> Vec<Arc<WorkerStats>> {
+        match self {
+            Workers::Xdp(w) => w.iter().map(|q| q.worker.stats.clone()).collect(),
+            Workers::Packet(p) => vec![p.worker.stats.clone()],
+        }
+    }
+
+    fn stop(self) -> Result<()> {
+        match self {
+            Workers::Xdp(qs) => stop_queues(qs),
+            Workers::Packet(p) => {
+                p.stop.store(true, Ordering::Relaxed);
+                p.worker.join()
+            }
+        }
+    }
+}
+
+/// Stop the workers of `qs` (all flags first, so they wind down together) and join them.
+fn stop_queues(qs: Vec<Queue>) -> Result<()> {
+    for q in &qs {
+        q.stop.store(true, Ordering::Relaxed);
+    }
+    qs.into_iter()
+        .map(|q| q.worker.join())
+        .collect::<Result<Vec<_>>>()
+        .map(|_| ())
 }
 
 pub struct Host {
     pub iface: Interface,
-    /// "xdp native", "xdp skb" or "afpacket".
-    pub mode: String,
-    pub queues: u32,
     /// The classifier's maps (attached on the XDP path; on the AF_PACKET path loaded for
-    /// live control only, when the kernel allows).
+    /// live control only, when the kernel allows). The same one for the host's life: a
+    /// data path change attaches, detaches or re-attaches it, so its export table, access
+    /// lists, counters and pins carry over.
     pub kernel: Option<Arc<Mutex<Classifier>>>,
     live: Arc<LiveEngine>,
     workers: Workers,
-    stop: Arc<AtomicBool>,
     max_sectors: usize,
     observer: Observer,
     exports: Vec<Arc<Export>>,
@@ -60,10 +105,58 @@ pub struct Host {
     started: u64,
 }
 
+/// A data path change under way (`Host::begin`): the new part is up and serving, the old
+/// one still runs where it can. `Host::commit` retires the old part, `Host::rollback` the
+/// new, leaving the interface exactly as it served before.
+#[must_use]
+pub struct Change {
+    /// The workers that served before, running until the commit.
+    replaced: Option<Workers>,
+    /// Queues beyond the new count, running until the commit.
+    retired: Vec<Queue>,
+    /// Queues started for the change: the last ones of the list.
+    added: usize,
+    /// The attach mode before, when the change switched it (native <-> skb).
+    reattach: Option<ModeChoice>,
+    /// The program comes off at the commit (to AF_PACKET: XDP serves until then).
+    detach: bool,
+    /// The data path before, for the log line.
+    was: String,
+}
+
+impl Change {
+    fn none(was: String) -> Change {
+        Change {
+            replaced: None,
+            retired: vec![],
+            added: 0,
+            reattach: None,
+            detach: false,
+            was,
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        self.replaced.is_none()
+            && self.retired.is_empty()
+            && self.added == 0
+            && self.reattach.is_none()
+            && !self.detach
+    }
+}
+
 fn engine(exports: &[Arc<Export>], iface: &Interface, max_sectors: usize, o: &Observer) -> Engine {
     let (o, name) = (o.clone(), iface.name.clone());
     Engine::new(exports.to_vec(), iface.mac, max_sectors)
         .with_control(Arc::new(move |work| o(work, &name)))
+}
+
+/// The data path `opts` ask for: asking for a particular XDP attach mode is asking for XDP.
+fn wanted(opts: &HostOptions) -> DataPath {
+    match (opts.path, opts.xdp_mode) {
+        (DataPath::Auto, ModeChoice::Native | ModeChoice::Skb) => DataPath::Xdp,
+        (p, _) => p,
+    }
 }
 
 impl Host {
@@ -89,17 +182,11 @@ impl Host {
             max_sectors,
             &observer,
         )));
-        let stop = Arc::new(AtomicBool::new(false));
         let queues = opts.queues.unwrap_or(iface.rx_queues).max(1);
-
-        // Asking for a particular XDP attach mode is asking for XDP.
-        let path = match (opts.path, opts.xdp_mode) {
-            (DataPath::Auto, ModeChoice::Native | ModeChoice::Skb) => DataPath::Xdp,
-            (p, _) => p,
-        };
+        let path = wanted(opts);
         let xdp = match path {
             DataPath::Afpacket => None,
-            _ => match start_xdp(&iface, &exports, opts, queues, max_sectors, &live, &stop) {
+            _ => match start_xdp(&iface, &exports, opts.xdp_mode, queues, max_sectors, &live) {
                 Ok(x) => Some(x),
                 Err(e) if path == DataPath::Auto => {
                     eprintln!("{name}: XDP unavailable ({e:#}); serving through AF_PACKET");
@@ -108,21 +195,14 @@ impl Host {
                 Err(e) => return Err(e),
             },
         };
-        let (kernel, workers, mode, queues) = match xdp {
-            Some((classifier, workers)) => {
-                let mode = format!("xdp {}", classifier.mode);
-                if let Some(why) = &classifier.fallback_reason {
+        let (kernel, workers) = match xdp {
+            Some((kernel, queues)) => {
+                if let Some(why) = &kernel.lock().unwrap().fallback_reason {
                     eprintln!("native XDP unavailable on {name} ({why}); using generic (skb) mode");
                 }
-                (
-                    Some(Arc::new(Mutex::new(classifier))),
-                    Workers::Xdp(workers),
-                    mode,
-                    queues,
-                )
+                (Some(kernel), Workers::Xdp(queues))
             }
             None => {
-                stop.store(false, Ordering::Relaxed);
                 // Loaded, not attached: its maps carry the access lists for live control.
                 let kernel = match Classifier::load(iface.mac, max_sectors)
                     .and_then(|mut c| c.set_exports(&exports).map(|_| c))
@@ -133,19 +213,14 @@ impl Host {
                         None
                     }
                 };
-                let w = PacketWorker::spawn(name, live.clone(), stop.clone())
-                    .with_context(|| format!("serving {name} through AF_PACKET"))?;
-                (kernel, Workers::Packet(w), "afpacket".to_string(), 1)
+                (kernel, Workers::Packet(spawn_packet(name, &live)?))
             }
         };
         let mut host = Host {
             iface,
-            mode,
-            queues,
             kernel,
             live,
             workers,
-            stop,
             max_sectors,
             observer,
             exports,
@@ -168,6 +243,180 @@ impl Host {
         Ok(host)
     }
 
+    /// "xdp native", "xdp skb" or "afpacket".
+    pub fn mode(&self) -> String {
+        match (&self.workers, &self.kernel) {
+            (Workers::Xdp(_), Some(k)) => format!("xdp {}", k.lock().unwrap().mode),
+            (Workers::Xdp(_), None) => "xdp".to_string(),
+            (Workers::Packet(_), _) => "afpacket".to_string(),
+        }
+    }
+
+    pub fn queues(&self) -> u32 {
+        match &self.workers {
+            Workers::Xdp(qs) => qs.len() as u32,
+            Workers::Packet(_) => 1,
+        }
+    }
+
+    /// "xdp native, 2 queues".
+    fn describe(&self) -> String {
+        let q = self.queues();
+        format!(
+            "{}, {q} queue{}",
+            self.mode(),
+            if q == 1 { "" } else { "s" }
+        )
+    }
+
+    /// Bring up the data path `opts` ask for next to the running one, as far as the kernel
+    /// allows: more queues start beside the old ones (fewer keep running until the commit);
+    /// to AF_PACKET, the packet socket opens while XDP still serves (it sees nothing the
+    /// program redirects); to XDP, the program attaches and the sockets bind while the
+    /// AF_PACKET worker still serves (it gets what they do not take). Only native <-> skb
+    /// has a gap (one program per interface): detach, attach in the other mode, and on a
+    /// failure attach in the old mode again. An error leaves the host as it was.
+    pub fn begin(&mut self, opts: &HostOptions) -> Result<Change> {
+        let mut change = Change::none(self.describe());
+        let name = self.iface.name.clone();
+        let path = wanted(opts);
+        let queues = opts.queues.unwrap_or(self.iface.rx_queues).max(1);
+        match (&self.workers, path) {
+            (Workers::Packet(_), DataPath::Afpacket) => {}
+            (Workers::Xdp(_), DataPath::Afpacket) => {
+                let p = spawn_packet(&name, &self.live)?;
+                change.replaced = Some(std::mem::replace(&mut self.workers, Workers::Packet(p)));
+                change.detach = true;
+            }
+            (Workers::Packet(_), _) => match self.attach_and_bind(opts.xdp_mode, queues) {
+                Ok(qs) => {
+                    change.replaced = Some(std::mem::replace(&mut self.workers, Workers::Xdp(qs)));
+                }
+                Err(e) if path == DataPath::Auto => {
+                    eprintln!("{name}: XDP unavailable ({e:#}); staying on AF_PACKET");
+                }
+                Err(e) => return Err(e),
+            },
+            (Workers::Xdp(_), _) => self.reshape(opts.xdp_mode, queues, &mut change)?,
+        }
+        Ok(change)
+    }
+
+    /// From AF_PACKET: attach the classifier and bind the queues' sockets.
+    fn attach_and_bind(&mut self, choice: ModeChoice, queues: u32) -> Result<Vec<Queue>> {
+        let Some(k) = self.kernel.clone() else {
+            bail!(
+                "no BPF maps on {} (the classifier could not be loaded)",
+                self.iface.name
+            );
+        };
+        k.lock().unwrap().attach_to(&self.iface.name, choice)?;
+        match spawn_queues(&self.iface, 0..queues, &self.live, &k) {
+            Ok(qs) => Ok(qs),
+            Err(e) => {
+                if let Err(d) = k.lock().unwrap().detach() {
+                    log::error!("{}: {d:#}", self.iface.name);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// On XDP: switch the attach mode if asked, then add or retire queues.
+    fn reshape(&mut self, choice: ModeChoice, queues: u32, change: &mut Change) -> Result<()> {
+        let Some(k) = self.kernel.clone() else {
+            bail!("{}: the XDP path has no classifier", self.iface.name);
+        };
+        let name = self.iface.name.clone();
+        let now = k.lock().unwrap().attached();
+        // `auto` takes the program as it is attached.
+        if choice != ModeChoice::Auto && now != Some(choice) {
+            switch(&k, &name, choice, now)?;
+            change.reattach = now;
+        }
+        let Workers::Xdp(qs) = &mut self.workers else {
+            unreachable!("reshape is for the XDP path")
+        };
+        let n = qs.len() as u32;
+        if queues > n {
+            match spawn_queues(&self.iface, n..queues, &self.live, &k) {
+                Ok(more) => {
+                    change.added = more.len();
+                    qs.extend(more);
+                }
+                Err(e) => {
+                    if let Some(m) = change.reattach.take() {
+                        if let Err(r) = switch(&k, &name, m, None) {
+                            log::error!("{name}: {r:#}");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            change.retired = qs.split_off(queues as usize);
+        }
+        Ok(())
+    }
+
+    /// Retire what `begin` replaced: the old workers stop, and on the way to AF_PACKET the
+    /// program comes off.
+    pub fn commit(&mut self, c: Change) {
+        if c.is_none() {
+            return;
+        }
+        let name = self.iface.name.clone();
+        if c.detach {
+            if let Some(k) = &self.kernel {
+                if let Err(e) = k.lock().unwrap().detach() {
+                    log::error!("{name}: {e:#}");
+                }
+            }
+        }
+        if let Some(old) = c.replaced {
+            // Let the old workers answer what reached them before the switch.
+            std::thread::sleep(SETTLE);
+            if let Err(e) = old.stop() {
+                log::error!("{name}: {e:#}");
+            }
+        }
+        if let Err(e) = stop_queues(c.retired) {
+            log::error!("{name}: {e:#}");
+        }
+        eprintln!("{name}: {} -> {}", c.was, self.describe());
+        self.publish();
+    }
+
+    /// Undo what `begin` did: the new part stops and the old serves alone again.
+    pub fn rollback(&mut self, c: Change) {
+        let name = self.iface.name.clone();
+        let report = |r: Result<()>| {
+            if let Err(e) = r {
+                log::error!("{name}: {e:#}");
+            }
+        };
+        if let Workers::Xdp(qs) = &mut self.workers {
+            let keep = qs.len() - c.added;
+            report(stop_queues(qs.split_off(keep)));
+        }
+        if let Some(old) = c.replaced {
+            let new = std::mem::replace(&mut self.workers, old);
+            if matches!(new, Workers::Xdp(_)) {
+                // Back to AF_PACKET: what the program took goes to the packet socket again.
+                if let Some(k) = &self.kernel {
+                    report(k.lock().unwrap().detach());
+                }
+            }
+            report(new.stop());
+        }
+        if let (Some(m), Some(k)) = (c.reattach, &self.kernel) {
+            report(switch(k, &name, m, None));
+        }
+        if let Workers::Xdp(qs) = &mut self.workers {
+            qs.extend(c.retired);
+        }
+    }
+
     fn ready(&self, ex: &Export) {
         println!(
             "{} {} {} sectors on {}, {}, {} queue{}",
@@ -175,9 +424,9 @@ impl Host {
             ex.path.display(),
             ex.backend.sectors(),
             self.iface.name,
-            self.mode,
-            self.queues,
-            if self.queues == 1 { "" } else { "s" }
+            self.mode(),
+            self.queues(),
+            if self.queues() == 1 { "" } else { "s" }
         );
         announce(&self.iface, ex, self.max_sectors);
     }
@@ -218,23 +467,17 @@ impl Host {
         Ok(())
     }
 
-    fn worker_stats(&self) -> Vec<Arc<WorkerStats>> {
-        match &self.workers {
-            Workers::Xdp(w) => w.iter().map(|w| w.stats.clone()).collect(),
-            Workers::Packet(p) => vec![p.stats.clone()],
-        }
-    }
-
     /// Refresh `info` and `exports` in the pins.
     pub fn publish(&mut self) {
         if self.pins.is_none() {
             return;
         }
-        let (handled, replied, dropped) = totals(&self.worker_stats());
+        let (handled, replied, dropped) = totals(&self.workers.stats());
+        let (mode, queues) = (self.mode(), self.queues());
         let Some(pins) = &mut self.pins else { return };
         let mut info = IfaceInfo {
             pid: std::process::id(),
-            queues: self.queues,
+            queues,
             mtu: self.iface.mtu as u32,
             _pad: 0,
             started: self.started,
@@ -243,7 +486,7 @@ impl Host {
             socket_dropped: dropped,
             mode: [0; 16],
         };
-        pinned::fill(&mut info.mode, self.mode.as_bytes());
+        pinned::fill(&mut info.mode, mode.as_bytes());
         let rows = self
             .kernel
             .as_ref()
@@ -277,21 +520,13 @@ impl Host {
 
     /// Stop the workers, detach, unpin; the exit line says what was served.
     pub fn stop(self) -> String {
-        self.stop.store(true, Ordering::Relaxed);
-        let stats = self.worker_stats();
-        let joined = match self.workers {
-            Workers::Xdp(ws) => ws
-                .into_iter()
-                .map(|w| w.join())
-                .collect::<Result<Vec<_>>>()
-                .map(|_| ()),
-            Workers::Packet(p) => p.join(),
-        };
-        if let Err(e) = joined {
+        let stats = self.workers.stats();
+        let xdp = matches!(self.workers, Workers::Xdp(_));
+        if let Err(e) = self.workers.stop() {
             log::error!("{}: {e:#}", self.iface.name);
         }
         let (received, replied, dropped) = totals(&stats);
-        let kernel = if self.mode.starts_with("xdp") {
+        let kernel = if xdp {
             let counters = self
                 .kernel
                 .as_ref()
@@ -334,40 +569,70 @@ fn totals(stats: &[Arc<WorkerStats>]) -> (u64, u64, u64) {
 fn start_xdp(
     iface: &Interface,
     exports: &[Arc<Export>],
-    opts: &HostOptions,
+    choice: ModeChoice,
     queues: u32,
     max_sectors: usize,
     live: &Arc<LiveEngine>,
-    stop: &Arc<AtomicBool>,
-) -> Result<(Classifier, Vec<Worker>)> {
-    let mut classifier = Classifier::attach(&iface.name, opts.xdp_mode, iface.mac, max_sectors)?;
+) -> Result<(Arc<Mutex<Classifier>>, Vec<Queue>)> {
+    let mut classifier = Classifier::attach(&iface.name, choice, iface.mac, max_sectors)?;
     classifier.set_exports(exports)?;
-    let shared = Arc::new(Mutex::new(classifier));
-    let mut workers = Vec::new();
-    for q in 0..queues {
+    let kernel = Arc::new(Mutex::new(classifier));
+    let queues = spawn_queues(iface, 0..queues, live, &kernel)?;
+    Ok((kernel, queues))
+}
+
+/// One AF_XDP worker for each queue of `range`, its socket registered with the classifier;
+/// on an error the ones started stop again.
+fn spawn_queues(
+    iface: &Interface,
+    range: std::ops::Range<u32>,
+    live: &Arc<LiveEngine>,
+    kernel: &Arc<Mutex<Classifier>>,
+) -> Result<Vec<Queue>> {
+    let mut started = Vec::new();
+    for q in range {
         let cfg = XskConfig {
             ifname: iface.name.clone(),
             queue: q,
             ring: RING,
             layout: Layout::for_frames(RING, iface.mtu + 18, MAX_FRAME),
         };
-        match Worker::spawn(cfg, live.clone(), shared.clone(), stop.clone()) {
-            Ok(w) => workers.push(w),
+        let stop = Arc::new(AtomicBool::new(false));
+        match Worker::spawn(cfg, live.clone(), kernel.clone(), stop.clone()) {
+            Ok(worker) => started.push(Queue { worker, stop }),
             Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                for w in workers {
-                    let _ = w.join();
-                }
+                let _ = stop_queues(started);
                 return Err(e).context(format!("starting the AF_XDP worker of queue {q}"));
             }
         }
     }
-    // The workers registered their sockets; they keep no reference to the classifier.
-    let classifier = Arc::try_unwrap(shared)
-        .map_err(|_| anyhow::anyhow!("classifier still shared"))?
-        .into_inner()
-        .unwrap();
-    Ok((classifier, workers))
+    Ok(started)
+}
+
+fn spawn_packet(name: &str, live: &Arc<LiveEngine>) -> Result<Packet> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = PacketWorker::spawn(name, live.clone(), stop.clone())
+        .with_context(|| format!("serving {name} through AF_PACKET"))?;
+    Ok(Packet { worker, stop })
+}
+
+/// Detach and attach in mode `to`; when that fails, attach in mode `back` again (if any),
+/// so the interface keeps its classifier.
+fn switch(
+    k: &Mutex<Classifier>,
+    name: &str,
+    to: ModeChoice,
+    back: Option<ModeChoice>,
+) -> Result<()> {
+    let mut c = k.lock().unwrap();
+    c.detach()?;
+    let Err(e) = c.attach_to(name, to) else {
+        return Ok(());
+    };
+    match back.map(|b| c.attach_to(name, b)) {
+        Some(Err(again)) => Err(e.context(format!("and attaching it again failed: {again:#}"))),
+        _ => Err(e),
+    }
 }
 
 /// The unsolicited config reply (tag 0) a target broadcasts when it comes up.

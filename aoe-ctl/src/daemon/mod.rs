@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod host;
 pub mod owner;
+pub mod spec;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +41,15 @@ struct Placements {
 pub(crate) struct Shared {
     placements: RwLock<Placements>,
     state: Option<StateFile>,
+}
+
+/// What a reload has brought up and not yet committed.
+#[derive(Default)]
+struct Pending {
+    started: BTreeMap<String, Host>,
+    changes: Vec<(String, host::Change)>,
+    /// Running interfaces whose export list changed, with the list before.
+    lists: Vec<(String, Vec<Arc<Export>>)>,
 }
 
 pub struct Node {
@@ -116,7 +126,9 @@ impl Node {
         )))
     }
 
-    /// Serve exactly what `new` says. On an error nothing that was serving stops.
+    /// Serve exactly what `new` says. On an error everything serves exactly as before: the
+    /// new part of each interface comes up next to the old one, and only when every
+    /// interface has its new part do the old parts retire.
     pub fn apply(&mut self, new: NodeConfig) -> Result<()> {
         let host_opts_changed = new.mode != self.config.mode
             || new.xdp_mode != self.config.xdp_mode
@@ -153,51 +165,30 @@ impl Node {
                 per_iface.entry(i.clone()).or_default().push(ex.clone());
             }
         }
+        if let Some((name, list)) = per_iface
+            .iter()
+            .find(|(_, l)| l.len() > aoe_common::maps::MAX_EXPORTS as usize)
+        {
+            anyhow::bail!(
+                "{name}: {} exports, one interface holds at most {}",
+                list.len(),
+                aoe_common::maps::MAX_EXPORTS
+            );
+        }
         let opts = HostOptions {
             path: new.mode,
             xdp_mode: new.xdp_mode,
             queues: new.queues,
         };
-        // New interfaces (or all of them when the data path options changed) start before
-        // any running one changes; a failure stops only what was started here.
-        let mut started: BTreeMap<String, Host> = BTreeMap::new();
-        for (name, list) in &per_iface {
-            if self.hosts.contains_key(name) && !host_opts_changed {
-                continue;
-            }
-            if host_opts_changed {
-                if let Some(old) = self.hosts.remove(name) {
-                    eprintln!("{}", old.stop());
-                }
-            }
-            match Host::start(name, list.clone(), &opts, self.observer.clone()) {
-                Ok(h) => {
-                    started.insert(name.clone(), h);
-                }
-                Err(e) => {
-                    for (_, h) in started {
-                        eprintln!("{}", h.stop());
-                    }
-                    return Err(e).with_context(|| format!("starting {name}"));
-                }
-            }
+        let mut pending = Pending::default();
+        if let Err(e) = self.prepare(&per_iface, &opts, host_opts_changed, &mut pending) {
+            self.undo(pending);
+            return Err(e);
         }
-        for (name, host) in self.hosts.iter_mut() {
-            if let Some(list) = per_iface.get(name) {
-                let same = list.len() == host.exports().len()
-                    && list
-                        .iter()
-                        .zip(host.exports())
-                        .all(|(a, b)| Arc::ptr_eq(a, b));
-                if !same {
-                    if let Err(e) = host.set_exports(list.clone()) {
-                        // Nothing half-started stays behind.
-                        for (_, h) in started {
-                            eprintln!("{}", h.stop());
-                        }
-                        return Err(e).with_context(|| format!("updating {name}"));
-                    }
-                }
+        // Every interface has its new part: retire the old ones.
+        for (name, change) in pending.changes {
+            if let Some(h) = self.hosts.get_mut(&name) {
+                h.commit(change);
             }
         }
         let gone: Vec<String> = self
@@ -211,7 +202,7 @@ impl Node {
                 eprintln!("{}", h.stop());
             }
         }
-        self.hosts.extend(started);
+        self.hosts.extend(pending.started);
         self.exports = next;
         self.config = new;
         self.place();
@@ -224,6 +215,69 @@ impl Node {
             );
         }
         Ok(())
+    }
+
+    /// Bring up the new part of every interface, recording in `p` what `undo` must take
+    /// back: new interfaces start, changed data paths begin, export lists switch.
+    fn prepare(
+        &mut self,
+        per_iface: &BTreeMap<String, Vec<Arc<Export>>>,
+        opts: &HostOptions,
+        host_opts_changed: bool,
+        p: &mut Pending,
+    ) -> Result<()> {
+        for (name, list) in per_iface {
+            match self.hosts.get_mut(name) {
+                None => {
+                    let h = Host::start(name, list.clone(), opts, self.observer.clone())
+                        .with_context(|| format!("starting {name}"))?;
+                    p.started.insert(name.clone(), h);
+                }
+                Some(h) if host_opts_changed => {
+                    let c = h
+                        .begin(opts)
+                        .with_context(|| format!("changing the data path of {name}"))?;
+                    p.changes.push((name.clone(), c));
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, host) in self.hosts.iter_mut() {
+            let Some(list) = per_iface.get(name) else {
+                continue;
+            };
+            let same = list.len() == host.exports().len()
+                && list
+                    .iter()
+                    .zip(host.exports())
+                    .all(|(a, b)| Arc::ptr_eq(a, b));
+            if !same {
+                let before = host.exports().to_vec();
+                host.set_exports(list.clone())
+                    .with_context(|| format!("updating {name}"))?;
+                p.lists.push((name.clone(), before));
+            }
+        }
+        Ok(())
+    }
+
+    /// Take back what `prepare` did, newest first.
+    fn undo(&mut self, p: Pending) {
+        for (name, before) in p.lists.into_iter().rev() {
+            if let Some(h) = self.hosts.get_mut(&name) {
+                if let Err(e) = h.set_exports(before) {
+                    log::error!("{name}: exports not restored: {e:#}");
+                }
+            }
+        }
+        for (name, change) in p.changes.into_iter().rev() {
+            if let Some(h) = self.hosts.get_mut(&name) {
+                h.rollback(change);
+            }
+        }
+        for (_, h) in p.started {
+            eprintln!("{}", h.stop());
+        }
     }
 
     /// Tell the observer where each export now is.

@@ -8,7 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use aoe_common::wire::CONFIG_STRING_MAX;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Default)]
@@ -39,6 +40,14 @@ impl StateFile {
                     let bytes = decode_hex(&hex).ok_or_else(|| {
                         anyhow!("state file {}: bad hex for {name}", path.display())
                     })?;
+                    // It becomes the export's string as it is: the same limit as everywhere.
+                    if bytes.len() > CONFIG_STRING_MAX {
+                        bail!(
+                            "state file {}: {name}: {} bytes, a config string holds at most {CONFIG_STRING_MAX}",
+                            path.display(),
+                            bytes.len()
+                        );
+                    }
                     strings.insert(name, bytes);
                 }
             }
@@ -113,6 +122,14 @@ mod tests {
         s.record("e1.2", b"host-a\x00\xff").unwrap();
         let again = StateFile::open(path.clone()).unwrap();
         assert_eq!(again.config("e1.2").unwrap(), b"host-a\x00\xff");
+        let long = "78".repeat(CONFIG_STRING_MAX + 1);
+        std::fs::write(
+            &path,
+            format!("{{\"config_hex\": {{\"e1.2\": \"{long}\"}}}}"),
+        )
+        .unwrap();
+        let e = StateFile::open(path.clone()).err().unwrap().to_string();
+        assert!(e.contains("e1.2: 1025 bytes"), "{e}");
         std::fs::write(&path, "{").unwrap();
         assert!(StateFile::open(path)
             .err()

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
-use aoe_common::wire::{Mac, CONFIG_STRING_MAX};
+use aoe_common::wire::Mac;
 
 use super::access::{Access, Lists};
 use super::backend::Backend;
@@ -124,7 +124,7 @@ pub struct ExportOptions {
 }
 
 impl ExportOptions {
-    /// Read-write, write-back, vblade's buffer count of 16, open to every MAC, no string.
+    /// Read-write, write-back, vblade's buffer count, open to every MAC, no string.
     pub fn new(shelf: u16, slot: u8) -> Self {
         ExportOptions {
             shelf,
@@ -134,7 +134,7 @@ impl ExportOptions {
             direct: false,
             read_only: false,
             sync: false,
-            buffers: 16,
+            buffers: DEFAULT_BUFFERS,
             allow: vec![],
             config: vec![],
         }
@@ -147,13 +147,13 @@ pub const FIRMWARE_STRING: &[u8] = concat!("aoe", env!("CARGO_PKG_VERSION")).as_
 pub const MODEL: &[u8] = b"aoe-ctl XDP AoE target";
 
 impl Export {
+    /// `opts` comes checked (`crate::daemon::spec`): buffers of at least 2, at most
+    /// `MAX_MASKS` MACs, a string of at most `CONFIG_STRING_MAX` bytes.
     pub fn new(opts: ExportOptions, backend: Box<dyn Backend>) -> Self {
         let mut serial = [b' '; 20];
         let s = format!("AOE{}.{}-{:x}", opts.shelf, opts.slot, backend.sectors());
         let n = s.len().min(20);
         serial[..n].copy_from_slice(&s.as_bytes()[..n]);
-        let mut config = opts.config;
-        config.truncate(CONFIG_STRING_MAX);
         Export {
             shelf: opts.shelf,
             slot: opts.slot,
@@ -164,10 +164,10 @@ impl Export {
             started: crate::pinned::unix_now(),
             read_only: opts.read_only,
             sync: opts.sync,
-            buffers: opts.buffers.max(2),
+            buffers: opts.buffers,
             access: Access::new(opts.allow),
             stats: ExportStats::default(),
-            config: RwLock::new(config),
+            config: RwLock::new(opts.config),
             serial,
             last_logged: AtomicU64::new(0),
             unlogged: AtomicU64::new(0),

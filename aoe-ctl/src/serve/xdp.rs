@@ -15,6 +15,7 @@ use aoe_common::maps::{
 use aoe_common::wire::header::{HeaderRepr, FLAG_RESPONSE};
 use aoe_common::wire::{Command, Frame, Mac};
 use aya::maps::{Array, HashMap, PerCpuArray, XskMap};
+use aya::programs::xdp::XdpLinkId;
 use aya::programs::{Xdp as XdpProgram, XdpMode};
 use aya::Ebpf;
 
@@ -26,8 +27,10 @@ use super::export::Export;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/aoe"));
 
 /// How to attach: `auto` tries native (driver) mode and falls back to generic (skb) mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ModeChoice {
+    #[default]
     Auto,
     Native,
     Skb,
@@ -35,11 +38,15 @@ pub enum ModeChoice {
 
 pub struct Classifier {
     bpf: Ebpf,
+    /// "native", "skb", or "detached" (loaded for its maps only).
     pub mode: &'static str,
     pub fallback_reason: Option<String>,
     mac: Mac,
     max_sectors: usize,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// The attachment, while attached: the program can be detached and attached again (in
+    /// the other mode) with its maps, and so its sockets and export table, kept.
+    link: Option<XdpLinkId>,
     /// Each export's row in EXPORT_COUNTERS.
     rows: StdHashMap<ExportKey, u32>,
 }
@@ -71,6 +78,7 @@ impl Classifier {
             mac,
             max_sectors,
             logger,
+            link: None,
             rows: StdHashMap::new(),
         })
     }
@@ -78,31 +86,60 @@ impl Classifier {
     /// Load and attach the classifier to `iface`.
     pub fn attach(iface: &str, choice: ModeChoice, mac: Mac, max_sectors: usize) -> Result<Self> {
         let mut c = Classifier::load(mac, max_sectors)?;
-        let prog = program(&mut c.bpf)?;
-        let (mode, fallback_reason) = match choice {
+        c.attach_to(iface, choice)?;
+        Ok(c)
+    }
+
+    /// Attach the loaded program to `iface` (it must be detached).
+    pub fn attach_to(&mut self, iface: &str, choice: ModeChoice) -> Result<()> {
+        let prog = program(&mut self.bpf)?;
+        let (link, mode, fallback_reason) = match choice {
             ModeChoice::Native => {
-                prog.attach(iface, XdpMode::Driver)
+                let l = prog
+                    .attach(iface, XdpMode::Driver)
                     .with_context(|| format!("attaching XDP in native mode to {iface}"))?;
-                ("native", None)
+                (l, "native", None)
             }
             ModeChoice::Skb => {
-                prog.attach(iface, XdpMode::Skb)
+                let l = prog
+                    .attach(iface, XdpMode::Skb)
                     .with_context(|| format!("attaching XDP in skb mode to {iface}"))?;
-                ("skb", None)
+                (l, "skb", None)
             }
             ModeChoice::Auto => match prog.attach(iface, XdpMode::Driver) {
-                Ok(_) => ("native", None),
+                Ok(l) => (l, "native", None),
                 Err(e) => {
-                    prog.attach(iface, XdpMode::Skb).with_context(|| {
+                    let l = prog.attach(iface, XdpMode::Skb).with_context(|| {
                         format!("attaching XDP to {iface} (native failed: {e})")
                     })?;
-                    ("skb", Some(format!("{:#}", anyhow::Error::from(e))))
+                    (l, "skb", Some(format!("{:#}", anyhow::Error::from(e))))
                 }
             },
         };
-        c.mode = mode;
-        c.fallback_reason = fallback_reason;
-        Ok(c)
+        self.link = Some(link);
+        self.mode = mode;
+        self.fallback_reason = fallback_reason;
+        Ok(())
+    }
+
+    /// Take the program off its interface; the maps (export table, sockets) stay.
+    pub fn detach(&mut self) -> Result<()> {
+        if let Some(link) = self.link.take() {
+            self.mode = "detached";
+            program(&mut self.bpf)?
+                .detach(link)
+                .context("detaching the XDP program")?;
+        }
+        Ok(())
+    }
+
+    /// The mode it is attached in, if it is.
+    pub fn attached(&self) -> Option<ModeChoice> {
+        match self.mode {
+            "native" => Some(ModeChoice::Native),
+            "skb" => Some(ModeChoice::Skb),
+            _ => None,
+        }
     }
 
     /// The loaded program, with the maps this classifier keeps (tests run it on crafted

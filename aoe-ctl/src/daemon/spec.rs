@@ -1,0 +1,463 @@
+//! One export as the front ends give it (`aoe-ctl export`, `aoe-ctl vblade`, exports.toml),
+//! checked in one place, so that user space and the kernel agree on every limit whichever
+//! way it came in. An error is one line naming the field the way that front end spells it.
+
+use std::path::PathBuf;
+
+use aoe_common::maps::{ExportKey, MAX_MASKS};
+use aoe_common::wire::{Mac, CONFIG_STRING_MAX, SHELF_BROADCAST, SLOT_BROADCAST};
+
+use crate::serve::export::DEFAULT_BUFFERS;
+
+/// Longest interface name the kernel takes (IFNAMSIZ less the NUL).
+const IFNAME_MAX: usize = 15;
+
+/// One export, checked: what the daemon serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportSpec {
+    pub shelf: u16,
+    pub slot: u8,
+    pub interfaces: Vec<String>,
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub sync: bool,
+    pub direct: bool,
+    pub offset: u64,
+    pub length: Option<u64>,
+    pub buffers: u16,
+    pub allow: Vec<Mac>,
+    /// The config string until an initiator sets one (the state file keeps that).
+    pub config: Vec<u8>,
+}
+
+impl ExportSpec {
+    pub fn key(&self) -> ExportKey {
+        ExportKey::new(self.shelf, self.slot)
+    }
+
+    pub fn name(&self) -> String {
+        format!("e{}.{}", self.shelf, self.slot)
+    }
+}
+
+/// An export as a front end read it, not checked yet. Numbers are wide so that the range
+/// checks (and their messages) are the same for every front end.
+#[derive(Debug, Clone, Default)]
+pub struct ExportDraft {
+    pub shelf: u64,
+    pub slot: u64,
+    pub interfaces: Vec<String>,
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub sync: bool,
+    pub direct: bool,
+    pub offset: u64,
+    pub length: Option<u64>,
+    /// None: `DEFAULT_BUFFERS`.
+    pub buffers: Option<u64>,
+    pub allow: Vec<Mac>,
+    pub config: Vec<u8>,
+}
+
+/// What an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Shelf,
+    Slot,
+    Interfaces,
+    Path,
+    Offset,
+    Length,
+    Buffers,
+    Allow,
+    Config,
+    Queues,
+}
+
+/// Where the export came from, for the field names in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontEnd {
+    Export,
+    Vblade,
+    File,
+}
+
+impl Field {
+    /// The field as `front` spells it.
+    pub fn name(self, front: FrontEnd) -> &'static str {
+        use Field::*;
+        match front {
+            FrontEnd::Export => match self {
+                Shelf => "--shelf",
+                Slot => "--slot",
+                Interfaces => "--iface",
+                Path => "PATH",
+                Offset => "--offset",
+                Length => "--length",
+                Buffers => "--buffers",
+                Allow => "--allow",
+                Config => "--config",
+                Queues => "--queues",
+            },
+            FrontEnd::Vblade => match self {
+                Shelf => "shelf",
+                Slot => "slot",
+                Interfaces => "netif",
+                Path => "filename",
+                Offset => "-o",
+                Length => "-l",
+                Buffers => "-b",
+                Allow => "-m",
+                Config => "config",
+                Queues => "queues",
+            },
+            FrontEnd::File => match self {
+                Shelf => "shelf",
+                Slot => "slot",
+                Interfaces => "interfaces",
+                Path => "path",
+                Offset => "offset",
+                Length => "length",
+                Buffers => "buffers",
+                Allow => "allow",
+                Config => "config",
+                Queues => "queues",
+            },
+        }
+    }
+}
+
+/// A field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub field: Field,
+    pub problem: String,
+}
+
+impl SpecError {
+    fn new(field: Field, problem: impl Into<String>) -> SpecError {
+        SpecError {
+            field,
+            problem: problem.into(),
+        }
+    }
+
+    /// "--allow: 33 MACs, the mask list holds at most 32".
+    pub fn render(&self, front: FrontEnd) -> String {
+        format!("{}: {}", self.field.name(front), self.problem)
+    }
+
+    /// As an error of `front`.
+    pub fn into_error(self, front: FrontEnd) -> anyhow::Error {
+        anyhow::anyhow!(self.render(front))
+    }
+}
+
+impl ExportDraft {
+    /// Check every field; the first problem found is the error.
+    pub fn check(self) -> Result<ExportSpec, SpecError> {
+        use Field::*;
+        let shelf = match u16::try_from(self.shelf) {
+            Ok(SHELF_BROADCAST) => {
+                return Err(SpecError::new(
+                    Shelf,
+                    "65535 is the broadcast shelf (0-65534)",
+                ));
+            }
+            Ok(s) => s,
+            Err(_) => {
+                return Err(SpecError::new(
+                    Shelf,
+                    format!("{} is out of range (0-65534)", self.shelf),
+                ))
+            }
+        };
+        let slot = match u8::try_from(self.slot) {
+            Ok(SLOT_BROADCAST) => {
+                return Err(SpecError::new(Slot, "255 is the broadcast slot (0-254)"))
+            }
+            Ok(s) => s,
+            Err(_) => {
+                return Err(SpecError::new(
+                    Slot,
+                    format!("{} is out of range (0-254)", self.slot),
+                ))
+            }
+        };
+        if self.interfaces.is_empty() {
+            return Err(SpecError::new(Interfaces, "no interface named"));
+        }
+        let mut interfaces: Vec<String> = Vec::with_capacity(self.interfaces.len());
+        for i in self.interfaces {
+            if i.is_empty() || i.len() > IFNAME_MAX || i.contains(['/', ' ', '\0']) {
+                return Err(SpecError::new(
+                    Interfaces,
+                    format!(
+                        "{i:?} is not an interface name (1-{IFNAME_MAX} bytes, no '/' or space)"
+                    ),
+                ));
+            }
+            // Naming one twice serves it once.
+            if !interfaces.contains(&i) {
+                interfaces.push(i);
+            }
+        }
+        if self.path.as_os_str().is_empty() {
+            return Err(SpecError::new(Path, "empty"));
+        }
+        // Byte offsets must fit in 64 bits.
+        let last = u64::MAX / 512;
+        if self.offset > last {
+            return Err(SpecError::new(
+                Offset,
+                format!("sector {} is beyond any device", self.offset),
+            ));
+        }
+        match self.length {
+            Some(0) => return Err(SpecError::new(Length, "0, must be at least one sector")),
+            Some(l) if self.offset.checked_add(l).is_none_or(|end| end > last) => {
+                return Err(SpecError::new(
+                    Length,
+                    format!("{l} sectors from {} is beyond any device", self.offset),
+                ));
+            }
+            _ => {}
+        }
+        let buffers = match self.buffers {
+            None => DEFAULT_BUFFERS,
+            Some(b) if b < 2 => {
+                return Err(SpecError::new(
+                    Buffers,
+                    format!("{b}, must be at least 2 (the Linux initiator's window starts at half of it)"),
+                ));
+            }
+            Some(b) => u16::try_from(b)
+                .map_err(|_| SpecError::new(Buffers, format!("{b} is out of range (2-65535)")))?,
+        };
+        if self.allow.len() > MAX_MASKS {
+            return Err(SpecError::new(
+                Allow,
+                format!(
+                    "{} MACs, the mask list holds at most {MAX_MASKS}",
+                    self.allow.len()
+                ),
+            ));
+        }
+        for (n, m) in self.allow.iter().enumerate() {
+            if self.allow[..n].contains(m) {
+                return Err(SpecError::new(
+                    Allow,
+                    format!("{} is listed twice", crate::net::format_mac(m)),
+                ));
+            }
+        }
+        if self.config.len() > CONFIG_STRING_MAX {
+            return Err(SpecError::new(
+                Config,
+                format!(
+                    "{} bytes, a config string holds at most {CONFIG_STRING_MAX}",
+                    self.config.len()
+                ),
+            ));
+        }
+        Ok(ExportSpec {
+            shelf,
+            slot,
+            interfaces,
+            path: self.path,
+            read_only: self.read_only,
+            sync: self.sync,
+            direct: self.direct,
+            offset: self.offset,
+            length: self.length,
+            buffers,
+            allow: self.allow,
+            config: self.config,
+        })
+    }
+}
+
+/// Receive queues per interface: None is all of them, else at least one.
+pub fn check_queues(queues: Option<u64>) -> Result<Option<u32>, SpecError> {
+    match queues {
+        None => Ok(None),
+        Some(0) => Err(SpecError::new(Field::Queues, "0, must be at least 1")),
+        Some(q) => u32::try_from(q)
+            .map(Some)
+            .map_err(|_| SpecError::new(Field::Queues, format!("{q} is out of range"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft() -> ExportDraft {
+        ExportDraft {
+            shelf: 1,
+            slot: 2,
+            interfaces: vec!["eth0".into()],
+            path: "/srv/a.img".into(),
+            ..Default::default()
+        }
+    }
+
+    fn err(d: ExportDraft) -> String {
+        d.check().unwrap_err().render(FrontEnd::Export)
+    }
+
+    #[test]
+    fn a_good_draft_gets_the_defaults() {
+        let s = ExportDraft {
+            interfaces: vec!["eth0".into(), "eth1".into(), "eth0".into()],
+            ..draft()
+        }
+        .check()
+        .unwrap();
+        assert_eq!((s.shelf, s.slot, s.buffers), (1, 2, DEFAULT_BUFFERS));
+        assert_eq!(s.interfaces, ["eth0", "eth1"], "named twice, served once");
+        let full = ExportDraft {
+            allow: (0..MAX_MASKS as u8).map(|i| [2, 0, 0, 0, 0, i]).collect(),
+            config: vec![b'x'; CONFIG_STRING_MAX],
+            buffers: Some(2),
+            ..draft()
+        };
+        assert!(full.check().is_ok(), "the limits themselves are allowed");
+    }
+
+    #[test]
+    fn every_limit_is_checked_and_named() {
+        let cases: Vec<(ExportDraft, &str)> = vec![
+            (
+                ExportDraft {
+                    shelf: 65535,
+                    ..draft()
+                },
+                "--shelf: 65535 is the broadcast shelf",
+            ),
+            (
+                ExportDraft {
+                    shelf: 70000,
+                    ..draft()
+                },
+                "--shelf: 70000 is out of range",
+            ),
+            (
+                ExportDraft {
+                    slot: 255,
+                    ..draft()
+                },
+                "--slot: 255 is the broadcast slot",
+            ),
+            (
+                ExportDraft {
+                    slot: 256,
+                    ..draft()
+                },
+                "--slot: 256 is out of range",
+            ),
+            (
+                ExportDraft {
+                    interfaces: vec![],
+                    ..draft()
+                },
+                "--iface: no interface named",
+            ),
+            (
+                ExportDraft {
+                    interfaces: vec!["a-very-long-interface".into()],
+                    ..draft()
+                },
+                "--iface: \"a-very-long-interface\" is not an interface name",
+            ),
+            (
+                ExportDraft {
+                    path: PathBuf::new(),
+                    ..draft()
+                },
+                "PATH: empty",
+            ),
+            (
+                ExportDraft {
+                    offset: u64::MAX,
+                    ..draft()
+                },
+                "--offset: sector",
+            ),
+            (
+                ExportDraft {
+                    length: Some(0),
+                    ..draft()
+                },
+                "--length: 0, must be at least one sector",
+            ),
+            (
+                ExportDraft {
+                    offset: 8,
+                    length: Some(u64::MAX - 4),
+                    ..draft()
+                },
+                "--length: ",
+            ),
+            (
+                ExportDraft {
+                    buffers: Some(1),
+                    ..draft()
+                },
+                "--buffers: 1, must be at least 2",
+            ),
+            (
+                ExportDraft {
+                    buffers: Some(65536),
+                    ..draft()
+                },
+                "--buffers: 65536 is out of range",
+            ),
+            (
+                ExportDraft {
+                    allow: (0..=MAX_MASKS as u8).map(|i| [2, 0, 0, 0, 0, i]).collect(),
+                    ..draft()
+                },
+                "--allow: 33 MACs, the mask list holds at most 32",
+            ),
+            (
+                ExportDraft {
+                    allow: vec![[2, 0, 0, 0, 0, 1]; 2],
+                    ..draft()
+                },
+                "--allow: 02:00:00:00:00:01 is listed twice",
+            ),
+            (
+                ExportDraft {
+                    config: vec![b'x'; CONFIG_STRING_MAX + 1],
+                    ..draft()
+                },
+                "--config: 1025 bytes, a config string holds at most 1024",
+            ),
+        ];
+        for (d, want) in cases {
+            let got = err(d);
+            assert!(got.starts_with(want), "want {want:?}, got {got:?}");
+            assert!(!got.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn each_front_end_spells_the_field_its_way() {
+        let e = ExportDraft {
+            buffers: Some(1),
+            ..draft()
+        }
+        .check()
+        .unwrap_err();
+        assert!(e.render(FrontEnd::Vblade).starts_with("-b: 1,"));
+        assert!(e.render(FrontEnd::File).starts_with("buffers: 1,"));
+        let q = check_queues(Some(0)).unwrap_err();
+        assert_eq!(
+            q.render(FrontEnd::Export),
+            "--queues: 0, must be at least 1"
+        );
+        assert_eq!(check_queues(Some(4)), Ok(Some(4)));
+        assert_eq!(check_queues(None), Ok(None));
+    }
+}
