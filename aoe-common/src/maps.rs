@@ -151,7 +151,9 @@ pub mod export_counter {
 mod pod {
     // SAFETY: plain #[repr(C)] structs of integers and byte arrays without padding holes.
     unsafe impl aya::Pod for super::ExportKey {}
+    // SAFETY: as above (the size asserts below rule out padding).
     unsafe impl aya::Pod for super::ExportEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
 }
 

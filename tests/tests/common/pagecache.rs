@@ -99,9 +99,11 @@ impl DiskDir {
         std::fs::create_dir_all(&dir).unwrap();
         let d = DiskDir(dir);
         let c = std::ffi::CString::new(d.0.to_str().unwrap()).unwrap();
-        // SAFETY: statfs of a NUL-terminated path into a zeroed struct.
+        // SAFETY: statfs is plain old data; all zeroes is a valid value.
         let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut s) }, 0, "statfs");
+        // SAFETY: statfs of a NUL-terminated path into a struct of the right type.
+        let r = unsafe { libc::statfs(c.as_ptr(), &mut s) };
+        assert_eq!(r, 0, "statfs");
         assert!(
             ![libc::TMPFS_MAGIC, RAMFS_MAGIC].contains(&(s.f_type as _)),
             "{} is on tmpfs or ramfs: page cache tests need a disk-backed filesystem",

@@ -49,6 +49,7 @@ fn unavailable() -> Option<String> {
             ));
         }
     }
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root for network namespaces".into());
     }

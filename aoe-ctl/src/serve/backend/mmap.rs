@@ -254,7 +254,9 @@ mod tests {
         let saved = unsafe { libc::dup(fd) };
         assert!(saved >= 0);
         let ro = File::open(&p).unwrap();
-        assert_eq!(unsafe { libc::dup2(ro.as_raw_fd(), fd) }, fd);
+        // SAFETY: as above.
+        let r = unsafe { libc::dup2(ro.as_raw_fd(), fd) };
+        assert_eq!(r, fd);
         let file = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         file.set_len(64 << 10).unwrap();
         let beyond = (512 << 10) / 512;
@@ -264,7 +266,10 @@ mod tests {
         assert!(b.failed_closed());
         // Undo the sabotage and heal the file: the sector now holds data, and the stand-in
         // still sits over it. Reading it as zeros, or writing into it, would be silent loss.
-        assert_eq!(unsafe { libc::dup2(saved, fd) }, fd);
+        // SAFETY: as above.
+        let r = unsafe { libc::dup2(saved, fd) };
+        assert_eq!(r, fd);
+        // SAFETY: `saved` is ours and used no more.
         unsafe { libc::close(saved) };
         file.set_len(1 << 20).unwrap();
         file.write_all_at(&[0x55; 1024], 512 << 10).unwrap();
