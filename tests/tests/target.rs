@@ -1,7 +1,10 @@
 //! The target end to end: XDP classifier + AF_XDP workers + engine + mmap backend, in two
-//! network namespaces, driven by crafted frames from a raw socket.
+//! network namespaces, driven by crafted frames from a raw socket; broadcast config, mask and
+//! reserve requests longer than a minimum frame answered by each of two exports.
 
 mod common;
+
+use std::time::Duration;
 
 use aoe_common::wire::ata::{
     AtaCommand, AtaRepr, AFLAG_WRITE, ERROR_ABRT, ERROR_IDNF, STATUS_DRDY, STATUS_ERR,
@@ -9,7 +12,8 @@ use aoe_common::wire::ata::{
 use aoe_common::wire::config::{ConfigCommand, ConfigRepr};
 use aoe_common::wire::identify;
 use aoe_common::wire::mask::{Directive, MaskRepr, DCMD_ADD, DCMD_DELETE, MERROR_BAD_DCMD};
-use aoe_common::wire::reserve::{RCMD_FORCE_SET, RCMD_SET};
+use aoe_common::wire::reserve::{ReserveRepr, RCMD_FORCE_SET, RCMD_READ, RCMD_SET};
+use aoe_common::wire::{Frame, Mac};
 use aoe_ctl::initiator::frames::{self, Addr, BROADCAST_MAC};
 use common::{aoe, ata, wait_for_some, Rig, SECTORS};
 
@@ -392,4 +396,195 @@ fn hostile_frames_then_correct_data() {
     let t = r.target.take().unwrap();
     let log = t.stop().unwrap();
     assert!(log.contains("stopped"), "target exited cleanly: {log}");
+}
+
+/// How long a broadcast's replies are collected: both exports answer well within it.
+const BROADCAST_WAIT: Duration = Duration::from_millis(600);
+
+/// Every export of the segment, addressed from `r`'s initiator.
+fn everyone(r: &Rig) -> Addr {
+    Addr {
+        dst: BROADCAST_MAC,
+        shelf: 0xFFFF,
+        slot: 0xFF,
+        ..r.mine()
+    }
+}
+
+/// The replies to a broadcast in slot order, each with the slot of the export that sent it.
+fn by_slot(replies: Vec<Vec<u8>>) -> Vec<(u8, Vec<u8>)> {
+    let mut v: Vec<(u8, Vec<u8>)> = replies
+        .into_iter()
+        .map(|rep| (Frame::new_checked(&rep[..]).unwrap().slot(), rep))
+        .collect();
+    v.sort_by_key(|(slot, _)| *slot);
+    v
+}
+
+/// The slots that answered, each once: both exports of `Rig::start_pair`.
+fn slots(v: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    v.iter().map(|(slot, _)| *slot).collect()
+}
+
+#[test]
+fn broadcast_config_set_and_test_with_a_long_string() {
+    // Longer than the 64 bytes the XDP worker once copied of a broadcast.
+    let mut r = Rig::start_pair();
+    let all = everyone(&r);
+    let long: Vec<u8> = (0..200u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let cfg = |rep: &[u8]| ConfigRepr::parse(rep).unwrap().string.to_vec();
+    let set = by_slot(r.ask_all(BROADCAST_WAIT, |b, t| {
+        frames::config(b, &all, t, ConfigCommand::ForceSet, &long)
+    }));
+    assert_eq!(slots(&set), [2, 3], "both exports answer the force set");
+    for (slot, rep) in &set {
+        assert_eq!((aoe(rep), cfg(rep)), ((0x18, 0), long.clone()), "e1.{slot}");
+    }
+    // Shelf 1, every slot: a test of the whole string, and of a prefix of it.
+    let shelf1 = Addr { shelf: 1, ..all };
+    for (command, string) in [
+        (ConfigCommand::Test, &long[..]),
+        (ConfigCommand::TestPrefix, &long[..150]),
+    ] {
+        let got = by_slot(r.ask_all(BROADCAST_WAIT, |b, t| {
+            frames::config(b, &shelf1, t, command, string)
+        }));
+        assert_eq!(slots(&got), [2, 3], "{command:?} answered by both");
+        for (slot, rep) in &got {
+            assert_eq!(cfg(rep), long, "{command:?} reply of e1.{slot}");
+        }
+    }
+    // A test of less than the whole string is not answered.
+    let none = r.ask_all(BROADCAST_WAIT, |b, t| {
+        frames::config(b, &all, t, ConfigCommand::Test, &long[..199])
+    });
+    assert!(none.is_empty(), "{} replies to a failing test", none.len());
+    // Each export kept it: its own (kernel) answer to a read carries the new string.
+    for slot in [2, 3] {
+        let one = Addr { slot, ..r.mine() };
+        let rep = r
+            .ask(|b, t| frames::config(b, &one, t, ConfigCommand::Read, b""))
+            .unwrap();
+        assert_eq!(cfg(&rep), long, "e1.{slot} read");
+    }
+}
+
+#[test]
+fn broadcast_mask_list_edit_and_read_of_ten() {
+    // Ten directives (108 bytes) reach past the 64 bytes once copied of a broadcast.
+    let mut r = Rig::start_pair();
+    let all = everyone(&r);
+    let mut macs: Vec<Mac> = (0..9).map(|i| [0x02, 0xdd, 0, 0, 0, i]).collect();
+    macs.push(r.client.mac()); // ourselves, or the list would lock us out
+    let edit =
+        |dcmd| -> Vec<Directive> { macs.iter().map(|&mac| Directive { dcmd, mac }).collect() };
+    let listed = |rep: &[u8]| {
+        let m = MaskRepr::parse(rep).unwrap();
+        let mut l: Vec<Mac> = m.directives().map(|d| d.mac).collect();
+        l.sort();
+        (m.merror, usize::from(m.count), l)
+    };
+    let mut want = macs.clone();
+    want.sort();
+    let adds = edit(DCMD_ADD);
+    let added = by_slot(r.ask_all(BROADCAST_WAIT, |b, t| frames::mask_edit(b, &all, t, &adds)));
+    assert_eq!(slots(&added), [2, 3], "both exports answer the edit");
+    for (slot, rep) in &added {
+        assert_eq!(
+            listed(rep),
+            (0, 10, want.clone()),
+            "edit reply of e1.{slot}"
+        );
+    }
+    // Enforced: a MAC not on the list gets nothing, we still do.
+    let stranger = Addr {
+        slot: 3,
+        ..r.from(HOST_C)
+    };
+    assert!(r.ask(|b, t| frames::read(b, &stranger, t, 0, 1)).is_none());
+    let me3 = Addr {
+        slot: 3,
+        ..r.mine()
+    };
+    assert!(r.ask(|b, t| frames::read(b, &me3, t, 0, 1)).is_some());
+    let read = by_slot(r.ask_all(BROADCAST_WAIT, |b, t| frames::mask_read(b, &all, t)));
+    assert_eq!(slots(&read), [2, 3], "both exports answer the read");
+    for (slot, rep) in &read {
+        assert_eq!(
+            listed(rep),
+            (0, 10, want.clone()),
+            "read reply of e1.{slot}"
+        );
+    }
+    let deletes = edit(DCMD_DELETE);
+    let deleted = by_slot(r.ask_all(BROADCAST_WAIT, |b, t| {
+        frames::mask_edit(b, &all, t, &deletes)
+    }));
+    assert_eq!(slots(&deleted), [2, 3], "both exports answer the delete");
+    for (slot, rep) in &deleted {
+        assert_eq!(listed(rep), (0, 0, vec![]), "delete reply of e1.{slot}");
+    }
+    assert!(r.ask(|b, t| frames::read(b, &stranger, t, 0, 1)).is_some());
+}
+
+#[test]
+fn broadcast_reserve_set_and_read_of_eight() {
+    // Eight MACs (74 bytes): six would fit in the 64 bytes once copied of a broadcast.
+    let mut r = Rig::start_pair();
+    let all = everyone(&r);
+    let mut macs: Vec<Mac> = (0..7).map(|i| [0x02, 0xee, 0, 0, 0, i]).collect();
+    macs.push(r.client.mac()); // a holder may release it again
+    let listed = |rep: &[u8]| {
+        let mut l: Vec<Mac> = ReserveRepr::parse(rep).unwrap().macs().collect();
+        l.sort();
+        (aoe(rep), l)
+    };
+    let mut want = macs.clone();
+    want.sort();
+    let set = by_slot(r.ask_all(BROADCAST_WAIT, |b, t| {
+        frames::reserve(b, &all, t, RCMD_SET, &macs)
+    }));
+    assert_eq!(slots(&set), [2, 3], "both exports answer the set");
+    for (slot, rep) in &set {
+        assert_eq!(
+            listed(rep),
+            ((0x18, 0), want.clone()),
+            "set reply of e1.{slot}"
+        );
+    }
+    // Enforced: a MAC not on the list may not write.
+    let stranger = Addr {
+        slot: 3,
+        ..r.from(HOST_C)
+    };
+    let rep = r
+        .ask(|b, t| frames::write(b, &stranger, t, 0, &[1; 512]))
+        .unwrap();
+    assert_eq!(aoe(&rep), (0x1C, 6));
+    let read = by_slot(r.ask_all(BROADCAST_WAIT, |b, t| {
+        frames::reserve(b, &all, t, RCMD_READ, &[])
+    }));
+    assert_eq!(slots(&read), [2, 3], "both exports answer the read");
+    for (slot, rep) in &read {
+        assert_eq!(
+            listed(rep),
+            ((0x18, 0), want.clone()),
+            "read reply of e1.{slot}"
+        );
+    }
+    let released = by_slot(r.ask_all(BROADCAST_WAIT, |b, t| {
+        frames::reserve(b, &all, t, RCMD_SET, &[])
+    }));
+    assert_eq!(slots(&released), [2, 3], "both exports answer the release");
+    for (slot, rep) in &released {
+        assert_eq!(
+            listed(rep),
+            ((0x18, 0), vec![]),
+            "release reply of e1.{slot}"
+        );
+    }
+    let rep = r
+        .ask(|b, t| frames::write(b, &stranger, t, 0, &[1; 512]))
+        .unwrap();
+    assert_eq!(ata(&rep), OK);
 }

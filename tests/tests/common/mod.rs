@@ -10,11 +10,11 @@ pub mod stderr;
 pub use poll::{wait_for, wait_for_some};
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use aoe_common::wire::Mac;
+use aoe_common::wire::{Frame, Mac};
 use aoe_ctl::initiator::client::Client;
-use aoe_ctl::initiator::frames::Addr;
+use aoe_ctl::initiator::frames::{self, Addr};
 use aoe_integration::{Lab, Proc};
 
 pub const SECTORS: u64 = 8192; // 4 MiB
@@ -47,6 +47,89 @@ impl Rig {
             peer,
             lab,
         }
+    }
+
+    /// Exports e1.2 and e1.3 (an image each; `image` is e1.2's) served by one daemon on the
+    /// target link, on the data path AOE_TEST_DATA_PATH names (default: XDP). With two
+    /// exports the classifier answers no broadcast itself: user space answers each one.
+    pub fn start_pair() -> Rig {
+        let lab = Lab::new().expect("lab (root needed)");
+        let peer = lab.start_peer(&lab.initiator_if).expect("lab peer starts");
+        let path = std::env::var("AOE_TEST_DATA_PATH").unwrap_or_default();
+        let mut body = match path.as_str() {
+            "" => String::new(),
+            m => format!("mode = \"{m}\"\n"),
+        };
+        let mut image = PathBuf::new();
+        for slot in [2, 3] {
+            let p = lab.image(&format!("e1.{slot}.img"), SECTORS * 512).unwrap();
+            body += &format!(
+                "[[export]]\nshelf = 1\nslot = {slot}\ninterfaces = [\"{}\"]\npath = \"{}\"\n",
+                lab.target_if,
+                p.display()
+            );
+            if slot == 2 {
+                image = p;
+            }
+        }
+        let cfg = lab.dir.join("exports.toml");
+        std::fs::write(&cfg, body).unwrap();
+        let target = lab
+            .spawn_live(&["daemon", "--config", cfg.to_str().unwrap()])
+            .expect("daemon starts");
+        let ifname = lab.initiator_if.clone();
+        let mut client = Lab::in_ns(&lab.initiator_ns, move || Client::open(&ifname))
+            .unwrap()
+            .expect("raw socket in the initiator namespace");
+        client.timeout = Duration::from_millis(300);
+        let t = client.find(1, 2).expect("e1.2 answers a config query");
+        client.find(1, 3).expect("e1.3 answers a config query");
+        assert_eq!(
+            lab.target_has_xdp().unwrap(),
+            path != "afpacket",
+            "the daemon serves on the data path AOE_TEST_DATA_PATH={path:?} names"
+        );
+        Rig {
+            client,
+            target_mac: t.addr.dst,
+            image,
+            target: Some(target),
+            peer,
+            lab,
+        }
+    }
+
+    /// Send the frame `f` builds (tag given) once and collect every reply to it for `wait`.
+    pub fn ask_all(
+        &mut self,
+        wait: Duration,
+        f: impl FnOnce(&mut [u8], u32) -> usize,
+    ) -> Vec<Vec<u8>> {
+        let mut b = vec![0u8; 9216];
+        let tag = 0x8000_0000 | rand_tag();
+        let n = f(&mut b, tag);
+        let sent = Frame::new_checked(&b[..n]).expect("an AoE request");
+        let to = Addr {
+            src: sent.src(),
+            dst: sent.dst(),
+            shelf: sent.shelf(),
+            slot: sent.slot(),
+        };
+        self.client.sock.send(&b[..n]).unwrap();
+        let deadline = Instant::now() + wait;
+        let mut replies = vec![];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some(m) = self.client.sock.recv(&mut b, left).unwrap() else {
+                break;
+            };
+            let Ok(rep) = Frame::new_checked(&b[..m]) else {
+                continue;
+            };
+            if frames::answers(&rep, &to) && rep.tag() == tag {
+                replies.push(b[..m].to_vec());
+            }
+        }
+        replies
     }
 
     /// Address the export from `src` (any MAC: the veth peer delivers replies to it).
