@@ -70,7 +70,7 @@ impl StateFile {
         if s.get(name).map(Vec::as_slice) == Some(config) {
             return Ok(());
         }
-        s.insert(name.to_string(), config.to_vec());
+        let before = s.insert(name.to_string(), config.to_vec());
         let c = Contents {
             config_hex: s.iter().map(|(k, v)| (k.clone(), encode_hex(v))).collect(),
         };
@@ -90,7 +90,16 @@ impl StateFile {
             }
             Ok(())
         };
-        write().with_context(|| format!("writing {}", self.path.display()))
+        let written = write().with_context(|| format!("writing {}", self.path.display()));
+        if written.is_err() {
+            // Not kept: forget it, or the same string set again would look kept already,
+            // and the next write for another export would keep it unacknowledged.
+            match before {
+                Some(b) => s.insert(name.to_string(), b),
+                None => s.remove(name),
+            };
+        }
+        written
     }
 }
 
@@ -136,6 +145,27 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("damaged"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_is_forgotten() {
+        let dir = std::env::temp_dir().join(format!("aoe-state-fail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = StateFile::beside(&dir.join("exports.toml"));
+        let s = StateFile::open(path.clone()).unwrap();
+        s.record("e1.2", b"old").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(s.record("e1.2", b"new").is_err());
+        assert!(s.record("e1.3", b"other").is_err());
+        assert_eq!(s.config("e1.2").unwrap(), b"old");
+        assert_eq!(s.config("e1.3"), None);
+        // The same string again is written, not taken for kept.
+        std::fs::create_dir_all(&dir).unwrap();
+        s.record("e1.2", b"new").unwrap();
+        let again = StateFile::open(path).unwrap();
+        assert_eq!(again.config("e1.2").unwrap(), b"new");
+        assert_eq!(again.config("e1.3"), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
