@@ -122,7 +122,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// The MAC mask list of an export (the list AoE command 2 edits), enforced in the kernel.
+    /// The MAC mask list of an export (the list AoE command 2 edits), in force on every
+    /// interface serving it when the command returns.
     Acl {
         #[command(subcommand)]
         action: AclAction,

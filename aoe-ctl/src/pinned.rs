@@ -1,4 +1,5 @@
-//! The pinned maps through which a second `aoe-ctl` sees and changes a running target:
+//! The pinned maps through which a second `aoe-ctl` (`status`, `stats`) sees a running
+//! target; edits go to the daemon's control socket instead (`crate::daemon::control`).
 //! `<bpffs>/aoe/<interface>/` holds the classifier's EXPORTS (entries with the access lists),
 //! COUNTERS and EXPORT_COUNTERS, plus two maps only user space uses: `info` (the interface:
 //! data path, queues, owner pid, start time, socket drops) and `exports` (each export's

@@ -4,8 +4,9 @@
 //! `CEILING`. The fastest any target could answer on this path; never a product feature.
 //!
 //! Why tc and not XDP: a read reply is ~1 KiB longer than its request, and on veth the XDP
-//! buffer of a short frame has too little tailroom (and 256 bytes of headroom) to grow that
-//! much (shared/notes/lab.md). `bpf_skb_change_tail` grows an skb by any amount.
+//! buffer of a short frame has too little tailroom (it sits in a small page-pool fragment)
+//! and 256 bytes of headroom, so it cannot grow that much. `bpf_skb_change_tail` grows an
+//! skb by any amount.
 
 use aoe_common::wire::{
     ata::{field as ata, ERROR_ABRT, STATUS_DRDY, STATUS_ERR},

@@ -2,7 +2,7 @@
 #![no_std]
 
 /// An XDP_PASS program for the peer of a veth in a lab: native XDP_TX on a veth is only
-/// delivered when the peer has an XDP program (shared/notes/lab.md).
+/// delivered when the peer has an XDP program.
 pub const PROG_PASS: &str = "aoe_pass";
 
 /// The benchmark ceiling (a tc program answering every request in the kernel, no storage)

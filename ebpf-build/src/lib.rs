@@ -4,7 +4,7 @@
 //!
 //! rustup's toolchains here have no rust-src, so the eBPF crate is built by Debian's
 //! rustc-web (its prebuilt BPF `core` lives in /usr/lib/rustlib) and linked by the
-//! bpf-linker that `cargo xtask setup` puts in `.tools/bin` (shared/notes/toolchain.md).
+//! bpf-linker that `cargo xtask setup` puts in `.tools/bin` (docs/toolchain.md).
 
 use anyhow::{anyhow, Context as _};
 

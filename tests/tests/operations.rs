@@ -420,8 +420,8 @@ fn live_control_through_pinned_maps_afpacket() {
     live_control("afpacket");
 }
 
-/// The same checks on both data paths. On the AF_PACKET path the kernel only keeps the maps:
-/// an edit takes effect when the daemon adopts it (within 100 ms), not on the next frame.
+/// The same checks on both data paths. On the AF_PACKET path the kernel only keeps the maps
+/// and the engine enforces the lists, which the daemon edits before `acl` returns.
 fn live_control(mode: &str) {
     let xdp = mode == "xdp";
     let lab = Lab::new().unwrap();

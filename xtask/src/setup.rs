@@ -2,7 +2,7 @@
 //!
 //! The eBPF crate is built by Debian's rustc-web, whose sysroot has a prebuilt BPF `core`
 //! (rustup here has no rust-src), and linked by bpf-linker built against Debian's LLVM 22
-//! into `.tools/` (shared/notes/toolchain.md).
+//! into `.tools/` (docs/toolchain.md says why).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,7 +32,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// From bookworm-backports: bookworm's qemu-system-x86 7.2 would remove the machine's
-/// preinstalled qemu-utils 10.0 (shared/notes/linux-initiator.md).
+/// preinstalled qemu-utils 10.0.
 const FROM_BACKPORTS: &[&str] = &["qemu-system-x86"];
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/aoe-bookworm-backports.sources";
 
@@ -109,7 +109,7 @@ pub fn run() -> Result<()> {
             }
         }
     }
-    // bpf-linker against Debian's LLVM 22 (shared/notes/toolchain.md).
+    // bpf-linker against Debian's LLVM 22, the LLVM rustc-web emits bitcode for.
     cargo_install(
         &bpf_linker(),
         &format!("bpf-linker@{BPF_LINKER_VERSION}"),

@@ -91,8 +91,9 @@ fn stop_queues(qs: Vec<Queue>) -> Result<()> {
 
 pub struct Host {
     pub iface: Interface,
-    /// The classifier's maps (attached on the XDP path; on the AF_PACKET path loaded for
-    /// live control only, when the kernel allows). The same one for the host's life: a
+    /// The classifier's maps (attached on the XDP path; on the AF_PACKET path loaded but not
+    /// attached, when the kernel allows, for the pins of `status` and `stats` and for a
+    /// later switch to XDP). The same one for the host's life: a
     /// data path change attaches, detaches or re-attaches it, so its export table, access
     /// lists, counters and pins carry over.
     pub kernel: Option<Arc<Mutex<Classifier>>>,
@@ -203,7 +204,8 @@ impl Host {
                 (Some(kernel), Workers::Xdp(queues))
             }
             None => {
-                // Loaded, not attached: its maps carry the access lists for live control.
+                // Loaded, not attached: its maps give `status` and `stats` their pins, and a
+                // later switch to XDP a filled export table. The engine enforces the lists.
                 let kernel = match Classifier::load(iface.mac, max_sectors)
                     .and_then(|mut c| c.set_exports(&exports).map(|_| c))
                 {

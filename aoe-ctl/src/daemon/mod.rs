@@ -280,7 +280,7 @@ impl Node {
         }
     }
 
-    /// Tell the observer where each export now is.
+    /// Tell the owner thread where each export now is, and which classifiers serve it.
     fn place(&self) {
         let mut p = Placements::default();
         for (key, (_, ex)) in &self.exports {
