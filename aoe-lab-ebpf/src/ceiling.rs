@@ -9,9 +9,9 @@
 //! skb by any amount.
 
 use aoe_common::wire::{
-    ata::{field as ata, ERROR_ABRT, STATUS_DRDY, STATUS_ERR},
-    header::{field, FLAG_RESPONSE},
-    MIN_FRAME_LEN, SECTOR_SIZE, SHELF_BROADCAST, SLOT_BROADCAST,
+    ata::{self as a, field as ata, ERROR_ABRT, STATUS_DRDY, STATUS_ERR},
+    header::{field, CMD_ATA, CMD_QUERY_CONFIG, FLAG_RESPONSE},
+    ETHERTYPE_AOE, MIN_FRAME_LEN, SECTOR_SIZE, SHELF_BROADCAST, SLOT_BROADCAST,
 };
 use aoe_lab_ebpf::CeilingEntry;
 use aya_ebpf::{
@@ -26,9 +26,6 @@ use aya_ebpf::{
 #[map]
 static CEILING: Array<CeilingEntry> = Array::with_max_entries(1, 0);
 
-const CMD_ATA: u8 = 0;
-const CMD_QUERY_CONFIG: u8 = 1;
-
 #[classifier]
 pub fn aoe_ceiling(ctx: TcContext) -> i32 {
     match answer(&ctx) {
@@ -41,8 +38,9 @@ pub fn aoe_ceiling(ctx: TcContext) -> i32 {
 fn answer(ctx: &TcContext) -> Option<i32> {
     let entry = CEILING.get(0)?;
     let mut hdr: [u8; ata::DATA] = ctx.load(0).ok()?;
-    if hdr[field::ETHERTYPE] != 0x88
-        || hdr[field::ETHERTYPE + 1] != 0xA2
+    let ethertype = ETHERTYPE_AOE.to_be_bytes();
+    if hdr[field::ETHERTYPE] != ethertype[0]
+        || hdr[field::ETHERTYPE + 1] != ethertype[1]
         || hdr[field::VER_FLAGS] & FLAG_RESPONSE != 0
     {
         return None;
@@ -81,11 +79,19 @@ fn answer(ctx: &TcContext) -> Option<i32> {
     let opcode = hdr[ata::CMD_STATUS];
     let (status, error, payload) = match opcode {
         // READ SECTORS (EXT): `count` sectors of zeros.
-        0x20 | 0x24 if count >= 1 && count <= entry.max_sectors as usize => (STATUS_DRDY, 0, count),
+        a::OP_READ_SECTORS | a::OP_READ_SECTORS_EXT
+            if count >= 1 && count <= entry.max_sectors as usize =>
+        {
+            (STATUS_DRDY, 0, count)
+        }
         // WRITE SECTORS (EXT), FLUSH CACHE (EXT), CHECK POWER MODE: done, nothing to return.
-        0x30 | 0x34 | 0xE7 | 0xEA | 0xE5 => (STATUS_DRDY, 0, 0),
+        a::OP_WRITE_SECTORS
+        | a::OP_WRITE_SECTORS_EXT
+        | a::OP_FLUSH_CACHE
+        | a::OP_FLUSH_CACHE_EXT
+        | a::OP_CHECK_POWER_MODE => (STATUS_DRDY, 0, 0),
         // IDENTIFY DEVICE: the template.
-        0xEC => (STATUS_DRDY, 0, 1),
+        a::OP_IDENTIFY_DEVICE => (STATUS_DRDY, 0, 1),
         _ => (STATUS_DRDY | STATUS_ERR, ERROR_ABRT, 0),
     };
     let len = ata::DATA + payload * SECTOR_SIZE;
@@ -106,7 +112,7 @@ fn answer(ctx: &TcContext) -> Option<i32> {
     hdr[ata::CMD_STATUS] = status;
     store(ctx, 0, &hdr)?;
     // Read payloads need no writing: bpf_skb_change_tail zero-fills what it adds.
-    if opcode == 0xEC {
+    if opcode == a::OP_IDENTIFY_DEVICE {
         store(ctx, ata::DATA, &entry.identify)?;
     }
     if len < MIN_FRAME_LEN {

@@ -43,6 +43,16 @@ pub const ERROR_UNC: u8 = 0x40;
 pub const ERROR_IDNF: u8 = 0x10;
 pub const ERROR_ABRT: u8 = 0x04;
 
+/// ATA opcodes this target implements.
+pub const OP_READ_SECTORS: u8 = 0x20;
+pub const OP_READ_SECTORS_EXT: u8 = 0x24;
+pub const OP_WRITE_SECTORS: u8 = 0x30;
+pub const OP_WRITE_SECTORS_EXT: u8 = 0x34;
+pub const OP_IDENTIFY_DEVICE: u8 = 0xEC;
+pub const OP_FLUSH_CACHE: u8 = 0xE7;
+pub const OP_FLUSH_CACHE_EXT: u8 = 0xEA;
+pub const OP_CHECK_POWER_MODE: u8 = 0xE5;
+
 /// The ATA opcodes an AoE target meets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AtaCommand {
@@ -60,14 +70,14 @@ pub enum AtaCommand {
 impl From<u8> for AtaCommand {
     fn from(v: u8) -> Self {
         match v {
-            0x20 => AtaCommand::ReadSectors,
-            0x24 => AtaCommand::ReadSectorsExt,
-            0x30 => AtaCommand::WriteSectors,
-            0x34 => AtaCommand::WriteSectorsExt,
-            0xEC => AtaCommand::IdentifyDevice,
-            0xE7 => AtaCommand::FlushCache,
-            0xEA => AtaCommand::FlushCacheExt,
-            0xE5 => AtaCommand::CheckPowerMode,
+            OP_READ_SECTORS => AtaCommand::ReadSectors,
+            OP_READ_SECTORS_EXT => AtaCommand::ReadSectorsExt,
+            OP_WRITE_SECTORS => AtaCommand::WriteSectors,
+            OP_WRITE_SECTORS_EXT => AtaCommand::WriteSectorsExt,
+            OP_IDENTIFY_DEVICE => AtaCommand::IdentifyDevice,
+            OP_FLUSH_CACHE => AtaCommand::FlushCache,
+            OP_FLUSH_CACHE_EXT => AtaCommand::FlushCacheExt,
+            OP_CHECK_POWER_MODE => AtaCommand::CheckPowerMode,
             other => AtaCommand::Unknown(other),
         }
     }
@@ -76,14 +86,14 @@ impl From<u8> for AtaCommand {
 impl From<AtaCommand> for u8 {
     fn from(c: AtaCommand) -> u8 {
         match c {
-            AtaCommand::ReadSectors => 0x20,
-            AtaCommand::ReadSectorsExt => 0x24,
-            AtaCommand::WriteSectors => 0x30,
-            AtaCommand::WriteSectorsExt => 0x34,
-            AtaCommand::IdentifyDevice => 0xEC,
-            AtaCommand::FlushCache => 0xE7,
-            AtaCommand::FlushCacheExt => 0xEA,
-            AtaCommand::CheckPowerMode => 0xE5,
+            AtaCommand::ReadSectors => OP_READ_SECTORS,
+            AtaCommand::ReadSectorsExt => OP_READ_SECTORS_EXT,
+            AtaCommand::WriteSectors => OP_WRITE_SECTORS,
+            AtaCommand::WriteSectorsExt => OP_WRITE_SECTORS_EXT,
+            AtaCommand::IdentifyDevice => OP_IDENTIFY_DEVICE,
+            AtaCommand::FlushCache => OP_FLUSH_CACHE,
+            AtaCommand::FlushCacheExt => OP_FLUSH_CACHE_EXT,
+            AtaCommand::CheckPowerMode => OP_CHECK_POWER_MODE,
             AtaCommand::Unknown(v) => v,
         }
     }

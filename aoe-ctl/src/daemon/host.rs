@@ -32,7 +32,7 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Takes a state-changing request that arrived on the named interface to the control plane
 /// (false when it cannot; the frame is then dropped). Never blocks a worker.
-pub type Observer = Arc<dyn Fn(ControlWork, &str) -> bool + Send + Sync>;
+pub type Handoff = Arc<dyn Fn(ControlWork, &str) -> bool + Send + Sync>;
 
 /// How to serve an interface.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +100,7 @@ pub struct Host {
     live: Arc<LiveEngine>,
     workers: Workers,
     max_sectors: usize,
-    observer: Observer,
+    handoff: Handoff,
     exports: Vec<Arc<Export>>,
     pins: Option<Pins>,
     started: u64,
@@ -146,7 +146,7 @@ impl Change {
     }
 }
 
-fn engine(exports: &[Arc<Export>], iface: &Interface, max_sectors: usize, o: &Observer) -> Engine {
+fn engine(exports: &[Arc<Export>], iface: &Interface, max_sectors: usize, o: &Handoff) -> Engine {
     let (o, name) = (o.clone(), iface.name.clone());
     Engine::new(exports.to_vec(), iface.mac, max_sectors)
         .with_control(Arc::new(move |work| o(work, &name)))
@@ -165,7 +165,7 @@ impl Host {
         name: &str,
         exports: Vec<Arc<Export>>,
         opts: &HostOptions,
-        observer: Observer,
+        handoff: Handoff,
     ) -> Result<Host> {
         let iface = Interface::lookup(name)?;
         let max_sectors = sectors_per_frame(iface.mtu)
@@ -181,7 +181,7 @@ impl Host {
             &exports,
             &iface,
             max_sectors,
-            &observer,
+            &handoff,
         )));
         let queues = opts.queues.unwrap_or(iface.rx_queues).max(1);
         let path = wanted(opts);
@@ -224,7 +224,7 @@ impl Host {
             live,
             workers,
             max_sectors,
-            observer,
+            handoff,
             exports,
             pins: None,
             started: pinned::unix_now(),
@@ -447,7 +447,7 @@ impl Host {
             &exports,
             &self.iface,
             self.max_sectors,
-            &self.observer,
+            &self.handoff,
         ));
         for gone in self
             .exports

@@ -24,7 +24,7 @@ use crate::serve::export::{Export, ExportOptions};
 use crate::serve::xdp::Classifier;
 use config::{ExportSpec, NodeConfig};
 use control::ControlSocket;
-use host::{Host, HostOptions, Observer};
+use host::{Handoff, Host, HostOptions};
 use owner::{Owner, Work};
 use state::StateFile;
 
@@ -57,7 +57,7 @@ pub struct Node {
     hosts: BTreeMap<String, Host>,
     exports: BTreeMap<ExportKey, (ExportSpec, Arc<Export>)>,
     shared: Arc<Shared>,
-    observer: Observer,
+    handoff: Handoff,
     owner: Owner,
 }
 
@@ -79,7 +79,7 @@ impl Node {
             hosts: BTreeMap::new(),
             exports: BTreeMap::new(),
             shared,
-            observer: Arc::new(move |work, iface| {
+            handoff: Arc::new(move |work, iface| {
                 Owner::offer(&tx, Work::Initiator(work, iface.to_string()))
             }),
             owner,
@@ -229,7 +229,7 @@ impl Node {
         for (name, list) in per_iface {
             match self.hosts.get_mut(name) {
                 None => {
-                    let h = Host::start(name, list.clone(), opts, self.observer.clone())
+                    let h = Host::start(name, list.clone(), opts, self.handoff.clone())
                         .with_context(|| format!("starting {name}"))?;
                     p.started.insert(name.clone(), h);
                 }

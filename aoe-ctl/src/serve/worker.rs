@@ -304,7 +304,7 @@ fn handle(
 /// An ATA write: its reply (headers only) fits where it arrived, whatever its length.
 fn is_write(frame: &[u8]) -> bool {
     frame.len() >= ATA_HEADER_LEN
-        && frame[header::field::COMMAND] == 0
+        && frame[header::field::COMMAND] == header::CMD_ATA
         && frame[ata::field::AFLAGS] & ata::AFLAG_WRITE != 0
 }
 
