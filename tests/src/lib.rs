@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -63,18 +63,44 @@ pub struct Proc {
     pub child: Child,
     pub first_line: String,
     pub name: String,
+    /// Its stderr so far: drained as it comes, so a chatty process never blocks on a full
+    /// pipe (a target logging each edit would stall its control plane otherwise).
+    pub log: Arc<Mutex<String>>,
+    pub log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
+    fn new(mut child: Child, first_line: String, name: String) -> Proc {
+        let log = Arc::new(Mutex::new(String::new()));
+        let log_reader = child.stderr.take().map(|mut err| {
+            let l = log.clone();
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut b = [0u8; 4096];
+                while let Ok(n @ 1..) = err.read(&mut b) {
+                    l.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&b[..n]));
+                }
+            })
+        });
+        Proc {
+            child,
+            first_line,
+            name,
+            log,
+            log_reader,
+        }
+    }
+
     /// SIGTERM and wait; returns the process's stderr.
     pub fn stop(mut self) -> Result<String> {
         self.terminate();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
+        if let Some(r) = self.log_reader.take() {
+            let _ = r.join();
         }
-        Ok(err)
+        let log = self.log.lock().unwrap().clone();
+        Ok(log)
     }
 
     fn terminate(&mut self) {
@@ -144,11 +170,7 @@ fn spawn_program(program: &Path, ns: &str, env: &[String], args: &[&str]) -> Res
     });
     let name = args.first().copied().unwrap_or("").to_string();
     match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(first_line) => Ok(Proc {
-            child,
-            first_line,
-            name,
-        }),
+        Ok(first_line) => Ok(Proc::new(child, first_line, name)),
         Err(_) => {
             let _ = child.kill();
             let out = child.wait_with_output()?;
@@ -390,11 +412,7 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Proc {
-            child,
-            first_line: String::new(),
-            name: "vblade".into(),
-        })
+        Ok(Proc::new(child, String::new(), "vblade".into()))
     }
 
     /// The benchmark ceiling (`aoe-lab ceiling`) answering as e1.2 with `sectors` on the

@@ -107,9 +107,26 @@ impl ControlSocket {
     /// Bind `own_path()` (needs a tokio runtime).
     pub fn bind() -> Result<ControlSocket> {
         let dir = run_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("setting the mode of {}", dir.display()))?;
+        if dir.exists() {
+            // Never loosen or take over a directory we did not make: refuse one that others
+            // could plant sockets in.
+            use std::os::unix::fs::MetadataExt;
+            let m =
+                std::fs::metadata(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if !m.is_dir() || (m.uid() != me && m.uid() != 0) || m.mode() & 0o022 != 0 {
+                bail!(
+                    "refusing the run directory {}: it must be a directory owned by root or \
+                     us and not writable by group or others (set AOE_RUN_DIR elsewhere)",
+                    dir.display()
+                );
+            }
+        } else {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("setting the mode of {}", dir.display()))?;
+        }
         let path = own_path();
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path)
@@ -120,8 +137,14 @@ impl ControlSocket {
 
     /// Take the next connection and answer it in a task of its own.
     pub async fn serve_next(&self, owner: &SyncSender<Work>) {
-        let Ok((stream, _)) = self.listener.accept().await else {
-            return;
+        let stream = match self.listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, most likely: back off instead of spinning.
+                log::warn!("control socket: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
         };
         let owner = owner.clone();
         tokio::spawn(async move {
@@ -143,9 +166,13 @@ async fn answer(stream: tokio::net::UnixStream, owner: SyncSender<Work>) -> Resu
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    tokio::io::BufReader::new(read.take(64 << 10))
-        .read_line(&mut line)
-        .await?;
+    // A client that connects and never writes must not hold a task and a descriptor forever.
+    tokio::time::timeout(
+        ANSWER_WITHIN,
+        tokio::io::BufReader::new(read.take(64 << 10)).read_line(&mut line),
+    )
+    .await
+    .map_err(|_| anyhow!("a client sent no request within {ANSWER_WITHIN:?}"))??;
     let reply = if uid != 0 {
         AdminReply::error(format!("only root may control aoe-ctl (you are uid {uid})"))
     } else {
@@ -180,7 +207,9 @@ fn ask(path: &Path, req: &AdminRequest) -> Result<AdminReply> {
     serde_json::from_str(&reply).map_err(|e| anyhow!("bad reply from {}: {e}", path.display()))
 }
 
-/// Send `req` to the daemon serving its target, whichever that is.
+/// Send `req` to every daemon serving its target (an export may be served by several
+/// processes, one per interface): an edit must reach them all. The list comes from the
+/// first; any daemon that fails or does not answer makes the command fail, naming it.
 pub fn request(req: &AdminRequest) -> Result<Vec<String>> {
     let dir = run_dir();
     let mut sockets: Vec<PathBuf> = match std::fs::read_dir(&dir) {
@@ -193,20 +222,46 @@ pub fn request(req: &AdminRequest) -> Result<Vec<String>> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     };
     sockets.sort();
+    let mut list = None;
+    let mut failures = Vec::new();
     for path in sockets {
-        // A socket whose daemon died refuses the connection: not an answer, ask the next.
-        let Ok(reply) = ask(&path, req) else { continue };
+        let reply = match ask(&path, req) {
+            Ok(r) => r,
+            Err(e) => {
+                let stale = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    )
+                });
+                // A socket whose daemon died refuses the connection: not an answer.
+                if !stale {
+                    failures.push(format!(
+                        "{} did not answer ({e}); the request may still take effect there",
+                        path.display()
+                    ));
+                }
+                continue;
+            }
+        };
         if reply.not_served {
             continue;
         }
-        if let Some(e) = reply.error {
-            bail!("{e}");
+        match reply.error {
+            Some(e) => failures.push(e),
+            None => {
+                list.get_or_insert(reply.macs);
+            }
         }
-        return Ok(reply.macs);
     }
-    bail!(
-        "{} is not served by any running aoe-ctl (no daemon in {} answered for it)",
-        req.target(),
-        dir.display()
-    )
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    list.ok_or_else(|| {
+        anyhow!(
+            "{} is not served by any running aoe-ctl (no daemon in {} answered for it)",
+            req.target(),
+            dir.display()
+        )
+    })
 }

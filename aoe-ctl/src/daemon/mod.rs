@@ -33,11 +33,12 @@ type Kernels = Vec<Arc<std::sync::Mutex<Classifier>>>;
 
 /// Where each export is served, for the owner thread.
 #[derive(Default)]
-struct Placements {
+pub struct Placements {
     by_key: HashMap<ExportKey, (Arc<Export>, Kernels)>,
 }
 
-/// What the owner thread needs: where each export is, and the state file.
+/// What the owner thread needs: where each export is (written by the owner alone, in
+/// order with the edits), and the state file.
 pub(crate) struct Shared {
     placements: RwLock<Placements>,
     state: Option<StateFile>,
@@ -292,7 +293,8 @@ impl Node {
                 .collect();
             p.by_key.insert(*key, (ex.clone(), kernels));
         }
-        *self.shared.placements.write().unwrap() = p;
+        // Through the owner's queue, so no edit lands half before and half after the switch.
+        self.owner.place(p);
     }
 
     /// Refresh the pins (counters for `status` and `stats`).
@@ -304,7 +306,7 @@ impl Node {
 
     /// Stop every interface; each says what it served.
     pub fn stop(mut self) {
-        *self.shared.placements.write().unwrap() = Placements::default();
+        self.owner.place(Placements::default());
         for (_, h) in std::mem::take(&mut self.hosts) {
             eprintln!("{}", h.stop());
         }

@@ -2,11 +2,14 @@
 //! export's config string and access lists, in the order they arrive, whether an initiator
 //! asked (AoE commands 1, 2 and 3, handed over by the queue workers) or an operator did
 //! (`aoe-ctl acl`, `aoe-ctl reservation`, over the control socket). Each change is kept
-//! (state file) and written into the kernel entry of every interface serving the export
-//! before it is acknowledged; a change that cannot be kept is undone and not acknowledged.
-//! No other thread or process writes the kernel's export table, so no edit is lost.
+//! (a config string in the state file; mask and reservation lists live as long as the
+//! export) and written into the kernel entry of every interface serving the export before it
+//! is acknowledged; a change that cannot be kept is undone and not acknowledged. No other
+//! thread or process writes export state, and where each export is served changes through
+//! the same queue (`Work::Place`), so no edit is lost or lands on a replaced export.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,7 +19,7 @@ use aoe_common::maps::{ExportKey, MAX_MASKS};
 use aoe_common::wire::mask::{Directive, DCMD_ADD, DCMD_DELETE, MERROR_LIST_FULL};
 
 use super::control::{AdminReply, AdminRequest};
-use super::Shared;
+use super::{Placements, Shared};
 use crate::net::format_mac;
 use crate::packet::socket::RawSocket;
 use crate::serve::engine::{self, ControlWork, Verdict};
@@ -29,8 +32,14 @@ pub enum Work {
     /// A state-changing AoE request that arrived on an interface.
     Initiator(ControlWork, String),
     Admin(AdminRequest, tokio::sync::oneshot::Sender<AdminReply>),
+    /// Where each export is served from now on (after a start or reload); acknowledged.
+    Place(Placements, std::sync::mpsc::Sender<()>),
     Stop,
 }
+
+/// Requests dropped because the queue was full, and the second that was last logged.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+static DROP_LOGGED: AtomicU64 = AtomicU64::new(0);
 
 pub struct Owner {
     tx: SyncSender<Work>,
@@ -59,10 +68,26 @@ impl Owner {
         match tx.try_send(work) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                log::warn!("control plane busy: a state-changing request was dropped");
+                // A flood of sets must not flood the log: one line a second at most.
+                let dropped = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+                let now = crate::pinned::unix_now();
+                if DROP_LOGGED.swap(now, Ordering::Relaxed) != now {
+                    log::warn!(
+                        "control plane busy: {dropped} state-changing requests dropped so far \
+                         (initiators retransmit)"
+                    );
+                }
                 false
             }
             Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Install where each export is served, and wait until the owner has.
+    pub(crate) fn place(&self, p: Placements) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.tx.send(Work::Place(p, done)).is_ok() {
+            let _ = wait.recv();
         }
     }
 }
@@ -86,8 +111,44 @@ fn run(shared: &Shared, rx: Receiver<Work>) {
             Work::Admin(req, reply) => {
                 let _ = reply.send(admin(shared, &req));
             }
+            Work::Place(p, done) => {
+                install(shared, p);
+                let _ = done.send(());
+            }
         }
     }
+}
+
+/// Take the new placements. An export opened anew (a restart on reload) takes the config
+/// string kept since it was opened, and every export's kernel entries are written again, so
+/// edits applied while the reload ran are in force wherever it is served now.
+fn install(shared: &Shared, new: Placements) {
+    let old = std::mem::replace(&mut *shared.placements.write().unwrap(), new);
+    let p = shared.placements.read().unwrap();
+    for (key, (ex, kernels)) in &p.by_key {
+        let reopened = old
+            .by_key
+            .get(key)
+            .is_some_and(|(before, _)| !Arc::ptr_eq(before, ex));
+        if reopened {
+            if let Some(kept) = shared.state.as_ref().and_then(|s| s.config(&ex.name())) {
+                *ex.config_mut() = kept;
+            }
+        }
+        for k in kernels {
+            if let Err(e) = k.lock().unwrap().sync_export(ex) {
+                log::error!("{}: kernel entry not written: {e:#}", ex.name());
+            }
+        }
+    }
+}
+
+/// Is `ex` the export served under its key now (not one a reload replaced)?
+fn placed(shared: &Shared, ex: &Arc<Export>) -> bool {
+    let p = shared.placements.read().unwrap();
+    p.by_key
+        .get(&ex.key())
+        .is_some_and(|(now, _)| Arc::ptr_eq(now, ex))
 }
 
 /// Apply an initiator's request, keep its effect, then send the reply it earned.
@@ -98,6 +159,11 @@ fn initiator(
     senders: &mut HashMap<String, RawSocket>,
 ) {
     let ex = w.export.clone();
+    if !placed(shared, &ex) {
+        // Handed over by a worker of a set that is being replaced: the initiator retries
+        // and reaches the export that serves now.
+        return;
+    }
     let verdict = match change(shared, &ex, || {
         Ok(engine::answer_now(&ex, w.responder, &mut w.frame, w.len))
     }) {
@@ -140,6 +206,12 @@ fn change<T>(shared: &Shared, ex: &Arc<Export>, apply: impl FnOnce() -> Result<T
         Ok(()) => Ok(out),
         Err(e) => {
             ex.restore_control_state(before);
+            // The state file may hold the new string when the kernel write failed after it.
+            if let Some(s) = &shared.state {
+                if let Err(again) = s.record(&ex.name(), &ex.config()) {
+                    log::error!("{}: state file not restored: {again:#}", ex.name());
+                }
+            }
             if let Err(again) = sync_kernels(shared, ex) {
                 log::error!("{}: kernel entry not restored: {again:#}", ex.name());
             }

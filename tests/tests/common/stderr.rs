@@ -1,6 +1,5 @@
 //! A process's stderr collected as it comes, so a test can wait for a line the process logs.
 
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -12,20 +11,14 @@ pub struct StderrLog {
 }
 
 impl StderrLog {
-    /// Take over `p`'s stderr (its `stop` then returns nothing: read it from here).
+    /// Take over `p`'s stderr as it is collected (its `stop` then returns what came before
+    /// this: read the rest from here).
     pub fn of(p: &mut Proc) -> StderrLog {
-        let mut err = p.child.stderr.take().expect("stderr piped");
-        let text = Arc::new(Mutex::new(String::new()));
-        let t = text.clone();
-        let reader = std::thread::spawn(move || {
-            let mut b = [0u8; 4096];
-            while let Ok(n @ 1..) = err.read(&mut b) {
-                t.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&b[..n]));
-            }
-        });
-        StderrLog { text, reader }
+        let reader = p.log_reader.take().expect("stderr piped");
+        StderrLog {
+            text: p.log.clone(),
+            reader,
+        }
     }
 
     pub fn contains(&self, s: &str) -> bool {
@@ -35,6 +28,7 @@ impl StderrLog {
     /// All of it, once the process has exited (its end of the pipe closed).
     pub fn finish(self) -> String {
         self.reader.join().unwrap();
-        Arc::try_unwrap(self.text).unwrap().into_inner().unwrap()
+        let text = self.text.lock().unwrap().clone();
+        text
     }
 }
