@@ -444,6 +444,19 @@ fn a_hanging_state_write_stalls_no_queue_and_a_failed_one_is_not_acknowledged() 
         blocked_on_fifo(pid, "aoe-owner"),
         "the set was still pending while verify ran"
     );
+    // Nobody sees a change before it is kept: config queries still answer the old string
+    // (on AF_PACKET from user space, on XDP from the kernel entry).
+    let d = lab
+        .run(
+            &lab.initiator_ns,
+            &["discover", "--iface", &lab.initiator_if, "--wait-ms", "300"],
+        )
+        .unwrap();
+    let d = String::from_utf8_lossy(&d.stdout).into_owned();
+    assert!(
+        d.contains("old-string") && !d.contains("new-string"),
+        "discover while the set hangs: {d}"
+    );
 
     // Let the write go on: opening the FIFO for reading lets the owner's open return; it then
     // writes the new state into the pipe, and fsync of a pipe fails (EINVAL).

@@ -22,8 +22,9 @@ use super::control::{AdminReply, AdminRequest};
 use super::{Placements, Shared};
 use crate::net::format_mac;
 use crate::packet::socket::RawSocket;
+use crate::serve::access::Lists;
 use crate::serve::engine::{self, ControlWork, Verdict};
-use crate::serve::export::Export;
+use crate::serve::export::{ControlState, Export};
 
 /// Requests waiting for the owner: beyond this, workers drop them (the initiator retries).
 const QUEUE: usize = 1024;
@@ -164,18 +165,27 @@ fn initiator(
         // and reaches the export that serves now.
         return;
     }
-    let verdict = match change(shared, &ex, || {
-        Ok(engine::answer_now(&ex, w.responder, &mut w.frame, w.len))
-    }) {
-        Ok(v) => v,
+    let before = ex.control_state();
+    let keep = |new: &ControlState| match record(shared, &ex, new) {
+        Ok(()) => true,
         Err(e) => {
             log::error!(
                 "{}: an initiator's change was not kept, and not acknowledged: {e:#}",
                 ex.name()
             );
-            return;
+            false
         }
     };
+    let verdict = engine::answer_now(&ex, w.responder, &mut w.frame, w.len, &keep);
+    if ex.control_state() != before {
+        if let Err(e) = publish_kernels(shared, &ex, before) {
+            log::error!(
+                "{}: an initiator's change was undone, and not acknowledged: {e:#}",
+                ex.name()
+            );
+            return;
+        }
+    }
     let Verdict::Reply(n) = verdict else { return };
     if !senders.contains_key(iface) {
         match RawSocket::open_sender(iface) {
@@ -194,37 +204,43 @@ fn initiator(
     }
 }
 
-/// Run `apply` (which edits the export's state); when the state changed, keep it in the state
-/// file and the kernel entries, or put it back and fail.
-fn change<T>(shared: &Shared, ex: &Arc<Export>, apply: impl FnOnce() -> Result<T>) -> Result<T> {
-    let before = ex.control_state();
-    let out = apply()?;
-    if ex.control_state() == before {
-        return Ok(out);
-    }
-    match keep(shared, ex) {
-        Ok(()) => Ok(out),
-        Err(e) => {
-            ex.restore_control_state(before);
-            // The state file may hold the new string when the kernel write failed after it.
-            if let Some(s) = &shared.state {
-                if let Err(again) = s.record(&ex.name(), &ex.config()) {
-                    log::error!("{}: state file not restored: {again:#}", ex.name());
-                }
-            }
-            if let Err(again) = sync_kernels(shared, ex) {
-                log::error!("{}: kernel entry not restored: {again:#}", ex.name());
-            }
-            Err(e)
-        }
+/// Keep a changed state before anyone sees it: the config string in the state file (mask
+/// and reservation lists live as long as the export).
+fn record(shared: &Shared, ex: &Export, new: &ControlState) -> Result<()> {
+    match &shared.state {
+        Some(s) => s.record(&ex.name(), &new.config),
+        None => Ok(()),
     }
 }
 
-fn keep(shared: &Shared, ex: &Export) -> Result<()> {
-    if let Some(s) = &shared.state {
-        s.record(&ex.name(), &ex.config())?;
+/// The export's published state into the kernel entries; when that fails, `before` is put
+/// back everywhere (user space, state file, kernel) and the change is refused.
+fn publish_kernels(shared: &Shared, ex: &Export, before: ControlState) -> Result<()> {
+    let Err(e) = sync_kernels(shared, ex) else {
+        return Ok(());
+    };
+    if let Err(again) = record(shared, ex, &before) {
+        log::error!("{}: state file not restored: {again:#}", ex.name());
     }
-    sync_kernels(shared, ex)
+    ex.restore_control_state(before);
+    if let Err(again) = sync_kernels(shared, ex) {
+        log::error!("{}: kernel entry not restored: {again:#}", ex.name());
+    }
+    Err(e)
+}
+
+/// Apply an operator's edit to a copy of the state; keep, publish and write it into the
+/// kernel entries when it changed anything.
+fn change(shared: &Shared, ex: &Export, edit: impl FnOnce(&mut Lists) -> Result<()>) -> Result<()> {
+    let before = ex.control_state();
+    let mut after = before.clone();
+    edit(&mut after.lists)?;
+    if after == before {
+        return Ok(());
+    }
+    record(shared, ex, &after)?;
+    ex.restore_control_state(after);
+    publish_kernels(shared, ex, before)
 }
 
 /// Write the export's entry into the classifier of every interface serving it.
@@ -253,7 +269,7 @@ fn admin(shared: &Shared, req: &AdminRequest) -> AdminReply {
         return AdminReply::not_served();
     };
     let macs = |list: Vec<[u8; 6]>| list.iter().map(format_mac).collect();
-    let result = change(shared, &ex, || edit(&ex, req));
+    let result = change(shared, &ex, |lists| edit(&ex.name(), lists, req));
     if !matches!(
         req,
         AdminRequest::AclList { .. } | AdminRequest::ReservationShow { .. }
@@ -264,33 +280,40 @@ fn admin(shared: &Shared, req: &AdminRequest) -> AdminReply {
         }
     }
     match result {
-        Ok(true) => AdminReply::list(macs(ex.access.snapshot().reserve)),
-        Ok(false) => AdminReply::list(macs(ex.access.snapshot().masks)),
+        Ok(()) if shows_reservation(req) => AdminReply::list(macs(ex.access.snapshot().reserve)),
+        Ok(()) => AdminReply::list(macs(ex.access.snapshot().masks)),
         Err(e) => AdminReply::error(format!("{e:#}")),
     }
 }
 
-/// Apply an operator's request; true when its answer is the reservation list.
-fn edit(ex: &Export, req: &AdminRequest) -> Result<bool> {
+/// Is the answer to `req` the reservation list (else the mask list)?
+fn shows_reservation(req: &AdminRequest) -> bool {
+    matches!(
+        req,
+        AdminRequest::ReservationShow { .. } | AdminRequest::ReservationClear { .. }
+    )
+}
+
+/// Apply an operator's request to `lists` (a copy of export `name`'s).
+fn edit(name: &str, lists: &mut Lists, req: &AdminRequest) -> Result<()> {
     let mac = |s: &str| crate::net::parse_mac(s);
-    let directive = |dcmd, s: &str| -> Result<()> {
+    let mut directive = |dcmd, s: &str| -> Result<()> {
         let d = Directive { dcmd, mac: mac(s)? };
-        match ex.access.edit_masks(std::iter::once(d)) {
+        match lists.edit_masks(std::iter::once(d)) {
             Err(e) if e.merror == MERROR_LIST_FULL => {
-                bail!("the mask list of {} is full ({MAX_MASKS} MACs)", ex.name())
+                bail!("the mask list of {name} is full ({MAX_MASKS} MACs)")
             }
             Err(e) => Err(anyhow!("mask list edit refused (merror {})", e.merror)),
             Ok(()) => Ok(()),
         }
     };
     match req {
-        AdminRequest::AclList { .. } => Ok(false),
-        AdminRequest::AclAdd { mac, .. } => directive(DCMD_ADD, mac).map(|()| false),
-        AdminRequest::AclDel { mac, .. } => directive(DCMD_DELETE, mac).map(|()| false),
-        AdminRequest::ReservationShow { .. } => Ok(true),
+        AdminRequest::AclList { .. } | AdminRequest::ReservationShow { .. } => Ok(()),
+        AdminRequest::AclAdd { mac, .. } => directive(DCMD_ADD, mac),
+        AdminRequest::AclDel { mac, .. } => directive(DCMD_DELETE, mac),
         AdminRequest::ReservationClear { .. } => {
-            ex.access.clear_reservation();
-            Ok(true)
+            lists.reserve.clear();
+            Ok(())
         }
     }
 }

@@ -20,6 +20,65 @@ pub struct Lists {
     pub reserve: Vec<Mac>,
 }
 
+impl Lists {
+    /// Apply mask directives in order; stop at the first failing one (the ones before it
+    /// stay applied, as the protocol's reply says).
+    pub fn edit_masks(
+        &mut self,
+        directives: impl Iterator<Item = Directive>,
+    ) -> Result<(), MaskEditError> {
+        for (i, d) in directives.enumerate() {
+            let fail = |merror| MaskEditError {
+                merror,
+                index: i as u8,
+            };
+            match d.dcmd {
+                DCMD_NONE => {}
+                DCMD_ADD => {
+                    if !self.masks.contains(&d.mac) {
+                        if self.masks.len() >= MAX_MASKS {
+                            return Err(fail(MERROR_LIST_FULL));
+                        }
+                        self.masks.push(d.mac);
+                    }
+                }
+                DCMD_DELETE => self.masks.retain(|m| *m != d.mac),
+                _ => return Err(fail(MERROR_BAD_DCMD)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserve/Release from `src`. Returns the list after the command.
+    pub fn reserve(
+        &mut self,
+        rcmd: u8,
+        src: &Mac,
+        macs: impl Iterator<Item = Mac>,
+    ) -> Result<Vec<Mac>, AoeError> {
+        match rcmd {
+            RCMD_READ => {}
+            RCMD_SET | RCMD_FORCE_SET => {
+                if rcmd == RCMD_SET && !self.reserve.is_empty() && !self.reserve.contains(src) {
+                    return Err(AoeError::TargetReserved);
+                }
+                let mut new: Vec<Mac> = Vec::new();
+                for m in macs {
+                    if new.len() >= MAX_RESERVE {
+                        return Err(AoeError::BadArgument);
+                    }
+                    if !new.contains(&m) {
+                        new.push(m);
+                    }
+                }
+                self.reserve = new;
+            }
+            _ => return Err(AoeError::BadArgument),
+        }
+        Ok(self.reserve.clone())
+    }
+}
+
 /// The access lists of one export.
 #[derive(Debug, Default)]
 pub struct Access {
@@ -78,30 +137,7 @@ impl Access {
         directives: impl Iterator<Item = Directive>,
     ) -> Result<(), MaskEditError> {
         let mut l = self.lists.write().unwrap();
-        let mut result = Ok(());
-        for (i, d) in directives.enumerate() {
-            let fail = |merror| MaskEditError {
-                merror,
-                index: i as u8,
-            };
-            match d.dcmd {
-                DCMD_NONE => {}
-                DCMD_ADD => {
-                    if !l.masks.contains(&d.mac) {
-                        if l.masks.len() >= MAX_MASKS {
-                            result = Err(fail(MERROR_LIST_FULL));
-                            break;
-                        }
-                        l.masks.push(d.mac);
-                    }
-                }
-                DCMD_DELETE => l.masks.retain(|m| *m != d.mac),
-                _ => {
-                    result = Err(fail(MERROR_BAD_DCMD));
-                    break;
-                }
-            }
-        }
+        let result = l.edit_masks(directives);
         self.update_restricted(&l);
         result
     }
@@ -128,39 +164,9 @@ impl Access {
         macs: impl Iterator<Item = Mac>,
     ) -> Result<Vec<Mac>, AoeError> {
         let mut l = self.lists.write().unwrap();
-        match rcmd {
-            RCMD_READ => {}
-            RCMD_SET | RCMD_FORCE_SET => {
-                if rcmd == RCMD_SET && !l.reserve.is_empty() && !l.reserve.contains(src) {
-                    return Err(AoeError::TargetReserved);
-                }
-                let mut new: Vec<Mac> = Vec::new();
-                for m in macs {
-                    if new.len() >= MAX_RESERVE {
-                        return Err(AoeError::BadArgument);
-                    }
-                    if !new.contains(&m) {
-                        new.push(m);
-                    }
-                }
-                l.reserve = new;
-                self.update_restricted(&l);
-            }
-            _ => return Err(AoeError::BadArgument),
-        }
-        Ok(l.reserve.clone())
-    }
-
-    /// Apply a mask-list edit made elsewhere (control plane): add and remove these MACs.
-    pub fn apply_mask_changes(&self, added: &[Mac], removed: &[Mac]) {
-        let mut l = self.lists.write().unwrap();
-        l.masks.retain(|m| !removed.contains(m));
-        for m in added {
-            if !l.masks.contains(m) && l.masks.len() < MAX_MASKS {
-                l.masks.push(*m);
-            }
-        }
+        let result = l.reserve(rcmd, src, macs);
         self.update_restricted(&l);
+        result
     }
 
     /// Clear the reservation (control plane).

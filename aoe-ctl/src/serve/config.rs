@@ -7,6 +7,7 @@ use super::export::{Export, FIRMWARE_VERSION};
 use super::reply::Completion;
 use super::request::Ignore;
 
+/// A read, test or test-prefix against the export's string (sets are `set`).
 pub fn execute(ex: &Export, req: &ConfigRepr) -> Completion {
     match req.command {
         ConfigCommand::Read => Completion::Config { error: None },
@@ -17,25 +18,25 @@ pub fn execute(ex: &Export, req: &ConfigRepr) -> Completion {
             Completion::Ignore(Ignore::ConfigMismatch)
         }
         ConfigCommand::Test | ConfigCommand::TestPrefix => Completion::Config { error: None },
-        ConfigCommand::SetIfEmpty | ConfigCommand::ForceSet => {
-            let mut cur = ex.config_mut();
-            let allowed = req.command == ConfigCommand::ForceSet
-                || cur.is_empty()
-                || cur.as_slice() == req.string;
-            if allowed {
-                if cur.as_slice() != req.string {
-                    *cur = req.string.to_vec();
-                }
-                Completion::Config { error: None }
-            } else {
-                // Replies, errors included, carry the current string.
-                Completion::Config {
-                    error: Some(AoeError::ConfigStringPresent),
-                }
-            }
-        }
+        ConfigCommand::SetIfEmpty | ConfigCommand::ForceSet => set(&mut ex.config().clone(), req),
         ConfigCommand::Unknown(_) => Completion::Error(AoeError::BadArgument),
     }
+}
+
+/// A set or force set, applied to `cur` (a copy: the caller publishes it once kept).
+pub fn set(cur: &mut Vec<u8>, req: &ConfigRepr) -> Completion {
+    let allowed =
+        req.command == ConfigCommand::ForceSet || cur.is_empty() || cur.as_slice() == req.string;
+    if !allowed {
+        // Replies, errors included, carry the current string.
+        return Completion::Config {
+            error: Some(AoeError::ConfigStringPresent),
+        };
+    }
+    if cur.as_slice() != req.string {
+        *cur = req.string.to_vec();
+    }
+    Completion::Config { error: None }
 }
 
 /// Write the config arguments and current string at byte 24; returns the frame length.

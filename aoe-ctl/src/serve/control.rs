@@ -1,28 +1,28 @@
 //! Execute commands 2 and 3: the MAC mask list and Reserve/Release, against the export's
-//! access lists.
+//! access lists (edits against a copy, which the caller publishes once kept).
 
 use aoe_common::wire::mask::{MaskRepr, MCMD_EDIT, MCMD_READ};
 use aoe_common::wire::reserve::ReserveRepr;
 use aoe_common::wire::{AoeError, Mac};
 
-use super::export::Export;
+use super::access::Lists;
 use super::reply::Completion;
 
-pub fn mask_list(ex: &Export, req: &MaskRepr) -> Completion {
+pub fn mask_list(lists: &mut Lists, req: &MaskRepr) -> Completion {
     let result = match req.mcmd {
         MCMD_READ => Ok(()),
-        MCMD_EDIT => ex.access.edit_masks(req.directives()),
+        MCMD_EDIT => lists.edit_masks(req.directives()),
         _ => return Completion::Error(AoeError::BadArgument),
     };
     Completion::Mask {
         mcmd: req.mcmd,
-        result: result.map(|()| ex.access.snapshot().masks),
+        result: result.map(|()| lists.masks.clone()),
     }
 }
 
-pub fn reserve_release(ex: &Export, src: &Mac, req: &ReserveRepr) -> Completion {
-    let before = ex.access.snapshot().reserve;
-    match ex.access.reserve(req.rcmd, src, req.macs()) {
+pub fn reserve_release(lists: &mut Lists, src: &Mac, req: &ReserveRepr) -> Completion {
+    let before = lists.reserve.clone();
+    match lists.reserve(req.rcmd, src, req.macs()) {
         Ok(list) => Completion::Reserve {
             rcmd: req.rcmd,
             list,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use aoe_common::wire::ata::{AtaRepr, ATA_HEADER_LEN};
 use aoe_common::wire::{AoeError, Command, Frame, Mac, MIN_FRAME_LEN, SECTOR_SIZE};
 
-use super::export::{Export, ExportStats};
+use super::export::{ControlState, Export, ExportStats};
 use super::reply::{Completion, Responder};
 use super::request::{self, AtaOp, Body};
 use super::{ata, config, control};
@@ -42,6 +42,10 @@ pub struct ControlWork {
 /// Takes a request for the control plane; false when it cannot (the frame is dropped and
 /// the initiator retransmits). Must not block: it runs on a queue worker.
 pub type ControlSink = Arc<dyn Fn(ControlWork) -> bool + Send + Sync>;
+
+/// Keeps a changed config string and access lists before they are published and
+/// acknowledged; false when it could not (nothing changes, no reply).
+pub type Keep<'a> = &'a dyn Fn(&ControlState) -> bool;
 
 pub struct Engine {
     exports: Vec<Arc<Export>>,
@@ -149,13 +153,31 @@ impl Engine {
             return Verdict::Ignore(Ignore::NotOurs);
         };
         ExportStats::add(&ex.stats.frames, 1);
-        answer(ex, self.responder, buf, len, tail, self.control.as_ref())
+        let route = match &self.control {
+            Some(sink) => Changes::HandOff(sink),
+            // Without a control plane (tests, fuzzing) a change is applied at once.
+            None => Changes::Apply(&|_| true),
+        };
+        answer(ex, self.responder, buf, len, tail, route)
     }
 }
 
 /// Answer a request inline, state-changing commands included: the control plane's path.
-pub fn answer_now(ex: &Arc<Export>, responder: Responder, buf: &mut [u8], len: usize) -> Verdict {
-    answer(ex, responder, buf, len, &[], None)
+/// A change is made on a copy, kept by `keep`, and only then published and answered.
+pub fn answer_now(
+    ex: &Arc<Export>,
+    responder: Responder,
+    buf: &mut [u8],
+    len: usize,
+    keep: Keep,
+) -> Verdict {
+    answer(ex, responder, buf, len, &[], Changes::Apply(keep))
+}
+
+/// What happens to a state-changing request.
+enum Changes<'a> {
+    HandOff(&'a ControlSink),
+    Apply(Keep<'a>),
 }
 
 /// Parse, execute, respond.
@@ -165,7 +187,7 @@ fn answer(
     buf: &mut [u8],
     len: usize,
     tail: &[&[u8]],
-    control: Option<&ControlSink>,
+    changes: Changes,
 ) -> Verdict {
     if len > buf.len() || buf.len() < MIN_FRAME_LEN {
         return Verdict::Ignore(Ignore::Malformed);
@@ -191,23 +213,42 @@ fn answer(
             Completion::Error(AoeError::TargetReserved)
         }
         Body::Ata(a) => ata::execute(ex, responder.max_sectors, &a, buf, len, tail),
-        body if body.changes_state() && control.is_some() => {
-            let mut frame = vec![0u8; len.max(CONTROL_REPLY_MAX)];
-            frame[..len].copy_from_slice(&buf[..len]);
-            let work = ControlWork {
-                export: ex.clone(),
-                frame,
-                len,
-                responder,
-            };
-            return match control.map(|sink| sink(work)) {
-                Some(true) => Verdict::Pending,
-                _ => Verdict::Ignore(Ignore::ControlBusy),
-            };
-        }
+        body if body.changes_state() => match changes {
+            Changes::HandOff(sink) => {
+                let mut frame = vec![0u8; len.max(CONTROL_REPLY_MAX)];
+                frame[..len].copy_from_slice(&buf[..len]);
+                let work = ControlWork {
+                    export: ex.clone(),
+                    frame,
+                    len,
+                    responder,
+                };
+                return match sink(work) {
+                    true => Verdict::Pending,
+                    false => Verdict::Ignore(Ignore::ControlBusy),
+                };
+            }
+            Changes::Apply(keep) => {
+                let before = ex.control_state();
+                let mut after = before.clone();
+                let done = match body {
+                    Body::Config(c) => config::set(&mut after.config, &c),
+                    Body::Mask(m) => control::mask_list(&mut after.lists, &m),
+                    Body::Reserve(r) => control::reserve_release(&mut after.lists, &header.src, &r),
+                    _ => Completion::Error(AoeError::BadArgument),
+                };
+                if after != before {
+                    if !keep(&after) {
+                        return Verdict::Ignore(Ignore::NotKept);
+                    }
+                    ex.restore_control_state(after);
+                }
+                done
+            }
+        },
         Body::Config(c) => config::execute(ex, &c),
-        Body::Mask(m) => control::mask_list(ex, &m),
-        Body::Reserve(r) => control::reserve_release(ex, &header.src, &r),
+        Body::Mask(m) => control::mask_list(&mut ex.access.snapshot(), &m),
+        Body::Reserve(r) => control::reserve_release(&mut ex.access.snapshot(), &header.src, &r),
         Body::Unknown(_) => Completion::Error(AoeError::UnrecognizedCommand),
     };
     responder.respond(ex, &header, done, buf, len)

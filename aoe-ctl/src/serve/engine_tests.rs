@@ -80,7 +80,7 @@ impl Rig {
             Verdict::Pending => {
                 let mut w = self.handed.lock().unwrap().pop().expect("handed over");
                 let before = w.export.control_state();
-                let v = answer_now(&w.export, w.responder, &mut w.frame, w.len);
+                let v = answer_now(&w.export, w.responder, &mut w.frame, w.len, &|_| true);
                 if w.export.control_state() != before {
                     self.changes.fetch_add(1, Ordering::SeqCst);
                 }
@@ -622,9 +622,33 @@ fn state_changes_go_to_the_control_plane_and_nothing_else_does() {
     let n = frames::config(&mut r.buf, &a, 3, ConfigCommand::ForceSet, b"mine");
     assert_eq!(r.engine.handle(0, &mut r.buf, n), Verdict::Pending);
     assert!(r.engine.exports()[0].config().is_empty());
-    let w = r.handed.lock().unwrap().pop().unwrap();
+    let mut w = r.handed.lock().unwrap().pop().unwrap();
     assert_eq!((w.len, &w.frame[..n]), (n, &r.buf[..n]));
     assert!(w.frame.len() >= super::engine::CONTROL_REPLY_MAX);
+    // The owner applies it to a copy, keeps it, and only then publishes it: a change that
+    // cannot be kept is never seen, and gets no reply.
+    let seen = std::cell::Cell::new(false);
+    let refuse = |new: &super::export::ControlState| {
+        assert_eq!(new.config, b"mine");
+        seen.set(true);
+        false
+    };
+    let v = answer_now(&w.export, w.responder, &mut w.frame, w.len, &refuse);
+    assert!(seen.get());
+    assert_eq!(v, Verdict::Ignore(Ignore::NotKept));
+    assert!(w.export.config().is_empty());
+    let during = |_: &super::export::ControlState| {
+        // While it is being kept, the export still shows the old string.
+        assert!(r.engine.exports()[0].config().is_empty());
+        true
+    };
+    let v = answer_now(&w.export, w.responder, &mut w.frame, w.len, &during);
+    assert!(matches!(v, Verdict::Reply(_)));
+    assert_eq!(w.export.config().as_slice(), b"mine");
+    w.export.restore_control_state(super::export::ControlState {
+        config: vec![],
+        lists: Default::default(),
+    });
     // Without a control plane (tests, fuzzing) the engine applies it inline.
     let ex = r.engine.exports()[0].clone();
     let inline = Engine::new(vec![ex.clone()], TARGET, 2);

@@ -27,6 +27,9 @@ pub enum Ignore {
     /// The control plane could not take the request (queue full or gone): the initiator
     /// retransmits.
     ControlBusy,
+    /// A change that could not be kept (the state file could not be written): undone, and
+    /// not acknowledged.
+    NotKept,
 }
 
 /// What an ATA request asks for.
