@@ -99,25 +99,13 @@ impl From<AtaCommand> for u8 {
     }
 }
 
-/// A view of an ATA request or reply (the whole frame, header included).
-#[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+super::checked_view!(
+    /// A view of an ATA request or reply (the whole frame, header included).
+    Packet,
+    "Wrap a buffer that holds the ATA arguments."
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// Wrap a buffer that holds the ATA arguments.
-    pub fn new_checked(buffer: T) -> Result<Self, Truncated> {
-        let p = Packet { buffer };
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// The arguments must be there. The sector count says nothing about the data here:
     /// reads carry none, and a write's data may continue in further buffers (jumbo
     /// fragments), so the engine checks it against what arrived.
@@ -126,14 +114,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    fn b(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 
     pub fn aflags(&self) -> u8 {

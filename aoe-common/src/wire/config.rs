@@ -77,25 +77,13 @@ impl From<ConfigCommand> for u8 {
     }
 }
 
-/// A view of a Query Config request or reply (the whole frame, header included).
-#[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+super::checked_view!(
+    /// A view of a Query Config request or reply (the whole frame, header included).
+    Packet,
+    "Wrap a buffer whose string length fits the spec and the buffer."
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// Wrap a buffer whose string length fits the spec and the buffer.
-    pub fn new_checked(buffer: T) -> Result<Self, Truncated> {
-        let p = Packet { buffer };
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// The arguments are there, and the string length is at most 1024 and lies within the
     /// buffer. Bytes after the string (Ethernet padding) are allowed.
     pub fn check_len(&self) -> Result<(), Truncated> {
@@ -108,14 +96,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    fn b(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 
     pub fn buffer_count(&self) -> u16 {

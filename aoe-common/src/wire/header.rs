@@ -98,39 +98,19 @@ pub enum AoeError {
     TargetReserved = 6,
 }
 
-/// A view of a frame's Ethernet + AoE header.
-#[derive(Debug, Clone, Copy)]
-pub struct Frame<T: AsRef<[u8]>> {
-    buffer: T,
-}
+super::checked_view!(
+    /// A view of a frame's Ethernet + AoE header.
+    Frame,
+    "Wrap a buffer holding at least the common header."
+);
 
 impl<T: AsRef<[u8]>> Frame<T> {
-    /// Wrap a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Frame { buffer }
-    }
-
-    /// Wrap a buffer holding at least the common header.
-    pub fn new_checked(buffer: T) -> Result<Self, Truncated> {
-        let f = Frame { buffer };
-        f.check_len()?;
-        Ok(f)
-    }
-
     /// The header has no length field: it only has to be there.
     pub fn check_len(&self) -> Result<(), Truncated> {
         if self.b().len() < HEADER_LEN {
             return Err(Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    fn b(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 
     pub fn dst(&self) -> Mac {

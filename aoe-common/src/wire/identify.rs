@@ -44,39 +44,19 @@ pub mod field {
     pub const LBA48_CAPACITY: Field = words(word::LBA48_CAPACITY, 4);
 }
 
-/// A view of the 512 bytes of IDENTIFY data.
-#[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+super::checked_view!(
+    /// A view of the 512 bytes of IDENTIFY data.
+    Packet,
+    "Wrap a buffer holding the whole data block."
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// Wrap a buffer holding the whole data block.
-    pub fn new_checked(buffer: T) -> Result<Self, Truncated> {
-        let p = Packet { buffer };
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// No length field: all 256 words must be there.
     pub fn check_len(&self) -> Result<(), Truncated> {
         if self.b().len() < SECTOR_SIZE {
             return Err(Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    fn b(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 
     /// Word `n`, `None` past the 256th.

@@ -66,25 +66,13 @@ impl Directive {
     }
 }
 
-/// A view of a mask list request or reply (the whole frame, header included).
-#[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+super::checked_view!(
+    /// A view of a mask list request or reply (the whole frame, header included).
+    Packet,
+    "Wrap a buffer that holds every directive its count claims."
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// Wrap a buffer that holds every directive its count claims.
-    pub fn new_checked(buffer: T) -> Result<Self, Truncated> {
-        let p = Packet { buffer };
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// The arguments are there and `dir_count` directives fit in the buffer.
     pub fn check_len(&self) -> Result<(), Truncated> {
         let len = self.b().len();
@@ -94,14 +82,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    fn b(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 
     pub fn mcmd(&self) -> u8 {

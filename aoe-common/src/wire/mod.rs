@@ -21,6 +21,42 @@
 //! The kernel side reads frames through the `field` offsets and the constants here directly
 //! (bounds checked against `data_end`), never through these slice views.
 
+/// What every view shares, in smoltcp's shape: the struct over a buffer, `new_unchecked`,
+/// `new_checked` (through the file's own `check_len`, the one part that differs) and
+/// `into_inner`. `$checked` documents what `new_checked` guarantees.
+macro_rules! checked_view {
+    ($(#[$doc:meta])* $name:ident, $checked:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> $name<T> {
+            /// Wrap a buffer without checking it.
+            pub const fn new_unchecked(buffer: T) -> Self {
+                $name { buffer }
+            }
+
+            #[doc = $checked]
+            pub fn new_checked(buffer: T) -> Result<Self, $crate::wire::Truncated> {
+                let p = $name { buffer };
+                p.check_len()?;
+                Ok(p)
+            }
+
+            pub fn into_inner(self) -> T {
+                self.buffer
+            }
+
+            fn b(&self) -> &[u8] {
+                self.buffer.as_ref()
+            }
+        }
+    };
+}
+pub(crate) use checked_view;
+
 pub mod ata;
 pub mod config;
 pub mod header;

@@ -19,25 +19,13 @@ pub const RCMD_READ: u8 = 0;
 pub const RCMD_SET: u8 = 1;
 pub const RCMD_FORCE_SET: u8 = 2;
 
-/// A view of a Reserve/Release request or reply (the whole frame, header included).
-#[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+super::checked_view!(
+    /// A view of a Reserve/Release request or reply (the whole frame, header included).
+    Packet,
+    "Wrap a buffer that holds every MAC its count claims."
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// Wrap a buffer that holds every MAC its count claims.
-    pub fn new_checked(buffer: T) -> Result<Self, Truncated> {
-        let p = Packet { buffer };
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// The arguments are there and `nmacs` MACs fit in the buffer.
     pub fn check_len(&self) -> Result<(), Truncated> {
         let len = self.b().len();
@@ -46,14 +34,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Truncated);
         }
         Ok(())
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    fn b(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 
     pub fn rcmd(&self) -> u8 {
