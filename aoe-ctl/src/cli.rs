@@ -24,10 +24,13 @@ pub struct Cli {
 pub enum Cmd {
     /// Export a disk image or block device as eSHELF.SLOT on an interface until SIGINT/SIGTERM.
     Export {
+        /// Shelf (major) address, 0-65534: initiators see eSHELF.SLOT.
         #[arg(long, value_parser = parse_shelf)]
         shelf: u16,
+        /// Slot (minor) address, 0-254.
         #[arg(long, value_parser = parse_slot)]
         slot: u8,
+        /// Network interface to serve on (e.g. enp0s3).
         #[arg(long)]
         iface: String,
         /// Refuse writes (ATA ABRT).
@@ -101,15 +104,20 @@ pub enum Cmd {
         /// Sectors to export (default: to the end).
         #[arg(short = 'l')]
         length: Option<u64>,
+        /// Shelf (major) address, 0-65534.
         #[arg(value_parser = parse_shelf)]
         shelf: u16,
+        /// Slot (minor) address, 0-254.
         #[arg(value_parser = parse_slot)]
         slot: u8,
+        /// Network interface to serve on.
         netif: String,
+        /// The image: regular file, sparse file or block device.
         filename: PathBuf,
     },
     /// Exports, interfaces, data path, queues and uptime of the running targets.
     Status {
+        /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -119,6 +127,7 @@ pub enum Cmd {
         /// Print again every second (with --json, one object per line).
         #[arg(long)]
         watch: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -135,6 +144,7 @@ pub enum Cmd {
     },
     /// List every AoE target that answers on an interface.
     Discover {
+        /// Interface to broadcast the query on.
         #[arg(long)]
         iface: String,
         /// How long to collect replies, in milliseconds.
@@ -143,6 +153,7 @@ pub enum Cmd {
     },
     /// Write a pseudo-random pattern to a target, read it back and compare (destructive).
     Verify {
+        /// Interface the target is reached on.
         #[arg(long)]
         iface: String,
         /// The target, as eSHELF.SLOT (e.g. e1.2).
@@ -160,6 +171,7 @@ pub enum Cmd {
     /// Load generator: keep DEPTH requests in flight against a target for DURATION seconds
     /// and report IOPS, MB/s, latency percentiles and CPU per I/O.
     Bench {
+        /// Interface the target is reached on.
         #[arg(long)]
         iface: String,
         /// The target, as eSHELF.SLOT (e.g. e1.2).
@@ -209,18 +221,23 @@ pub use aoe_ctl::address::{parse_shelf, parse_slot, parse_target};
 #[derive(Subcommand, Debug)]
 pub enum AclAction {
     List {
+        /// The export, as eSHELF.SLOT (e.g. e1.2).
         #[arg(long, value_parser = parse_target)]
         target: (u16, u8),
     },
     Add {
+        /// The export, as eSHELF.SLOT (e.g. e1.2).
         #[arg(long, value_parser = parse_target)]
         target: (u16, u8),
+        /// The initiator's MAC, as 52:54:00:12:34:56.
         #[arg(value_parser = parse_mac)]
         mac: [u8; 6],
     },
     Del {
+        /// The export, as eSHELF.SLOT (e.g. e1.2).
         #[arg(long, value_parser = parse_target)]
         target: (u16, u8),
+        /// The initiator's MAC, as 52:54:00:12:34:56.
         #[arg(value_parser = parse_mac)]
         mac: [u8; 6],
     },
@@ -229,10 +246,12 @@ pub enum AclAction {
 #[derive(Subcommand, Debug)]
 pub enum ReservationAction {
     Show {
+        /// The export, as eSHELF.SLOT (e.g. e1.2).
         #[arg(long, value_parser = parse_target)]
         target: (u16, u8),
     },
     Clear {
+        /// The export, as eSHELF.SLOT (e.g. e1.2).
         #[arg(long, value_parser = parse_target)]
         target: (u16, u8),
     },
