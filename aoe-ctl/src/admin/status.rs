@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::format_duration;
-use crate::pinned::{self, Served, FLAG_DIRECT, FLAG_READ_ONLY, FLAG_SYNC};
+use crate::pinned::{self, Served, FLAG_DIRECT, FLAG_READ_ONLY, FLAG_WRITE_BACK};
 
 pub fn run(as_json: bool) -> Result<()> {
     let ifaces = Served::all()?;
@@ -27,7 +27,7 @@ pub fn run(as_json: bool) -> Result<()> {
                         "offset": r.offset,
                         "buffers": r.buffers,
                         "read_only": r.flags & FLAG_READ_ONLY != 0,
-                        "sync": r.flags & FLAG_SYNC != 0,
+                        "write_back": r.flags & FLAG_WRITE_BACK != 0,
                         "direct": r.flags & FLAG_DIRECT != 0,
                         "uptime_s": now.saturating_sub(r.started),
                     })).collect::<Vec<_>>(),
@@ -63,8 +63,8 @@ pub fn run(as_json: bool) -> Result<()> {
             if r.flags & FLAG_READ_ONLY != 0 {
                 opts.push("read-only".to_string());
             }
-            if r.flags & FLAG_SYNC != 0 {
-                opts.push("sync".to_string());
+            if r.flags & FLAG_WRITE_BACK != 0 {
+                opts.push("write-back".to_string());
             }
             if r.flags & FLAG_DIRECT != 0 {
                 opts.push("direct".to_string());

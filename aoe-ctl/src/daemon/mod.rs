@@ -100,10 +100,17 @@ impl Node {
                 offset: spec.offset,
                 length: spec.length,
                 direct: spec.direct,
-                sync: spec.sync,
+                write_back: spec.write_back,
             },
         )
         .with_context(|| spec.name())?;
+        if spec.write_back && !spec.read_only {
+            log::warn!(
+                "{}: write-back: writes are acknowledged from the page cache, and a power loss \
+                 of this node loses writes the initiator already treats as stable",
+                spec.name()
+            );
+        }
         let config = self
             .shared
             .state
@@ -118,7 +125,7 @@ impl Node {
                 offset: spec.offset,
                 direct: spec.direct,
                 read_only: spec.read_only,
-                sync: spec.sync,
+                write_back: spec.write_back,
                 buffers: spec.buffers,
                 allow: spec.allow.clone(),
                 config,
