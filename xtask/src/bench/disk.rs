@@ -24,7 +24,7 @@ pub fn image(path: &Path, bytes: u64) -> Result<PathBuf> {
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let fs = statfs(dir)?;
-    if fs.f_type as i64 == TMPFS_MAGIC || fs.f_type as i64 == RAMFS_MAGIC {
+    if fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC {
         bail!(
             "{} is on tmpfs/ramfs: the storage bench needs the machine's disk (--storage-image)",
             dir.display()
@@ -64,7 +64,7 @@ pub fn image(path: &Path, bytes: u64) -> Result<PathBuf> {
 }
 
 fn write_zeros(path: &Path, bytes: u64) -> Result<()> {
-    if bytes % CHUNK as u64 != 0 {
+    if !bytes.is_multiple_of(CHUNK as u64) {
         bail!("image size {bytes} is not a multiple of 4 MiB");
     }
     let mut f = std::fs::OpenOptions::new()
@@ -86,8 +86,9 @@ fn write_zeros(path: &Path, bytes: u64) -> Result<()> {
 
 fn statfs(dir: &Path) -> Result<libc::statfs> {
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    // SAFETY: a NUL-terminated path and a statfs the call fills.
+    // SAFETY: statfs is plain old data, all zeros a valid value.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs the call fills.
     if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("statfs {}", dir.display()));
@@ -236,7 +237,7 @@ mod tests {
     fn the_image_refuses_tmpfs() {
         // /dev/shm is tmpfs on every Linux this runs on; skip where it is not.
         let dir = Path::new("/dev/shm");
-        if statfs(dir).map_or(true, |s| s.f_type as i64 != TMPFS_MAGIC) {
+        if statfs(dir).map_or(true, |s| s.f_type != TMPFS_MAGIC) {
             return;
         }
         let e = image(&dir.join("aoe-bench-refused.img"), 4 << 20).unwrap_err();

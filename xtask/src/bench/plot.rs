@@ -96,7 +96,7 @@ pub fn storage_svg(r: &storage::Results, path: &Path) -> Result<()> {
             },
         ]
     };
-    let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();
+    let root = SVGBackend::new(path, (1400, 760)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (top, bottom) = root.split_vertically(380);
     bars(

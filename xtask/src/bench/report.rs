@@ -192,3 +192,34 @@ pub fn machine(targets: &str) -> String {
         kernel.trim()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::storage_report::STORAGE;
+
+    #[test]
+    fn each_block_replaces_only_its_own() {
+        let doc = std::env::temp_dir().join(format!("aoe-bench-doc-{}.md", std::process::id()));
+        std::fs::write(&doc, "# B\n\nbefore\n").unwrap();
+        write_block(&doc, HOT, "hot 1\n").unwrap();
+        write_block(&doc, STORAGE, "cold 1\n").unwrap();
+        write_block(&doc, HOT, "hot 2\n").unwrap();
+        write_block(&doc, STORAGE, "cold 2\n").unwrap();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        std::fs::remove_file(&doc).unwrap();
+        assert!(text.starts_with("# B\n\nbefore\n"), "{text}");
+        assert!(
+            text.contains(&format!("{}\nhot 2\n{}", HOT.0, HOT.1)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{}\ncold 2\n{}", STORAGE.0, STORAGE.1)),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hot 1") && !text.contains("cold 1"),
+            "{text}"
+        );
+    }
+}

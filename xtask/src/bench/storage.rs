@@ -222,10 +222,11 @@ pub fn default_image() -> PathBuf {
 
 pub fn run(o: &Options) -> Result<Results> {
     let t0 = Instant::now();
-    if o.storage_gib == 0 {
-        bail!("--storage-gib must be at least 1");
-    }
-    let bytes = o.storage_gib << 30;
+    let bytes = o
+        .storage_gib
+        .checked_mul(1 << 30)
+        .filter(|&b| b > 0)
+        .with_context(|| format!("--storage-gib {} is not a size in GiB", o.storage_gib))?;
     let path = o.storage_image.clone().unwrap_or_else(default_image);
     let image = disk::image(&path, bytes)?;
     let disk = Disk::of(&image)?;

@@ -25,17 +25,8 @@ pub fn markdown(r: &Results, o: &Options, hot: Option<f64>) -> String {
     let gib = r.bytes >> 30;
     let _ = writeln!(
         s,
-        "    cargo xtask bench --storage-only{}{}    # aoe-ctl {}, vblade {}, {}\n",
-        if gib == 16 {
-            String::new()
-        } else {
-            format!(" --storage-gib {gib}")
-        },
-        if o.duration == 5.0 {
-            String::new()
-        } else {
-            format!(" --duration {}", o.duration)
-        },
+        "    {}    # aoe-ctl {}, vblade {}, {}\n",
+        command(o, gib),
         commit(),
         vblade_version(),
         r.fio_version
@@ -114,6 +105,29 @@ pub fn markdown(r: &Results, o: &Options, hot: Option<f64>) -> String {
         let _ = writeln!(s, "- {line}");
     }
     s
+}
+
+/// The command that ran this section, with the options that differ from the defaults.
+fn command(o: &Options, gib: u64) -> String {
+    let mut c = String::from("cargo xtask bench");
+    if o.storage_only {
+        c.push_str(" --storage-only");
+    } else if o.runs != 3 {
+        c.push_str(&format!(" --runs {}", o.runs));
+    }
+    if o.duration != 5.0 {
+        c.push_str(&format!(" --duration {}", o.duration));
+    }
+    if gib != 16 {
+        c.push_str(&format!(" --storage-gib {gib}"));
+    }
+    if o.storage_image.is_some() {
+        c.push_str(" --storage-image IMAGE");
+    }
+    if o.data_path != "xdp" {
+        c.push_str(&format!(" --data-path {}", o.data_path));
+    }
+    c
 }
 
 fn ratio(x: f64) -> String {
