@@ -166,7 +166,11 @@ fn bars(
             }
         })
         .y_label_formatter(&|v| match scale {
-            Scale::Linear => format!("{v}"),
+            // Tick values come as sums of steps (0.30000000000000004): three decimals at most.
+            Scale::Linear => format!("{v:.3}")
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string(),
             Scale::Log10 => {
                 let v = floor * 10f64.powf(*v);
                 if v >= 10.0 {
