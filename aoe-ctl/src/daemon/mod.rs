@@ -19,8 +19,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use aoe_common::maps::ExportKey;
 
+use crate::serve::access::Lists;
 use crate::serve::backend::{self, OpenOptions};
-use crate::serve::export::{Export, ExportOptions};
+use crate::serve::export::{ControlState, Export, ExportOptions};
 use crate::serve::xdp::Classifier;
 use config::{ExportSpec, NodeConfig};
 use control::ControlSocket;
@@ -104,13 +105,18 @@ impl Node {
             },
         )
         .with_context(|| spec.name())?;
-        let config = self
-            .shared
-            .state
-            .as_ref()
-            .and_then(|s| s.config(&spec.name()))
-            .unwrap_or_else(|| spec.config.clone());
-        Ok(Arc::new(Export::new(
+        let configured = ControlState {
+            config: spec.config.clone(),
+            lists: Lists {
+                masks: spec.allow.clone(),
+                reserve: vec![],
+            },
+        };
+        let state = match &self.shared.state {
+            Some(s) => s.kept(&spec.name()).over(configured),
+            None => configured,
+        };
+        let ex = Arc::new(Export::new(
             ExportOptions {
                 shelf: spec.shelf,
                 slot: spec.slot,
@@ -120,11 +126,14 @@ impl Node {
                 read_only: spec.read_only,
                 sync: spec.sync,
                 buffers: spec.buffers,
-                allow: spec.allow.clone(),
-                config,
+                allow: state.lists.masks.clone(),
+                config: state.config.clone(),
             },
             backend,
-        )))
+        ));
+        // The kept reservation too, before the export serves a frame.
+        ex.restore_control_state(state);
+        Ok(ex)
     }
 
     /// Serve exactly what `new` says. On an error everything serves exactly as before: the
