@@ -7,6 +7,8 @@
 pub mod config;
 pub mod control;
 pub mod host;
+pub mod links;
+pub mod netlink;
 pub mod owner;
 pub mod spec;
 pub mod state;
@@ -61,6 +63,7 @@ pub struct Node {
     shared: Arc<Shared>,
     handoff: Handoff,
     owner: Owner,
+    links: links::Links,
 }
 
 impl Node {
@@ -85,6 +88,7 @@ impl Node {
                 Owner::offer(&tx, Work::Initiator(work, iface.to_string()))
             }),
             owner,
+            links: links::Links::default(),
         })
     }
 
@@ -238,6 +242,8 @@ impl Node {
     ) -> Result<()> {
         for (name, list) in per_iface {
             match self.hosts.get_mut(name) {
+                // Removed for now: served again when it returns (`links`).
+                None if self.links.is_lost(name) => {}
                 None => {
                     let h = Host::start(name, list.clone(), opts, self.handoff.clone())
                         .with_context(|| format!("starting {name}"))?;
@@ -361,6 +367,9 @@ pub fn run(
             }
         };
         let owner = node.owner();
+        let links = netlink::LinkWatcher::open()
+            .map_err(|e| log::warn!("interfaces that come and go are not followed: {e:#}"))
+            .ok();
         println!("ready: {}", node.summary());
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -375,6 +384,7 @@ pub fn run(
                     None => eprintln!("SIGHUP: no config file to reload (aoe-ctl export)"),
                 },
                 _ = control.serve_next(&owner) => {},
+                events = links::next(&links) => events.into_iter().for_each(|e| node.link_event(e)),
                 _ = tick.tick() => node.publish(),
             }
         }
