@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use aoe_integration::Lab;
+use aoe_integration::{Lab, Proc};
 use common::{bench_json, num, wait_for};
 
 fn text(o: &std::process::Output) -> String {
@@ -33,7 +33,7 @@ fn discover(lab: &Lab, iface: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn daemon(lab: &Lab) -> aoe_integration::Proc {
+fn daemon(lab: &Lab) -> Proc {
     let img = lab.image("disk.img", 8 << 20).unwrap();
     let cfg = lab.dir.join("exports.toml");
     std::fs::write(
@@ -69,8 +69,9 @@ fn reader(lab: &Lab, iface: &str, seconds: &str) -> std::process::Child {
     .unwrap()
 }
 
-fn finish(reader: std::process::Child, log: &str) -> serde_json::Value {
+fn finish(reader: std::process::Child, d: &Proc) -> serde_json::Value {
     let out = reader.wait_with_output().unwrap();
+    let log = d.log.lock().unwrap().clone();
     assert!(out.status.success(), "reader: {}\n{log}", text(&out));
     let r = bench_json(&out.stdout);
     assert!(num(&r, "ios") > 100.0, "{r:?}");
@@ -85,7 +86,18 @@ fn a_deleted_interface_is_served_again_when_it_returns() {
     // deletes both).
     let br = format!("{}b", lab.initiator_if);
     let ins = lab.initiator_ns.clone();
-    ip(&["-n", &ins, "link", "add", &br, "type", "bridge"]);
+    // A MAC of its own: a bridge otherwise takes its ports', and the new veth has another.
+    ip(&[
+        "-n",
+        &ins,
+        "link",
+        "add",
+        &br,
+        "address",
+        "02:00:00:0b:00:01",
+        "type",
+        "bridge",
+    ]);
     ip(&["-n", &ins, "link", "set", &lab.initiator_if, "master", &br]);
     ip(&["-n", &ins, "link", "set", &br, "up"]);
     let peer = lab.start_peer(&lab.initiator_if).unwrap();
@@ -93,6 +105,19 @@ fn a_deleted_interface_is_served_again_when_it_returns() {
     wait_for("e1.2 through the bridge", || {
         discover(&lab, &br).contains("e1.2")
     });
+    // The interface comes back as a replugged NIC would: with its MAC, which the client
+    // keeps addressing.
+    let o = Command::new("ip")
+        .args(["-n", &lab.target_ns, "-o", "link", "show", &lab.target_if])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mac = shown
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a MAC in {shown}"))
+        .to_string();
     let r = reader(&lab, &br, "5");
     std::thread::sleep(Duration::from_millis(1000));
     ip(&["-n", &lab.target_ns, "link", "del", &lab.target_if]);
@@ -102,26 +127,51 @@ fn a_deleted_interface_is_served_again_when_it_returns() {
     });
     std::thread::sleep(Duration::from_millis(500));
     ip(&[
-        "link", "add", &lab.target_if, "netns", &lab.target_ns, "type", "veth", "peer", "name",
-        &lab.initiator_if, "netns", &ins,
+        "link",
+        "add",
+        &lab.target_if,
+        "address",
+        &mac,
+        "netns",
+        &lab.target_ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &lab.initiator_if,
+        "netns",
+        &ins,
     ]);
     ip(&["-n", &ins, "link", "set", &lab.initiator_if, "master", &br]);
     ip(&["-n", &ins, "link", "set", &lab.initiator_if, "up"]);
     let _peer = lab.start_peer(&lab.initiator_if).unwrap();
     ip(&["-n", &lab.target_ns, "link", "set", &lab.target_if, "up"]);
+    finish(r, &d);
     let log = || d.log.lock().unwrap().clone();
-    finish(r, &log());
     let status = text(&lab.run_live(&["status"]).unwrap());
-    assert!(status.contains("removed 1x and back"), "{status}\n{}", log());
+    assert!(
+        status.contains("removed 1x and back"),
+        "{status}\n{}",
+        log()
+    );
     let o = lab.run_live(&["stats", "--json"]).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["interfaces"][0]["interface_removed"], 1, "{v}");
-    assert!(log().contains("returned; served again (xdp native"), "{}", log());
-    assert!(lab.target_has_xdp().unwrap(), "the program is attached again");
+    assert!(
+        log().contains("returned; served again (xdp native"),
+        "{}",
+        log()
+    );
+    assert!(
+        lab.target_has_xdp().unwrap(),
+        "the program is attached again"
+    );
     let v = lab
         .run(
             &ins,
-            &["verify", "--iface", &br, "--target", "e1.2", "--bytes", "1M"],
+            &[
+                "verify", "--iface", &br, "--target", "e1.2", "--bytes", "1M",
+            ],
         )
         .unwrap();
     assert!(v.status.success(), "{}", text(&v));
@@ -150,8 +200,8 @@ fn mtu_changes_while_serving() {
     wait_for("2 sectors per frame again", || {
         discover(&lab, &i).contains("2 sectors/frame")
     });
+    finish(r, &d);
     let log = d.log.lock().unwrap().clone();
-    finish(r, &log);
     assert!(
         log.contains("MTU 1500 -> 9000; served again") && log.contains("MTU 9000 -> 1500"),
         "{log}"

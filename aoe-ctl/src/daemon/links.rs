@@ -49,6 +49,7 @@ pub async fn next(w: &Option<LinkWatcher>) -> Vec<LinkEvent> {
 
 impl Node {
     pub(crate) fn link_event(&mut self, e: LinkEvent) {
+        log::debug!("netlink: {e:?}");
         match e {
             LinkEvent::Removed { name } => self.link_removed(&name),
             LinkEvent::Present {
@@ -109,11 +110,7 @@ impl Node {
         if let Some((was_up, had_carrier)) = before {
             if (was_up, had_carrier) != (up, carrier) {
                 let says = |on: bool| if on { "up" } else { "down" };
-                eprintln!(
-                    "{name}: link {}, carrier {}",
-                    says(up),
-                    says(carrier)
-                );
+                eprintln!("{name}: link {}, carrier {}", says(up), says(carrier));
                 if carrier && !had_carrier {
                     h.announce_all();
                 }

@@ -48,10 +48,7 @@ impl LinkWatcher {
             )
         };
         if raw < 0 {
-            bail!(
-                "netlink socket: {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("netlink socket: {}", std::io::Error::last_os_error());
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -85,9 +82,8 @@ impl LinkWatcher {
             let mut ready = self.fd.readable().await?;
             let got = ready.try_io(|fd| {
                 // SAFETY: `buf` is writable for its length.
-                let n = unsafe {
-                    libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                };
+                let n =
+                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
                 if n < 0 {
                     Err(std::io::Error::last_os_error())
                 } else {
@@ -206,12 +202,19 @@ mod tests {
         let mut b = message(
             RTM_NEWLINK,
             up,
-            &[attr(IFLA_MTU, &9000u32.to_ne_bytes()), attr(IFLA_IFNAME, b"veth0\0")],
+            &[
+                attr(IFLA_MTU, &9000u32.to_ne_bytes()),
+                attr(IFLA_IFNAME, b"veth0\0"),
+            ],
         );
         b.extend(message(RTM_DELLINK, 0, &[attr(IFLA_IFNAME, b"veth1\0")]));
         // Not a link message: skipped.
         b.extend(message(20, 0, &[attr(IFLA_IFNAME, b"addr\0")]));
-        b.extend(message(RTM_NEWLINK, libc::IFF_UP as u32, &[attr(IFLA_IFNAME, b"v2\0")]));
+        b.extend(message(
+            RTM_NEWLINK,
+            libc::IFF_UP as u32,
+            &[attr(IFLA_IFNAME, b"v2\0")],
+        ));
         assert_eq!(
             parse(&b),
             vec![
