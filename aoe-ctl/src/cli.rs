@@ -63,7 +63,7 @@ pub enum Cmd {
         /// Initial config string.
         #[arg(long, default_value = "")]
         config: String,
-        /// Keep the config string initiators set in this file (it survives restarts).
+        /// Keep the config string, mask list and reservation set at run time in this file.
         #[arg(long)]
         state: Option<PathBuf>,
         /// Data path: XDP + AF_XDP, AF_PACKET rings, or XDP when possible.

@@ -110,11 +110,12 @@ fn run(cli: Cli) -> Result<()> {
             check,
         } => {
             let cfg = config::load(&path)?;
+            // A damaged state file is refused here too: never serve guessed access rules.
+            let state = StateFile::open(StateFile::beside(&path))?;
             if check {
                 println!("{}: {} exports, good", path.display(), cfg.exports.len());
                 return Ok(());
             }
-            let state = StateFile::open(StateFile::beside(&path))?;
             aoe_ctl::daemon::run(cfg, Some(path), Some(state))
         }
         Cmd::Status { json } => admin::status::run(json),

@@ -53,7 +53,8 @@ pub struct IfaceInfo {
     pub pid: u32,
     pub queues: u32,
     pub mtu: u32,
-    pub _pad: u32,
+    /// Times the interface was removed while served (and came back).
+    pub removed: u32,
     /// Unix seconds.
     pub started: u64,
     /// Frames the workers handled, replies they sent, frames dropped at their sockets.

@@ -18,6 +18,7 @@ pub fn run(as_json: bool) -> Result<()> {
                     "mode": i.mode(),
                     "queues": i.info.queues,
                     "mtu": i.info.mtu,
+                    "removed": i.info.removed,
                     "pid": i.info.pid,
                     "uptime_s": now.saturating_sub(i.info.started),
                     "exports": i.records.iter().map(|r| json!({
@@ -49,14 +50,18 @@ pub fn run(as_json: bool) -> Result<()> {
     }
     for i in &ifaces {
         println!(
-            "{}: {}, {} queue{}, mtu {}, pid {}, up {}",
+            "{}: {}, {} queue{}, mtu {}, pid {}, up {}{}",
             i.name,
             i.mode(),
             i.info.queues,
             if i.info.queues == 1 { "" } else { "s" },
             i.info.mtu,
             i.info.pid,
-            format_duration(now.saturating_sub(i.info.started))
+            format_duration(now.saturating_sub(i.info.started)),
+            match i.info.removed {
+                0 => String::new(),
+                n => format!(", removed {n}x and back"),
+            }
         );
         for r in &i.records {
             let mut opts = vec![];
