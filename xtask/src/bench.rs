@@ -251,7 +251,12 @@ fn filled_image(lab: &Lab) -> Result<PathBuf> {
 fn start(lab: &Lab, target: &str, image: &Path, data_path: &str) -> Result<Proc> {
     match target {
         "vblade" => lab.start_vblade(image, &["-b", BUFFERS]),
-        "aoe-ctl" => lab.start_export(image, &["--buffers", BUFFERS, "--mode", data_path]),
+        // The hot rows measure the network path: write-back, as vblade without -s (the
+        // storage section measures durable writes).
+        "aoe-ctl" => lab.start_export(
+            image,
+            &["--buffers", BUFFERS, "--mode", data_path, "--write-back"],
+        ),
         _ => lab.start_ceiling(IMAGE_BYTES / 512),
     }
 }

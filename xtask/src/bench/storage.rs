@@ -16,10 +16,8 @@ use serde::Deserialize;
 use super::disk::{self, Counters, Disk};
 use super::{Figures, Options, BUFFERS};
 
-/// Export flags of a durable write. Issue 14 makes durability the default (`--sync` stays
-/// accepted); until its engine lands the default writes back, so the durable rows say
-/// `--sync`. Set this to `&[]` once the default is durable.
-pub const DURABLE: &[&str] = &["--sync"];
+/// Export flags of a durable write: none, durability is the default (vblade needs -s).
+pub const DURABLE: &[&str] = &[];
 const DEPTH: &str = "16";
 /// 1 KiB random requests, as fio's limit rows.
 const RANDOM_SECTORS: &str = "2";
