@@ -45,6 +45,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1500)]
         mtu: u32,
     },
+    /// Build everything (the eBPF objects included), then run target/release/aoe-ctl with
+    /// ARGS, printing the command first: `cargo xtask run -- export --shelf 1 ...`.
+    Run {
+        /// Arguments for aoe-ctl.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() {
@@ -58,6 +65,7 @@ fn main() {
         Cmd::Bench(o) => build().and_then(|()| bench::run(&o)),
         Cmd::Fuzz(o) => setup::ensure().and_then(|()| fuzz::run(&o)),
         Cmd::Compare { mtu } => build().and_then(|()| compare::run(mtu)),
+        Cmd::Run { args } => build().and_then(|()| run(&args)),
     };
     if let Err(e) = r {
         eprintln!("xtask: {e:#}");
@@ -93,6 +101,19 @@ fn build() -> Result<()> {
         aoe_integration::aoe_lab().display()
     );
     Ok(())
+}
+
+/// Replace xtask with aoe-ctl, so that signals and the exit code are aoe-ctl's own.
+fn run(args: &[std::ffi::OsString]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let bin = aoe_integration::aoe_ctl();
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    println!("xtask: running {} {}", bin.display(), shown.join(" "));
+    let e = Command::new(&bin).args(args).exec();
+    Err(e).with_context(|| format!("running {}", bin.display()))
 }
 
 fn test() -> Result<()> {
