@@ -7,6 +7,7 @@
 pub mod config;
 pub mod control;
 pub mod host;
+pub mod notify;
 pub mod owner;
 pub mod spec;
 pub mod state;
@@ -353,22 +354,36 @@ pub fn run(
         };
         let owner = node.owner();
         println!("ready: {}", node.summary());
+        let mut notifier = notify::Notifier::from_env();
+        notifier.ready(&node);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut watchdog = tokio::time::interval(notifier.period());
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => match &config_path {
-                    Some(p) => match config::load(p).and_then(|c| node.apply(c)) {
-                        Ok(()) => println!("reloaded: {}", node.summary()),
-                        Err(e) => eprintln!("reload refused, still {}: {e:#}", node.summary()),
-                    },
+                    Some(p) => {
+                        notifier.reloading();
+                        match config::load(p).and_then(|c| node.apply(c)) {
+                            Ok(()) => {
+                                println!("reloaded: {}", node.summary());
+                                notifier.ready(&node);
+                            }
+                            Err(e) => {
+                                eprintln!("reload refused, still {}: {e:#}", node.summary());
+                                notifier.refused(&node, &format!("{e:#}"));
+                            }
+                        }
+                    }
                     None => eprintln!("SIGHUP: no config file to reload (aoe-ctl export)"),
                 },
                 _ = control.serve_next(&owner) => {},
                 _ = tick.tick() => node.publish(),
+                _ = watchdog.tick() => notifier.watchdog(&node),
             }
         }
+        notifier.stopping();
         node.stop();
         Ok(())
     })
