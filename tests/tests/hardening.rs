@@ -15,8 +15,8 @@ fn unit_value(key: &str) -> String {
     std::fs::read_to_string(&unit)
         .unwrap()
         .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .unwrap_or_else(|| panic!("{key}= not in {}", unit.display()))
         .to_string()
 }
