@@ -1,6 +1,7 @@
 //! `cargo xtask package`: the .deb (cargo-deb, from aoe-ctl's [package.metadata.deb]), and
 //! its test for `cargo xtask test`: lintian without errors, then installed with dpkg, used
-//! (`aoe-ctl --version`, `man -l`, `systemd-analyze verify` and `security` on the units),
+//! (`aoe-ctl --version`, `man -l`, the bash completion, `systemd-analyze verify` and
+//! `security` on the units, `daemon --check` on the conffile),
 //! purged, and nothing of it left behind.
 
 use std::path::{Path, PathBuf};
@@ -192,6 +193,20 @@ fn check_installed(files: &str) -> Result<()> {
         if !files.lines().any(|f| f == needed) {
             bail!("package test: {needed} is not in the package");
         }
+    }
+    // The bash completion loads and registers itself (zsh and fish are not installed here).
+    let complete = run(
+        "bash",
+        &[
+            "-c",
+            ". /usr/share/bash-completion/completions/aoe-ctl && complete -p aoe-ctl",
+        ],
+    )?;
+    if !complete.trim_end().ends_with(" aoe-ctl") {
+        bail!(
+            "package test: the bash completion registers {:?}",
+            complete.trim()
+        );
     }
     let check = run(
         "/usr/sbin/aoe-ctl",
