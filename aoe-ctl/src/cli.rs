@@ -80,6 +80,7 @@ pub enum Cmd {
     },
     /// Serve every export of a config file until SIGINT/SIGTERM; SIGHUP reloads the file.
     Daemon {
+        /// The exports file (format in exports.toml(5)).
         #[arg(long, default_value = "/etc/aoe/exports.toml")]
         config: PathBuf,
         /// Check the file and exit (0 when it is good).
@@ -172,6 +173,7 @@ pub enum Cmd {
         /// First sector to write.
         #[arg(long, default_value_t = 0)]
         offset: u64,
+        /// Seed of the pseudo-random pattern.
         #[arg(long, default_value_t = 0x5eed)]
         seed: u64,
     },
@@ -184,6 +186,7 @@ pub enum Cmd {
         /// The target, as eSHELF.SLOT (e.g. e1.2).
         #[arg(long, value_parser = parse_target)]
         target: (u16, u8),
+        /// Access pattern.
         #[arg(long, value_enum)]
         pattern: Pattern,
         /// Requests in flight.
@@ -205,6 +208,7 @@ pub enum Cmd {
         /// compared with the pattern (write it first with the same --seed).
         #[arg(long)]
         verify: bool,
+        /// Seed of the pseudo-random pattern.
         #[arg(long, default_value_t = 0x5eed)]
         seed: u64,
         /// Send every request twice under two tags, as a retransmitting initiator would
@@ -227,11 +231,13 @@ pub use aoe_ctl::address::{parse_shelf, parse_slot, parse_target};
 
 #[derive(Subcommand, Debug)]
 pub enum AclAction {
+    /// Print the export's MAC mask list.
     List {
         /// The export, as eSHELF.SLOT (e.g. e1.2).
         #[arg(long, value_parser = parse_target)]
         target: (u16, u8),
     },
+    /// Let a MAC use the export.
     Add {
         /// The export, as eSHELF.SLOT (e.g. e1.2).
         #[arg(long, value_parser = parse_target)]
@@ -240,6 +246,7 @@ pub enum AclAction {
         #[arg(value_parser = parse_mac)]
         mac: [u8; 6],
     },
+    /// Take a MAC off the list.
     Del {
         /// The export, as eSHELF.SLOT (e.g. e1.2).
         #[arg(long, value_parser = parse_target)]
@@ -252,11 +259,13 @@ pub enum AclAction {
 
 #[derive(Subcommand, Debug)]
 pub enum ReservationAction {
+    /// Print the MACs holding the export's reservation.
     Show {
         /// The export, as eSHELF.SLOT (e.g. e1.2).
         #[arg(long, value_parser = parse_target)]
         target: (u16, u8),
     },
+    /// Release the reservation, whoever holds it.
     Clear {
         /// The export, as eSHELF.SLOT (e.g. e1.2).
         #[arg(long, value_parser = parse_target)]
@@ -295,6 +304,29 @@ pub fn parse_size(s: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The man pages are made of these lines (examples/package-docs.rs): none may be empty.
+    #[test]
+    fn every_argument_says_something() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = vec![];
+        walk(&Cli::command(), "aoe-ctl", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 
     #[test]
     fn targets_and_sizes() {

@@ -139,6 +139,17 @@ pub fn spawn_in_env(ns: &str, env: &[String], args: &[&str]) -> Result<Proc> {
     spawn_program(&aoe_ctl(), ns, env, args)
 }
 
+/// `spawn_in_env` with aoe-ctl run by `wrapper` (e.g. `setpriv ... --`): `wrapper[0]` is
+/// the program, then the rest of `wrapper`, then aoe-ctl and `args`.
+pub fn spawn_under(ns: &str, env: &[String], wrapper: &[String], args: &[&str]) -> Result<Proc> {
+    let (program, rest) = wrapper.split_first().context("no wrapper program")?;
+    let ctl = aoe_ctl();
+    let mut all: Vec<&str> = rest.iter().map(String::as_str).collect();
+    all.push(ctl.to_str().context("aoe-ctl path is not UTF-8")?);
+    all.extend_from_slice(args);
+    spawn_program(Path::new(program), ns, env, &all)
+}
+
 /// Start `aoe-lab ARGS` in namespace `ns` and wait for its first line of output.
 pub fn spawn_lab_in(ns: &str, args: &[&str]) -> Result<Proc> {
     spawn_program(&aoe_lab(), ns, &[], args)

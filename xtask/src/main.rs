@@ -5,6 +5,7 @@ mod compare;
 mod demo;
 mod fuzz;
 mod interop;
+mod package;
 mod setup;
 
 use std::process::Command;
@@ -45,6 +46,21 @@ enum Cmd {
         #[arg(long, default_value_t = 1500)]
         mtu: u32,
     },
+    /// Build the .deb (cargo-deb): /usr/sbin/aoe-ctl, the systemd units, an example
+    /// /etc/aoe/exports.toml, man pages, bash/zsh/fish completions, the docs.
+    Package {
+        /// Then test it: lintian, dpkg -i, use it, dpkg --purge, nothing left (the step
+        /// `cargo xtask test` runs).
+        #[arg(long)]
+        test: bool,
+    },
+    /// Build everything (the eBPF objects included), then run target/release/aoe-ctl with
+    /// ARGS, printing the command first: `cargo xtask run -- export --shelf 1 ...`.
+    Run {
+        /// Arguments for aoe-ctl.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() {
@@ -58,6 +74,14 @@ fn main() {
         Cmd::Bench(o) => build().and_then(|()| bench::run(&o)),
         Cmd::Fuzz(o) => setup::ensure().and_then(|()| fuzz::run(&o)),
         Cmd::Compare { mtu } => build().and_then(|()| compare::run(mtu)),
+        Cmd::Package { test } => build().and_then(|()| {
+            let deb = package::build()?;
+            if test {
+                package::test(&deb)?;
+            }
+            Ok(())
+        }),
+        Cmd::Run { args } => build().and_then(|()| run(&args)),
     };
     if let Err(e) = r {
         eprintln!("xtask: {e:#}");
@@ -93,6 +117,19 @@ fn build() -> Result<()> {
         aoe_integration::aoe_lab().display()
     );
     Ok(())
+}
+
+/// Replace xtask with aoe-ctl, so that signals and the exit code are aoe-ctl's own.
+fn run(args: &[std::ffi::OsString]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let bin = aoe_integration::aoe_ctl();
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    println!("xtask: running {} {}", bin.display(), shown.join(" "));
+    let e = Command::new(&bin).args(args).exec();
+    Err(e).with_context(|| format!("running {}", bin.display()))
 }
 
 fn test() -> Result<()> {
@@ -136,6 +173,8 @@ fn test() -> Result<()> {
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_file(&image);
     smoke.context("cargo xtask bench (smoke run)")?;
+    // The .deb: lintian, installed, used, purged.
+    package::build().and_then(|deb| package::test(&deb))?;
     // Every decoder and the engine under the fuzzer for a short while, from the corpus.
     fuzz::run(&fuzz::Options {
         minutes: 1.0,

@@ -31,6 +31,11 @@ const PACKAGES: &[&str] = &[
     "e2fsprogs",
     "binutils",
     "qemu-system-x86",
+    // the .deb: cargo-deb's $auto depends, its lint, and what its test uses
+    "dpkg-dev",
+    "lintian",
+    "man-db",
+    "systemd",
 ];
 
 /// From bookworm-backports: bookworm's qemu-system-x86 7.2 would remove the machine's
@@ -40,6 +45,7 @@ const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/aoe-bookworm-backports.s
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn bpf_linker() -> PathBuf {
     aoe_integration::workspace_root().join(".tools/bin/bpf-linker")
@@ -48,6 +54,11 @@ pub fn bpf_linker() -> PathBuf {
 /// cargo-fuzz, for `cargo xtask fuzz` (runs on rustup's nightly toolchain).
 pub fn cargo_fuzz() -> PathBuf {
     aoe_integration::workspace_root().join(".tools/bin/cargo-fuzz")
+}
+
+/// cargo-deb, for `cargo xtask package`.
+pub fn cargo_deb() -> PathBuf {
+    aoe_integration::workspace_root().join(".tools/bin/cargo-deb")
 }
 
 fn missing_packages() -> Vec<&'static str> {
@@ -65,7 +76,11 @@ fn missing_packages() -> Vec<&'static str> {
 
 /// Install only if something is missing.
 pub fn ensure() -> Result<()> {
-    if missing_packages().is_empty() && bpf_linker().exists() && cargo_fuzz().exists() {
+    if missing_packages().is_empty()
+        && bpf_linker().exists()
+        && cargo_fuzz().exists()
+        && cargo_deb().exists()
+    {
         return Ok(());
     }
     run()
@@ -121,6 +136,12 @@ pub fn run() -> Result<()> {
     cargo_install(
         &cargo_fuzz(),
         &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        &[],
+        &[],
+    )?;
+    cargo_install(
+        &cargo_deb(),
+        &format!("cargo-deb@{CARGO_DEB_VERSION}"),
         &[],
         &[],
     )

@@ -9,6 +9,7 @@ pub mod control;
 pub mod host;
 pub mod links;
 pub mod netlink;
+pub mod notify;
 pub mod owner;
 pub mod spec;
 pub mod state;
@@ -378,23 +379,37 @@ pub fn run(
             .map_err(|e| log::warn!("interfaces that come and go are not followed: {e:#}"))
             .ok();
         println!("ready: {}", node.summary());
+        let mut notifier = notify::Notifier::from_env();
+        notifier.ready(&node);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut watchdog = tokio::time::interval(notifier.period());
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => match &config_path {
-                    Some(p) => match config::load(p).and_then(|c| node.apply(c)) {
-                        Ok(()) => println!("reloaded: {}", node.summary()),
-                        Err(e) => eprintln!("reload refused, still {}: {e:#}", node.summary()),
-                    },
+                    Some(p) => {
+                        notifier.reloading();
+                        match config::load(p).and_then(|c| node.apply(c)) {
+                            Ok(()) => {
+                                println!("reloaded: {}", node.summary());
+                                notifier.ready(&node);
+                            }
+                            Err(e) => {
+                                eprintln!("reload refused, still {}: {e:#}", node.summary());
+                                notifier.refused(&node, &format!("{e:#}"));
+                            }
+                        }
+                    }
                     None => eprintln!("SIGHUP: no config file to reload (aoe-ctl export)"),
                 },
                 _ = control.serve_next(&owner) => {},
                 events = links::next(&links) => events.into_iter().for_each(|e| node.link_event(e)),
                 _ = tick.tick() => node.publish(),
+                _ = watchdog.tick() => notifier.watchdog(&node),
             }
         }
+        notifier.stopping();
         node.stop();
         Ok(())
     })
