@@ -76,7 +76,8 @@ fn four_initiators_for_a_minute_then_a_reservation() {
             "--depth",
             "16",
             "--duration",
-            "0.5",
+            // Long enough to cover the region with durable (fdatasync'd) writes.
+            "2",
         ];
         let extra = region_args(k);
         args.extend(extra.iter().map(String::as_str));
