@@ -84,7 +84,7 @@ impl DirectBackend {
             regular,
         };
         let b = DirectBackend {
-            mem_align: dio_mem_align(&b.file).unwrap_or(ALIGN),
+            mem_align: super::dio_alignment(&b.file).map_or(ALIGN, |a| a.mem),
             ..b
         };
         // Some filesystems refuse O_DIRECT, or 512-byte O_DIRECT (4Kn devices): say so now,
@@ -163,27 +163,10 @@ impl Backend for DirectBackend {
             mem_align: self.mem_align,
             durable: !self.write_back,
             regular: self.regular,
+            // Already past the page cache.
+            write_around: None,
         })
     }
-}
-
-/// The memory alignment O_DIRECT I/O on `file` needs, when its filesystem reports one.
-fn dio_mem_align(file: &File) -> Option<usize> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: statx on our own open descriptor into a zeroed struct it fills.
-    let stx = unsafe {
-        let mut stx: libc::statx = std::mem::zeroed();
-        let r = libc::statx(
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_DIOALIGN,
-            &mut stx,
-        );
-        (r == 0).then_some(stx)?
-    };
-    let align = stx.stx_dio_mem_align as usize;
-    (stx.stx_mask & libc::STATX_DIOALIGN != 0 && align.is_power_of_two()).then_some(align)
 }
 
 #[cfg(test)]

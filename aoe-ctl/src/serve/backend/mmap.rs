@@ -22,6 +22,8 @@ pub struct MmapBackend {
     read_only: bool,
     write_back: bool,
     regular: bool,
+    /// The same file opened O_DIRECT, for durable writes (see `WriteAround`).
+    around: Option<(File, super::DioAlign)>,
     /// A page of the mapping could not be mapped back onto the file after SIGBUS: an
     /// anonymous stand-in sits over the file there, so nothing the mapping says is trusted.
     failed: AtomicBool,
@@ -55,6 +57,11 @@ impl MmapBackend {
         // (read-around): megabytes per random sector on an image bigger than RAM.
         map.advise(memmap2::Advice::Random)
             .with_context(|| format!("madvise(MADV_RANDOM) on {}", path.display()))?;
+        let around = if opts.write_back || opts.read_only {
+            None
+        } else {
+            open_direct(path)
+        };
         Ok(MmapBackend {
             map,
             sectors,
@@ -64,6 +71,7 @@ impl MmapBackend {
             read_only: opts.read_only,
             write_back: opts.write_back,
             regular,
+            around,
             failed: AtomicBool::new(false),
         })
     }
@@ -130,6 +138,19 @@ impl MmapBackend {
     }
 }
 
+/// `path` opened again with O_DIRECT, with its alignment; None where the filesystem has
+/// no O_DIRECT (tmpfs before 6.6, some FUSE) or does not say how to align it.
+fn open_direct(path: &Path) -> Option<(File, super::DioAlign)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()?;
+    let align = super::dio_alignment(&f)?;
+    Some((f, align))
+}
+
 impl Backend for MmapBackend {
     fn sectors(&self) -> u64 {
         self.sectors
@@ -190,6 +211,10 @@ impl Backend for MmapBackend {
             mem_align: 1,
             durable: !self.write_back,
             regular: self.regular,
+            write_around: self.around.as_ref().map(|(f, align)| super::WriteAround {
+                fd: f.as_raw_fd(),
+                align: *align,
+            }),
         })
     }
 }

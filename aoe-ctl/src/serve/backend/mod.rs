@@ -51,6 +51,49 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// What O_DIRECT I/O on a file must be aligned to (statx STATX_DIOALIGN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DioAlign {
+    /// Of the buffer's address and length in memory.
+    pub mem: usize,
+    /// Of the offset and length in the file.
+    pub offset: usize,
+}
+
+/// The O_DIRECT alignment of `file`, when its filesystem reports one.
+pub fn dio_alignment(file: &File) -> Option<DioAlign> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statx on our own open descriptor into a zeroed struct it fills.
+    let stx = unsafe {
+        let mut stx: libc::statx = std::mem::zeroed();
+        let r = libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        );
+        (r == 0).then_some(stx)?
+    };
+    let a = DioAlign {
+        mem: stx.stx_dio_mem_align as usize,
+        offset: stx.stx_dio_offset_align as usize,
+    };
+    (stx.stx_mask & libc::STATX_DIOALIGN != 0
+        && a.mem.is_power_of_two()
+        && a.offset.is_power_of_two())
+    .then_some(a)
+}
+
+/// A second descriptor on the same file, opened O_DIRECT, for durable writes that would
+/// otherwise read a whole page from the disk into the cache first (a write smaller than a
+/// page, to a page not cached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteAround {
+    pub fd: std::os::fd::RawFd,
+    pub align: DioAlign,
+}
+
 /// Where a ring sends an export's I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoTarget {
@@ -64,6 +107,8 @@ pub struct IoTarget {
     pub durable: bool,
     /// A regular file (whose size can change under us), not a block device.
     pub regular: bool,
+    /// Where durable writes go past the page cache, when the file allows O_DIRECT.
+    pub write_around: Option<WriteAround>,
 }
 
 /// How to open an image.

@@ -253,20 +253,6 @@ impl IoRing {
             op.iov
                 .extend_from_slice(&self.staged_iov[q.iov.0..q.iov.0 + q.iov.1]);
         }
-        if target.direct && !aligned(&op.iov, target.mem_align) {
-            let mut b = self.bounces.pop().unwrap_or_else(Bounce::new);
-            if kind == Kind::Write {
-                let mut at = 0;
-                for v in &op.iov {
-                    // SAFETY: the caller of `queue` keeps each buffer valid until done.
-                    let src =
-                        unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
-                    b.as_mut()[at..at + v.iov_len].copy_from_slice(src);
-                    at += v.iov_len;
-                }
-            }
-            op.bounce = Some(b);
-        }
         if end > MAX_MERGED_BYTES || op.iov.len() > libc::UIO_MAXIOV as usize {
             // Cannot happen with the limits above; refuse rather than overrun the bounce.
             for &(token, _) in &op.members {
@@ -283,8 +269,37 @@ impl IoRing {
             self.free.push(slot);
             return;
         }
-        let fd = types::Fd(target.fd);
-        let offset = target.base + first.offset;
+        // Durable writes go around the page cache where the file allows: a write smaller
+        // than a page would otherwise first read that page from the disk, and the page
+        // would be written back again by the fdatasync.
+        let at = target.base + first.offset;
+        let (fd, direct, mem_align) = match target.write_around {
+            Some(w)
+                if kind == Kind::Write
+                    && target.durable
+                    && at % w.align.offset as u64 == 0
+                    && end % w.align.offset == 0 =>
+            {
+                (w.fd, true, w.align.mem)
+            }
+            _ => (target.fd, target.direct, target.mem_align),
+        };
+        if direct && !aligned(&op.iov, mem_align) {
+            let mut b = self.bounces.pop().unwrap_or_else(Bounce::new);
+            if kind == Kind::Write {
+                let mut at = 0;
+                for v in &op.iov {
+                    // SAFETY: the caller of `queue` keeps each buffer valid until done.
+                    let src =
+                        unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+                    b.as_mut()[at..at + v.iov_len].copy_from_slice(src);
+                    at += v.iov_len;
+                }
+            }
+            op.bounce = Some(b);
+        }
+        let fd = types::Fd(fd);
+        let offset = at;
         let entry = match (&mut op.bounce, kind) {
             (Some(b), Kind::Read) => opcode::Read::new(fd, b.as_mut().as_mut_ptr(), end as u32)
                 .offset(offset)
@@ -556,6 +571,7 @@ mod tests {
             mem_align: 1,
             durable,
             regular: true,
+            write_around: None,
         }
     }
 
