@@ -26,6 +26,8 @@ pub struct StorageIo {
     pub lba: u64,
     pub bytes: usize,
     pub header: HeaderRepr,
+    /// When the engine handed it on (for the latency histograms).
+    pub started: std::time::Instant,
 }
 
 /// Execute `req`, whose frame is `buf[..len]` with its payload possibly continuing in `tail`.
@@ -72,6 +74,12 @@ pub fn complete(
         Kind::Write => AtaOp::Write,
         Kind::Flush => AtaOp::Flush,
     };
+    let latency = &ex.stats.latency[match io.kind {
+        Kind::Read => 0,
+        Kind::Write => 1,
+        Kind::Flush => 2,
+    }];
+    latency.record(io.started.elapsed());
     let done = match result {
         Ok(()) => {
             match io.kind {

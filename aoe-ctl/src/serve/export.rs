@@ -9,6 +9,7 @@ use aoe_common::wire::Mac;
 use super::access::{Access, Lists};
 use super::backend::Backend;
 use super::backend::BackendError;
+use super::latency::Histogram;
 
 /// Per-export counters (relaxed atomics; read by `stats`).
 #[derive(Debug, Default)]
@@ -28,6 +29,10 @@ pub struct ExportStats {
     pub dropped_config_mismatch: AtomicU64,
     /// Backend failures, by `BackendError::reason` in the order of `STORAGE_REASONS`.
     pub storage_errors: [AtomicU64; STORAGE_REASONS.len()],
+    /// Request latency by kind, in the order of `latency::KINDS`.
+    pub latency: [Histogram; 3],
+    /// Requests waiting for storage I/O now (a gauge).
+    pub storage_in_flight: AtomicU64,
 }
 
 /// The reasons backend failures are counted by (`BackendError::reason`).

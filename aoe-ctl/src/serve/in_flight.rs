@@ -3,6 +3,7 @@
 //! Both workers use it, each with its own kind of buffer handle `H`.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,10 @@ impl<H> InFlight<H> {
             return Err(p);
         };
         let (kind, offset) = (p.io.kind, p.io.lba * SECTOR);
+        p.export
+            .stats
+            .storage_in_flight
+            .fetch_add(1, Ordering::Relaxed);
         let token = match self.free.pop() {
             Some(t) => {
                 self.slots[t as usize] = Some(p);
@@ -91,6 +96,10 @@ impl<H> InFlight<H> {
                 continue;
             };
             self.free.push(d.token);
+            p.export
+                .stats
+                .storage_in_flight
+                .fetch_sub(1, Ordering::Relaxed);
             each(p, d.result);
         }
     }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod engine;
 pub mod export;
 pub mod in_flight;
+pub mod latency;
 pub mod live_engine;
 pub mod packet_worker;
 pub mod reply;

@@ -100,6 +100,7 @@ impl Responder {
                     lba,
                     bytes,
                     header: *request,
+                    started: std::time::Instant::now(),
                 })
             }
             Completion::Ignore(why) => {
