@@ -67,7 +67,7 @@ pub fn storage_svg(r: &storage::Results, path: &Path) -> Result<()> {
         r.rows
             .iter()
             .map(|m| {
-                let (s, limit) = (pick(m), r.fio(m.case.limit));
+                let (s, limit) = (pick(m), m.limit);
                 if m.case.limit.in_mbps() {
                     s.figures.mbps / limit.mbps
                 } else {

@@ -195,6 +195,8 @@ pub struct Measured {
     pub case: Case,
     pub ours: Sample,
     pub vblade: Sample,
+    /// fio's figure for the row's limit, measured right before its targets.
+    pub limit: Fio,
 }
 
 pub struct Results {
@@ -236,9 +238,9 @@ pub fn run(o: &Options) -> Result<Results> {
         o.duration
     );
     let cases = cases();
-    // Every cold sequential run (two targets per row, then fio) reads a region of its own,
-    // so none reads what another just pulled into the disk's (or the host's) cache.
-    let seq_runs = 2 * cases
+    // Every cold sequential run (fio and two targets per row, then fio) reads a region of
+    // its own, so none reads what another just pulled into the disk's (or the host's) cache.
+    let seq_runs = 3 * cases
         .iter()
         .filter(|c| c.cold && c.pattern == "seqread")
         .count() as u64
@@ -264,6 +266,15 @@ pub fn run(o: &Options) -> Result<Results> {
         // both targets so the client pays the same.
         let _peer = lab.start_peer(&lab.initiator_if)?;
         for case in cases.iter().filter(|c| c.mtu == mtu) {
+            // The disk's limit right before the row's targets: the disk here is shared and
+            // its speed drifts over minutes, so each row is held against its own fio run.
+            let fio_region = match case.limit {
+                Limit::SeqRead => regions.next().unwrap_or((0, region)),
+                _ => (0, region),
+            };
+            let limit = m
+                .fio(case.limit, next_seed(), fio_region)
+                .with_context(|| format!("{}: fio", case.label))?;
             let mut sample = |target: Target| -> Result<Sample> {
                 let (offset, span) = match (case.pattern, case.cold) {
                     ("seqread", true) => regions.next().unwrap_or((0, region)),
@@ -296,6 +307,7 @@ pub fn run(o: &Options) -> Result<Results> {
                 case: case.clone(),
                 ours,
                 vblade,
+                limit,
             });
         }
     }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::report::{commit, machine, now, vblade_version};
-use super::storage::{Limit, Measured, Results, Sample, LIMITS};
+use super::storage::{Measured, Results, Sample, LIMITS};
 use super::Options;
 
 /// The markers of the storage block in docs/benchmarks.md.
@@ -48,7 +48,7 @@ pub fn markdown(r: &Results, o: &Options, hot: Option<f64>) -> String {
     );
     s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for m in &r.rows {
-        let limit = r.fio(m.case.limit);
+        let limit = m.limit;
         let mbps = m.case.limit.in_mbps();
         let (ours, theirs, disk) = if mbps {
             (m.ours.figures.mbps, m.vblade.figures.mbps, limit.mbps)
@@ -155,7 +155,7 @@ pub fn goals(r: &Results, hot: Option<f64>) -> Vec<String> {
     let mut out = Vec::new();
     for label in ["cold randread d16 default", "cold randread d16 --direct"] {
         let Some(m) = row(r, label) else { continue };
-        let x = m.ours.figures.iops / r.fio(Limit::RandRead).iops;
+        let x = m.ours.figures.iops / m.limit.iops;
         let amp = m.ours.read_amplification();
         out.push(format!(
             "{label}: {:.2}× fio's QD16 (goal ≥ 0.9: {}); {} disk bytes read per byte served \
@@ -172,7 +172,7 @@ pub fn goals(r: &Results, hot: Option<f64>) -> Vec<String> {
         "durable randwrite d16 --direct",
     ] {
         let Some(m) = row(r, label) else { continue };
-        let x = m.ours.figures.iops / r.fio(Limit::RandWriteDsync).iops;
+        let x = m.ours.figures.iops / m.limit.iops;
         out.push(format!(
             "{label}: {:.2}× fio's QD16 O_DSYNC (goal ≥ 1: {})",
             x,
