@@ -5,6 +5,7 @@
 # The veth peer program comes from the aoe-lab beside NEW_BIN ($AOE_LAB overrides).
 # e.g. git worktree add /tmp/old REV && (cd /tmp/old && cp -r ../main/.tools . && cargo build --release -p aoe-ctl)
 #      xtask/scripts/ab.sh /tmp/old/target/release/aoe-ctl target/release/aoe-ctl 12 "randread randwrite" 3
+# AB_EXPORT_ARGS adds export options to both (e.g. "--direct", "--write-back").
 # Prints one line per run (round, old|new, pattern, IOPS, CPU us/IO) and the medians.
 set -eu
 OLD=$1; NEW=$2; ROUNDS=${3:-8}; PATTERNS=${4:-"randread randwrite"}; SECS=${5:-3}
@@ -25,7 +26,7 @@ for round in $(seq 1 $ROUNDS); do
   ORDER="old new"; [ $((round % 2)) = 0 ] && ORDER="new old"
   for who in $ORDER; do
     BIN=$OLD; [ $who = new ] && BIN=$NEW
-    ip netns exec $T $BIN export --shelf 1 --slot 2 --iface $T --buffers 64 $IMG >/dev/null 2>&1 &
+    ip netns exec $T $BIN export --shelf 1 --slot 2 --iface $T --buffers 64 ${AB_EXPORT_ARGS:-} $IMG >/dev/null 2>&1 &
     TP=$!
     sleep 1.5
     for pat in $PATTERNS; do

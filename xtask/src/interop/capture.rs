@@ -16,6 +16,8 @@ pub struct Capture {
     /// Request tags with no response, or with more than one.
     pub unanswered: u64,
     pub answered_twice: u64,
+    /// Config replies broadcast unasked (a target announcing itself).
+    pub announcements: u64,
     /// The first few odd tags, for the report.
     pub odd: Vec<String>,
 }
@@ -47,6 +49,8 @@ pub fn analyze(pcap: &Path) -> Result<Capture> {
             "frame.number",
             "-e",
             "aoe.cmd",
+            "-e",
+            "eth.dst",
         ])
         .output()
         .context("running tshark (apt-get install tshark)")?;
@@ -67,6 +71,12 @@ pub fn analyze(pcap: &Path) -> Result<Capture> {
             continue;
         };
         let response = matches!(*resp, "1" | "True" | "true");
+        if response && f.get(5).is_some_and(|d| d.eq_ignore_ascii_case("ff:ff:ff:ff:ff:ff")) {
+            // A config announcement to everyone (at start, and when a link comes back up):
+            // not an answer to any request.
+            c.announcements += 1;
+            continue;
+        }
         let e = tags.entry(tag.to_string()).or_default();
         if e.2.len() < 80 {
             let what = if response { "rsp" } else { "req" };
