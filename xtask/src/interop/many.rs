@@ -70,7 +70,9 @@ pub fn run(count: usize) -> Result<String> {
             bail!(
                 "the daemon was not up within {:.0} s ({last} exports answered): {}",
                 t0.elapsed().as_secs_f64(),
-                std::fs::read_to_string(lab.dir.join("daemon.err")).unwrap_or_default().trim()
+                std::fs::read_to_string(lab.dir.join("daemon.err"))
+                    .unwrap_or_default()
+                    .trim()
             );
         }
     };
@@ -91,7 +93,11 @@ pub fn run(count: usize) -> Result<String> {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = daemon.wait();
     let log = std::fs::read_to_string(lab.dir.join("daemon.err")).unwrap_or_default();
-    let complete = if last >= count { "all heard" } else { "INCOMPLETE: not every export answers one discovery" };
+    let complete = if last >= count {
+        "all heard"
+    } else {
+        "INCOMPLETE: not every export answers one discovery"
+    };
     let _ = log;
     Ok(format!(
         "discovery of {count} exports on one daemon: {complete}; {last} answer {start_s:.1} s after start, \

@@ -181,6 +181,9 @@ impl Node {
     }
 }
 
+/// A node to build: its name, the shelf.slot of each export, how many segments it is on.
+type Planned = (&'static str, Vec<(u16, u8)>, usize);
+
 /// The segment: the guest's taps on two bridges in one namespace, each node's veths on them.
 struct Segment {
     tap_b: String,
@@ -227,7 +230,7 @@ impl Segment {
             nodes: Vec::new(),
             _peers: Vec::new(),
         };
-        let mut plan: Vec<(&str, Vec<(u16, u8)>, usize)> = vec![
+        let mut plan: Vec<Planned> = vec![
             ("e5.1", vec![(5, 1)], 1),
             ("e5.2", vec![(5, 2)], 1),
             ("e5.3", vec![(5, 3)], 1),
