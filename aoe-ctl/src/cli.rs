@@ -36,9 +36,15 @@ pub enum Cmd {
         /// Refuse writes (ATA ABRT).
         #[arg(long)]
         read_only: bool,
-        /// Acknowledge writes only once they are on stable storage.
+        /// Accepted for compatibility: writes are acknowledged only once on stable storage
+        /// by default.
         #[arg(long)]
         sync: bool,
+        /// UNSAFE on power loss: acknowledge writes from the page cache. The Linux initiator
+        /// never flushes, so its filesystem treats those writes as stable; only for a
+        /// UPS-backed node or scratch data.
+        #[arg(long)]
+        write_back: bool,
         /// O_DIRECT I/O instead of the page cache (for block devices).
         #[arg(long)]
         direct: bool,
@@ -57,7 +63,7 @@ pub enum Cmd {
         /// Initial config string.
         #[arg(long, default_value = "")]
         config: String,
-        /// Keep the config string initiators set in this file (it survives restarts).
+        /// Keep the config string, mask list and reservation set at run time in this file.
         #[arg(long)]
         state: Option<PathBuf>,
         /// Data path: XDP + AF_XDP, AF_PACKET rings, or XDP when possible.
@@ -81,7 +87,8 @@ pub enum Cmd {
         check: bool,
     },
     /// vblade 25's command line: aoe-ctl vblade [-b bufcnt] [-d] [-s] [-r] [-m mac[,mac...]]
-    /// [-o offset] [-l length] shelf slot netif filename.
+    /// [-o offset] [-l length] shelf slot netif filename. As vblade, writes are acknowledged
+    /// from the page cache (unsafe on power loss) unless -s.
     Vblade {
         /// Buffer count advertised to initiators (default 16, at least 2).
         #[arg(short = 'b')]
@@ -89,7 +96,7 @@ pub enum Cmd {
         /// O_DIRECT I/O.
         #[arg(short = 'd')]
         direct: bool,
-        /// O_SYNC: acknowledge writes once on stable storage.
+        /// Acknowledge writes once on stable storage (without it: from the page cache).
         #[arg(short = 's')]
         sync: bool,
         /// Read-only.

@@ -39,6 +39,7 @@ fn run(cli: Cli) -> Result<()> {
             iface,
             read_only,
             sync,
+            write_back,
             direct,
             buffers,
             allow,
@@ -58,6 +59,7 @@ fn run(cli: Cli) -> Result<()> {
                 path,
                 read_only,
                 sync,
+                write_back,
                 direct,
                 offset,
                 length,
@@ -90,6 +92,8 @@ fn run(cli: Cli) -> Result<()> {
                 path: filename,
                 read_only,
                 sync,
+                // vblade writes back unless -s.
+                write_back: !sync,
                 direct,
                 offset,
                 length,
@@ -106,11 +110,12 @@ fn run(cli: Cli) -> Result<()> {
             check,
         } => {
             let cfg = config::load(&path)?;
+            // A damaged state file is refused here too: never serve guessed access rules.
+            let state = StateFile::open(StateFile::beside(&path))?;
             if check {
                 println!("{}: {} exports, good", path.display(), cfg.exports.len());
                 return Ok(());
             }
-            let state = StateFile::open(StateFile::beside(&path))?;
             aoe_ctl::daemon::run(cfg, Some(path), Some(state))
         }
         Cmd::Status { json } => admin::status::run(json),

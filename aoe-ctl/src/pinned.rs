@@ -19,7 +19,7 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Columns of `ExportRecord::stats`, as `ExportStats` counts them.
-pub const STAT_NAMES: [&str; 17] = [
+pub const STAT_NAMES: [&str; 18] = [
     "frames",
     "reads",
     "writes",
@@ -34,6 +34,7 @@ pub const STAT_NAMES: [&str; 17] = [
     "errors_storage_unaligned",
     "errors_storage_io",
     "errors_storage_no_space",
+    "errors_storage_short",
     "errors_storage_sigbus",
     "errors_storage_concurrent_fault",
     "errors_storage_failed_closed",
@@ -41,7 +42,8 @@ pub const STAT_NAMES: [&str; 17] = [
 
 /// Export option flags in `ExportRecord::flags`.
 pub const FLAG_READ_ONLY: u32 = 1;
-pub const FLAG_SYNC: u32 = 2;
+/// Writes acknowledged from the page cache (`--write-back`).
+pub const FLAG_WRITE_BACK: u32 = 2;
 pub const FLAG_DIRECT: u32 = 4;
 
 /// One interface a process serves.
@@ -51,7 +53,8 @@ pub struct IfaceInfo {
     pub pid: u32,
     pub queues: u32,
     pub mtu: u32,
-    pub _pad: u32,
+    /// Times the interface was removed while served (and came back).
+    pub removed: u32,
     /// Unix seconds.
     pub started: u64,
     /// Frames the workers handled, replies they sent, frames dropped at their sockets.

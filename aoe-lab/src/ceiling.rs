@@ -64,6 +64,7 @@ pub fn attach(o: &Options) -> Result<Ebpf> {
         serial: b"aoe-ceiling",
         firmware: b"0",
         model: b"AoE benchmark ceiling (no storage)",
+        write_cache: false,
     }
     .emit(&mut entry.identify);
 

@@ -181,12 +181,19 @@ fn full_filesystem_under_a_sparse_image() {
 }
 
 #[test]
-fn sync_writes_are_on_stable_storage_when_acknowledged() {
-    // Without --sync an acknowledged write may still be only in the page cache (dirty);
-    // with --sync it has been written back before the reply left. No sleeps: the page
-    // cache is asked right after the client got its last acknowledgement. The image is on
-    // a disk-backed filesystem (tmpfs pages stay dirty whatever the target does).
-    for (extra, want_dirty) in [(&[][..], true), (&["--sync"][..], false)] {
+fn acknowledged_writes_are_on_stable_storage_by_default() {
+    // By default an acknowledged write has been written back (fdatasync) before its reply
+    // left, on both data paths and with O_DIRECT; with --write-back it may still be only
+    // in the page cache (dirty): the control. No sleeps: the page cache is asked right
+    // after the client got its last acknowledgement. The image is on a disk-backed
+    // filesystem (tmpfs pages stay dirty whatever the target does).
+    for (extra, want_dirty) in [
+        (&["--write-back"][..], true),
+        (&[][..], false),
+        (&["--sync"][..], false),
+        (&["--mode", "afpacket"][..], false),
+        (&["--mode", "afpacket", "--write-back"][..], true),
+    ] {
         let lab = Lab::new().unwrap();
         let disk = DiskDir::new();
         let img = disk.0.join("disk.img");
@@ -222,14 +229,11 @@ fn sync_writes_are_on_stable_storage_when_acknowledged() {
         }
         target.stop().unwrap();
         if want_dirty {
-            assert!(
-                dirty > 0,
-                "control: writes without --sync left no dirty page"
-            );
+            assert!(dirty > 0, "control: {extra:?} left no dirty page");
         } else {
             assert_eq!(
                 dirty, 0,
-                "--sync acknowledged writes still dirty in the page cache"
+                "{extra:?}: acknowledged writes still dirty in the page cache"
             );
         }
     }

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: the same client (`aoe-ctl bench`), in one run, against `aoe-ctl
 //! export`, Debian's vblade 25 and the in-kernel ceiling, over a matrix of patterns, depths
-//! and MTUs. Prints the table, and writes it (with the machine, the command and the goals)
-//! into docs/benchmarks.md between markers, and the plot into docs/benchmarks.svg.
+//! and MTUs on a hot image; then the storage section (`storage.rs`): cold rows on an image
+//! on the machine's disk against vblade and fio. Prints the tables, and writes each (with the
+//! machine, the command and the goals) into docs/benchmarks.md between its markers, and the
+//! plots into docs/benchmarks.svg and docs/storage.svg.
 //! Figures, not a test: nothing here asserts a timing.
 
 use std::path::{Path, PathBuf};
@@ -10,8 +12,11 @@ use anyhow::{bail, Context, Result};
 use aoe_integration::{Lab, LabOptions, Proc};
 use serde::Deserialize;
 
+mod disk;
 mod plot;
 mod report;
+pub mod storage;
+mod storage_report;
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
@@ -28,6 +33,19 @@ pub struct Options {
     /// aoe-ctl's data path (`--mode` of `aoe-ctl export`): xdp or afpacket.
     #[arg(long, default_value = "xdp")]
     pub data_path: String,
+    /// Size of the storage section's image in GiB (written once with O_DIRECT zeros, then
+    /// kept between runs).
+    #[arg(long, default_value_t = 16)]
+    pub storage_gib: u64,
+    /// The storage section's image, on the machine's disk (default: target/aoe-bench-storage.img).
+    #[arg(long)]
+    pub storage_image: Option<PathBuf>,
+    /// Only the hot side-by-side matrix.
+    #[arg(long, conflicts_with = "storage_only")]
+    pub no_storage: bool,
+    /// Only the storage section (cold image on the disk, vblade, fio).
+    #[arg(long)]
+    pub storage_only: bool,
 }
 
 /// One row of the matrix.
@@ -112,6 +130,8 @@ const BUFFERS: &str = "64";
 #[derive(Debug, Clone, Deserialize)]
 pub struct Figures {
     pub sectors_per_io: u32,
+    /// Requests completed in the timed window.
+    pub ios: u64,
     pub iops: f64,
     pub mbps: f64,
     pub p50_us: f64,
@@ -134,6 +154,40 @@ pub fn run(o: &Options) -> Result<()> {
     if !["xdp", "afpacket"].contains(&o.data_path.as_str()) {
         bail!("--data-path {:?} is not xdp or afpacket", o.data_path);
     }
+    let out = o
+        .out
+        .clone()
+        .unwrap_or_else(|| aoe_integration::workspace_root().join("docs"));
+    std::fs::create_dir_all(&out)?;
+    let doc = out.join("benchmarks.md");
+    let mut hot_seqread = None;
+    if !o.storage_only {
+        let results = hot(o)?;
+        let table = report::markdown(&results, o);
+        println!("\n{table}");
+        let svg = out.join("benchmarks.svg");
+        plot::svg(&results, &svg)?;
+        report::write_block(&doc, report::HOT, &table)?;
+        println!("bench: wrote {} and {}", doc.display(), svg.display());
+        hot_seqread = results
+            .iter()
+            .find(|(r, _)| r.pattern == "seqread" && r.mtu == 9000)
+            .map(|(_, f)| f[OURS].mbps);
+    }
+    if !o.no_storage {
+        let results = storage::run(o)?;
+        let table = storage_report::markdown(&results, o, hot_seqread);
+        println!("\n{table}");
+        let svg = out.join("storage.svg");
+        plot::storage_svg(&results, &svg)?;
+        report::write_block(&doc, storage_report::STORAGE, &table)?;
+        println!("bench: wrote {} and {}", doc.display(), svg.display());
+    }
+    Ok(())
+}
+
+/// The hot matrix: every row against every target, `runs` times, medians.
+fn hot(o: &Options) -> Result<Results> {
     let mut results: Results = Vec::new();
     for mtu in [1500, 9000] {
         let rows: Vec<Row> = ROWS.iter().copied().filter(|r| r.mtu == mtu).collect();
@@ -171,19 +225,7 @@ pub fn run(o: &Options) -> Result<()> {
         }
     }
 
-    let table = report::markdown(&results, o);
-    println!("\n{table}");
-    let out = o
-        .out
-        .clone()
-        .unwrap_or_else(|| aoe_integration::workspace_root().join("docs"));
-    std::fs::create_dir_all(&out)?;
-    let svg = out.join("benchmarks.svg");
-    plot::svg(&results, &svg)?;
-    let doc = out.join("benchmarks.md");
-    report::write_block(&doc, &table)?;
-    println!("bench: wrote {} and {}", doc.display(), svg.display());
-    Ok(())
+    Ok(results)
 }
 
 /// The sample with the median IOPS (its other figures come with it, from the same run).

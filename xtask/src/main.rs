@@ -118,16 +118,23 @@ fn test() -> Result<()> {
         ],
         &[("AOE_TEST_DATA_PATH", "afpacket")],
     )?;
-    // The side-by-side benchmark works on this machine (short rows, figures not judged;
-    // written to a scratch directory, not over docs/).
+    // The side-by-side benchmark and its storage section work on this machine (short rows,
+    // a 1 GiB image of its own, figures not judged; written to a scratch directory, not over
+    // docs/).
     let out = std::env::temp_dir().join(format!("aoe-bench-smoke-{}", std::process::id()));
+    let image = bench::storage::default_image().with_file_name("aoe-bench-storage-smoke.img");
     let smoke = bench::run(&bench::Options {
         duration: 0.3,
         runs: 1,
         out: Some(out.clone()),
         data_path: "xdp".into(),
+        storage_gib: 1,
+        storage_image: Some(image.clone()),
+        no_storage: false,
+        storage_only: false,
     });
     let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_file(&image);
     smoke.context("cargo xtask bench (smoke run)")?;
     // Every decoder and the engine under the fuzzer for a short while, from the corpus.
     fuzz::run(&fuzz::Options {

@@ -153,7 +153,13 @@ pub struct Identity<'a> {
     pub serial: &'a [u8],
     pub firmware: &'a [u8],
     pub model: &'a [u8],
+    /// Writes are acknowledged before they are on stable storage: a volatile write cache
+    /// (words 82 and 85, bit 5), which FLUSH CACHE empties.
+    pub write_cache: bool,
 }
+
+/// Words 82 and 85 bit 5: a volatile write cache, supported / enabled.
+const WRITE_CACHE: u16 = 1 << 5;
 
 impl Identity<'_> {
     /// Bytes of IDENTIFY data.
@@ -183,11 +189,12 @@ impl Identity<'_> {
         p.put_word(50, 0x4000);
         p.put_word(53, 0x0006);
         p.put_word(80, 0x00F0); // ATA/ATAPI-4..7
-        p.put_word(82, 0x4000);
+        let cache = if self.write_cache { WRITE_CACHE } else { 0 };
+        p.put_word(82, 0x4000 | cache);
         let sets = WORD_VALID | LBA48_SUPPORTED | FLUSH_EXT_SUPPORTED | (1 << 12);
         p.put_word(word::COMMAND_SET_2, sets);
         p.put_word(word::COMMAND_SET_EXT, WORD_VALID);
-        p.put_word(85, 0x4000);
+        p.put_word(85, 0x4000 | cache);
         p.put_word(word::COMMAND_SET_2_ENABLED, sets & !WORD_VALID);
         p.put_word(87, WORD_VALID);
         p.put_word(93, 0x400b);
@@ -203,6 +210,8 @@ pub struct Parsed {
     pub serial: [u8; 20],
     pub firmware: [u8; 8],
     pub model: [u8; 40],
+    /// A volatile write cache is enabled (word 85 bit 5).
+    pub write_cache: bool,
 }
 
 impl Parsed {
@@ -219,6 +228,7 @@ impl Parsed {
             serial: p.serial(),
             firmware: p.firmware(),
             model: p.model(),
+            write_cache: p.word(85).is_some_and(|w| w & WRITE_CACHE != 0),
         }
     }
 
@@ -245,6 +255,7 @@ mod tests {
             serial: b"AOE1.2",
             firmware: b"0.1",
             model: b"ab",
+            write_cache: false,
         }
         .emit(&mut d);
         // Word 83 bit 10 (LBA48) lives in byte 167 bit 2; word 86 likewise in byte 173.
@@ -264,6 +275,9 @@ mod tests {
         assert_eq!(p.sectors, 0x1_2345_6789);
         assert_eq!(&p.serial[..6], b"AOE1.2");
         assert_eq!(&p.model[..3], b"ab ");
+        assert!(!p.write_cache);
+        // Word 85 bit 5 is byte 170 bit 5; word 82 likewise byte 164.
+        assert_eq!(d[170] & 0x20, 0);
     }
 
     #[test]
@@ -274,6 +288,7 @@ mod tests {
             serial: b"S",
             firmware: b"F",
             model: b"M",
+            write_cache: true,
         }
         .emit(&mut d);
         for n in 0..SECTOR_SIZE {
@@ -284,6 +299,8 @@ mod tests {
         assert_eq!(p.word(WORDS), None);
         assert_eq!(Parsed::parse(&d).unwrap(), parse(&d));
         assert_eq!(parse(&d).sectors, 1 << 40);
+        assert!(parse(&d).write_cache);
+        assert_eq!((d[164] & 0x20, d[170] & 0x20), (0x20, 0x20));
     }
 
     #[test]
@@ -306,6 +323,7 @@ mod tests {
             serial: b"",
             firmware: b"",
             model: b"",
+            write_cache: false,
         }
         .emit(&mut d);
         assert_eq!(&d[120..124], &[0x00, 0x00, 0x02, 0x00]);

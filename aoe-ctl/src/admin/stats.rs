@@ -40,6 +40,7 @@ pub fn snapshot() -> Result<Value> {
         iv.insert("handled_user".into(), json!(i.info.handled));
         iv.insert("replied_user".into(), json!(i.info.replied));
         iv.insert("dropped_socket_full".into(), json!(i.info.socket_dropped));
+        iv.insert("interface_removed".into(), json!(i.info.removed));
         ifaces.push(Value::Object(iv));
 
         for r in &i.records {

@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::format_duration;
-use crate::pinned::{self, Served, FLAG_DIRECT, FLAG_READ_ONLY, FLAG_SYNC};
+use crate::pinned::{self, Served, FLAG_DIRECT, FLAG_READ_ONLY, FLAG_WRITE_BACK};
 
 pub fn run(as_json: bool) -> Result<()> {
     let ifaces = Served::all()?;
@@ -18,6 +18,7 @@ pub fn run(as_json: bool) -> Result<()> {
                     "mode": i.mode(),
                     "queues": i.info.queues,
                     "mtu": i.info.mtu,
+                    "removed": i.info.removed,
                     "pid": i.info.pid,
                     "uptime_s": now.saturating_sub(i.info.started),
                     "exports": i.records.iter().map(|r| json!({
@@ -27,7 +28,7 @@ pub fn run(as_json: bool) -> Result<()> {
                         "offset": r.offset,
                         "buffers": r.buffers,
                         "read_only": r.flags & FLAG_READ_ONLY != 0,
-                        "sync": r.flags & FLAG_SYNC != 0,
+                        "write_back": r.flags & FLAG_WRITE_BACK != 0,
                         "direct": r.flags & FLAG_DIRECT != 0,
                         "uptime_s": now.saturating_sub(r.started),
                     })).collect::<Vec<_>>(),
@@ -49,22 +50,26 @@ pub fn run(as_json: bool) -> Result<()> {
     }
     for i in &ifaces {
         println!(
-            "{}: {}, {} queue{}, mtu {}, pid {}, up {}",
+            "{}: {}, {} queue{}, mtu {}, pid {}, up {}{}",
             i.name,
             i.mode(),
             i.info.queues,
             if i.info.queues == 1 { "" } else { "s" },
             i.info.mtu,
             i.info.pid,
-            format_duration(now.saturating_sub(i.info.started))
+            format_duration(now.saturating_sub(i.info.started)),
+            match i.info.removed {
+                0 => String::new(),
+                n => format!(", removed {n}x and back"),
+            }
         );
         for r in &i.records {
             let mut opts = vec![];
             if r.flags & FLAG_READ_ONLY != 0 {
                 opts.push("read-only".to_string());
             }
-            if r.flags & FLAG_SYNC != 0 {
-                opts.push("sync".to_string());
+            if r.flags & FLAG_WRITE_BACK != 0 {
+                opts.push("write-back".to_string());
             }
             if r.flags & FLAG_DIRECT != 0 {
                 opts.push("direct".to_string());

@@ -59,8 +59,12 @@ struct ExportToml {
     path: Spanned<PathBuf>,
     #[serde(default)]
     read_only: bool,
+    /// Accepted: durable writes are the default.
     #[serde(default)]
     sync: bool,
+    /// Acknowledge writes from the page cache (`--write-back`).
+    #[serde(default)]
+    write_back: bool,
     #[serde(default)]
     direct: bool,
     offset: Option<Spanned<u64>>,
@@ -84,7 +88,7 @@ impl ExportToml {
             Field::Buffers => self.buffers.as_ref().map(Spanned::span),
             Field::Allow => self.allow.as_ref().map(Spanned::span),
             Field::Config => self.config.as_ref().map(Spanned::span),
-            Field::Queues => None,
+            Field::Queues | Field::WriteBack => None,
         }
     }
 
@@ -96,6 +100,7 @@ impl ExportToml {
             path: self.path.get_ref().clone(),
             read_only: self.read_only,
             sync: self.sync,
+            write_back: self.write_back,
             direct: self.direct,
             offset: self.offset.as_ref().map_or(0, |o| *o.get_ref()),
             length: self.length.as_ref().map(|l| *l.get_ref()),
@@ -211,7 +216,7 @@ length = 16
         let c = parse(include_str!("../../../packaging/exports.toml")).unwrap();
         assert_eq!(c.exports.len(), 3);
         assert_eq!(c.exports[0].interfaces.len(), 2);
-        assert!(c.exports[0].direct && c.exports[1].read_only && c.exports[2].sync);
+        assert!(c.exports[0].direct && c.exports[1].read_only && !c.exports[2].write_back);
         assert_eq!(c.exports[2].allow.len(), 2);
     }
 

@@ -104,6 +104,8 @@ pub struct Host {
     exports: Vec<Arc<Export>>,
     pins: Option<Pins>,
     started: u64,
+    /// Times this interface was removed while served (`daemon::links`), for the pins.
+    pub removed: u32,
 }
 
 /// A data path change under way (`Host::begin`): the new part is up and serving, the old
@@ -228,6 +230,7 @@ impl Host {
             exports,
             pins: None,
             started: pinned::unix_now(),
+            removed: 0,
         };
         if let Some(k) = &host.kernel {
             match Pins::create(name, |dir| k.lock().unwrap().pin(dir)) {
@@ -262,7 +265,7 @@ impl Host {
     }
 
     /// "xdp native, 2 queues".
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let q = self.queues();
         format!(
             "{}, {q} queue{}",
@@ -433,6 +436,13 @@ impl Host {
         announce(&self.iface, ex, self.max_sectors);
     }
 
+    /// Announce every export again (the link's carrier came back).
+    pub fn announce_all(&self) {
+        for ex in &self.exports {
+            announce(&self.iface, ex, self.max_sectors);
+        }
+    }
+
     pub fn exports(&self) -> &[Arc<Export>] {
         &self.exports
     }
@@ -481,7 +491,7 @@ impl Host {
             pid: std::process::id(),
             queues,
             mtu: self.iface.mtu as u32,
-            _pad: 0,
+            removed: self.removed,
             started: self.started,
             handled,
             replied,

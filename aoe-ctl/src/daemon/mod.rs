@@ -7,6 +7,8 @@
 pub mod config;
 pub mod control;
 pub mod host;
+pub mod links;
+pub mod netlink;
 pub mod owner;
 pub mod spec;
 pub mod state;
@@ -19,8 +21,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use aoe_common::maps::ExportKey;
 
+use crate::serve::access::Lists;
 use crate::serve::backend::{self, OpenOptions};
-use crate::serve::export::{Export, ExportOptions};
+use crate::serve::export::{ControlState, Export, ExportOptions};
 use crate::serve::xdp::Classifier;
 use config::{ExportSpec, NodeConfig};
 use control::ControlSocket;
@@ -60,6 +63,7 @@ pub struct Node {
     shared: Arc<Shared>,
     handoff: Handoff,
     owner: Owner,
+    links: links::Links,
 }
 
 impl Node {
@@ -84,6 +88,7 @@ impl Node {
                 Owner::offer(&tx, Work::Initiator(work, iface.to_string()))
             }),
             owner,
+            links: links::Links::default(),
         })
     }
 
@@ -100,17 +105,29 @@ impl Node {
                 offset: spec.offset,
                 length: spec.length,
                 direct: spec.direct,
-                sync: spec.sync,
+                write_back: spec.write_back,
             },
         )
         .with_context(|| spec.name())?;
-        let config = self
-            .shared
-            .state
-            .as_ref()
-            .and_then(|s| s.config(&spec.name()))
-            .unwrap_or_else(|| spec.config.clone());
-        Ok(Arc::new(Export::new(
+        if spec.write_back && !spec.read_only {
+            log::warn!(
+                "{}: write-back: writes are acknowledged from the page cache, and a power loss \
+                 of this node loses writes the initiator already treats as stable",
+                spec.name()
+            );
+        }
+        let configured = ControlState {
+            config: spec.config.clone(),
+            lists: Lists {
+                masks: spec.allow.clone(),
+                reserve: vec![],
+            },
+        };
+        let state = match &self.shared.state {
+            Some(s) => s.kept(&spec.name()).over(configured),
+            None => configured,
+        };
+        let ex = Arc::new(Export::new(
             ExportOptions {
                 shelf: spec.shelf,
                 slot: spec.slot,
@@ -118,13 +135,16 @@ impl Node {
                 offset: spec.offset,
                 direct: spec.direct,
                 read_only: spec.read_only,
-                sync: spec.sync,
+                write_back: spec.write_back,
                 buffers: spec.buffers,
-                allow: spec.allow.clone(),
-                config,
+                allow: state.lists.masks.clone(),
+                config: state.config.clone(),
             },
             backend,
-        )))
+        ));
+        // The kept reservation too, before the export serves a frame.
+        ex.restore_control_state(state);
+        Ok(ex)
     }
 
     /// Serve exactly what `new` says. On an error everything serves exactly as before: the
@@ -229,6 +249,8 @@ impl Node {
     ) -> Result<()> {
         for (name, list) in per_iface {
             match self.hosts.get_mut(name) {
+                // Removed for now: served again when it returns (`links`).
+                None if self.links.is_lost(name) => {}
                 None => {
                     let h = Host::start(name, list.clone(), opts, self.handoff.clone())
                         .with_context(|| format!("starting {name}"))?;
@@ -352,6 +374,9 @@ pub fn run(
             }
         };
         let owner = node.owner();
+        let links = netlink::LinkWatcher::open()
+            .map_err(|e| log::warn!("interfaces that come and go are not followed: {e:#}"))
+            .ok();
         println!("ready: {}", node.summary());
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -366,6 +391,7 @@ pub fn run(
                     None => eprintln!("SIGHUP: no config file to reload (aoe-ctl export)"),
                 },
                 _ = control.serve_next(&owner) => {},
+                events = links::next(&links) => events.into_iter().for_each(|e| node.link_event(e)),
                 _ = tick.tick() => node.publish(),
             }
         }

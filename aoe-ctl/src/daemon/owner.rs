@@ -2,8 +2,8 @@
 //! export's config string and access lists, in the order they arrive, whether an initiator
 //! asked (AoE commands 1, 2 and 3, handed over by the queue workers) or an operator did
 //! (`aoe-ctl acl`, `aoe-ctl reservation`, over the control socket). Each change is kept
-//! (a config string in the state file; mask and reservation lists live as long as the
-//! export) and written into the kernel entry of every interface serving the export before it
+//! (in the state file, when there is one: config string, mask and reservation lists) and
+//! written into the kernel entry of every interface serving the export before it
 //! is acknowledged; a change that cannot be kept is undone and not acknowledged. No other
 //! thread or process writes export state, and where each export is served changes through
 //! the same queue (`Work::Place`), so no edit is lost or lands on a replaced export.
@@ -120,8 +120,8 @@ fn run(shared: &Shared, rx: Receiver<Work>) {
     }
 }
 
-/// Take the new placements. An export opened anew (a restart on reload) takes the config
-/// string kept since it was opened, and every export's kernel entries are written again, so
+/// Take the new placements. An export opened anew (a restart on reload) takes the state
+/// kept since it was opened, and every export's kernel entries are written again, so
 /// edits applied while the reload ran are in force wherever it is served now.
 fn install(shared: &Shared, new: Placements) {
     let old = std::mem::replace(&mut *shared.placements.write().unwrap(), new);
@@ -132,8 +132,8 @@ fn install(shared: &Shared, new: Placements) {
             .get(key)
             .is_some_and(|(before, _)| !Arc::ptr_eq(before, ex));
         if reopened {
-            if let Some(kept) = shared.state.as_ref().and_then(|s| s.config(&ex.name())) {
-                *ex.config_mut() = kept;
+            if let Some(s) = &shared.state {
+                ex.restore_control_state(s.kept(&ex.name()).over(ex.control_state()));
             }
         }
         for k in kernels {
@@ -166,7 +166,7 @@ fn initiator(
         return;
     }
     let before = ex.control_state();
-    let keep = |new: &ControlState| match record(shared, &ex, new) {
+    let keep = |new: &ControlState| match record(shared, &ex, &before, new) {
         Ok(()) => true,
         Err(e) => {
             log::error!(
@@ -204,11 +204,11 @@ fn initiator(
     }
 }
 
-/// Keep a changed state before anyone sees it: the config string in the state file (mask
-/// and reservation lists live as long as the export).
-fn record(shared: &Shared, ex: &Export, new: &ControlState) -> Result<()> {
+/// Keep a changed state before anyone sees it (without a state file it lives as long as
+/// the export).
+fn record(shared: &Shared, ex: &Export, before: &ControlState, new: &ControlState) -> Result<()> {
     match &shared.state {
-        Some(s) => s.record(&ex.name(), &new.config),
+        Some(s) => s.record(&ex.name(), before, new),
         None => Ok(()),
     }
 }
@@ -219,7 +219,7 @@ fn publish_kernels(shared: &Shared, ex: &Export, before: ControlState) -> Result
     let Err(e) = sync_kernels(shared, ex) else {
         return Ok(());
     };
-    if let Err(again) = record(shared, ex, &before) {
+    if let Err(again) = record(shared, ex, &ex.control_state(), &before) {
         log::error!("{}: state file not restored: {again:#}", ex.name());
     }
     ex.restore_control_state(before);
@@ -238,7 +238,7 @@ fn change(shared: &Shared, ex: &Export, edit: impl FnOnce(&mut Lists) -> Result<
     if after == before {
         return Ok(());
     }
-    record(shared, ex, &after)?;
+    record(shared, ex, &before, &after)?;
     ex.restore_control_state(after);
     publish_kernels(shared, ex, before)
 }

@@ -20,7 +20,8 @@ pub struct ExportSpec {
     pub interfaces: Vec<String>,
     pub path: PathBuf,
     pub read_only: bool,
-    pub sync: bool,
+    /// Acknowledge writes from the page cache; false: once on stable storage.
+    pub write_back: bool,
     pub direct: bool,
     pub offset: u64,
     pub length: Option<u64>,
@@ -49,7 +50,9 @@ pub struct ExportDraft {
     pub interfaces: Vec<String>,
     pub path: PathBuf,
     pub read_only: bool,
+    /// Asked for durable writes (the default; vblade's -s).
     pub sync: bool,
+    pub write_back: bool,
     pub direct: bool,
     pub offset: u64,
     pub length: Option<u64>,
@@ -72,6 +75,7 @@ pub enum Field {
     Allow,
     Config,
     Queues,
+    WriteBack,
 }
 
 /// Where the export came from, for the field names in errors.
@@ -98,6 +102,7 @@ impl Field {
                 Allow => "--allow",
                 Config => "--config",
                 Queues => "--queues",
+                WriteBack => "--write-back",
             },
             FrontEnd::Vblade => match self {
                 Shelf => "shelf",
@@ -110,6 +115,7 @@ impl Field {
                 Allow => "-m",
                 Config => "config",
                 Queues => "queues",
+                WriteBack => "-s",
             },
             FrontEnd::File => match self {
                 Shelf => "shelf",
@@ -122,6 +128,7 @@ impl Field {
                 Allow => "allow",
                 Config => "config",
                 Queues => "queues",
+                WriteBack => "write_back",
             },
         }
     }
@@ -260,13 +267,19 @@ impl ExportDraft {
                 ),
             ));
         }
+        if self.sync && self.write_back {
+            return Err(SpecError::new(
+                WriteBack,
+                "contradicts sync: writes are acknowledged either from the page cache or once durable",
+            ));
+        }
         Ok(ExportSpec {
             shelf,
             slot,
             interfaces,
             path: self.path,
             read_only: self.read_only,
-            sync: self.sync,
+            write_back: self.write_back,
             direct: self.direct,
             offset: self.offset,
             length: self.length,

@@ -215,6 +215,11 @@ impl RingSocket {
         true
     }
 
+    /// The socket's descriptor, readable when frames wait (to poll it with others).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Sleep until a frame arrives or `timeout` passes.
     pub fn wait(&self, timeout: Duration) -> Result<()> {
         let mut p = libc::pollfd {

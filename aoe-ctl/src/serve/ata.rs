@@ -1,20 +1,36 @@
 //! Execute command 0: an ATA request against the export's backend. Reads land in the reply
 //! buffer after the ATA header; a write's payload goes from where it arrived (one buffer,
-//! or a chain of descriptors) to the backend. The reply itself is `reply.rs`'s business.
+//! or a chain of descriptors) to the backend. On a queue worker with a ring, a checked
+//! read, write or flush is handed to the ring instead (`Completion::Storage`) and finished
+//! by `complete` when its I/O is done. The reply itself is `reply.rs`'s business.
 
 use aoe_common::wire::ata::ATA_HEADER_LEN;
 use aoe_common::wire::identify::Identity;
 use aoe_common::wire::SECTOR_SIZE;
 
+use aoe_common::wire::header::HeaderRepr;
+
+use super::backend::{BackendError, Kind};
 use super::export::{Export, ExportStats, FIRMWARE_STRING, MODEL};
-use super::reply::Completion;
+use super::reply::{Completion, Responder, Verdict};
 use super::request::{AtaOp, AtaRequest};
 use super::status::{self, AtaFailure, OK};
 
 /// Most pieces a write's payload may arrive in (the worker's longest descriptor chain).
 pub const MAX_WRITE_PARTS: usize = 32;
 
+/// Storage I/O a checked request waits for, with what its reply needs when it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageIo {
+    pub kind: Kind,
+    pub lba: u64,
+    pub bytes: usize,
+    pub header: HeaderRepr,
+}
+
 /// Execute `req`, whose frame is `buf[..len]` with its payload possibly continuing in `tail`.
+/// With `defer`, a read, write or flush of a file-backed export is checked and then left to
+/// the caller's ring (`Completion::Storage`).
 pub fn execute(
     ex: &Export,
     max_sectors: usize,
@@ -22,30 +38,84 @@ pub fn execute(
     buf: &mut [u8],
     len: usize,
     tail: &[&[u8]],
+    defer: bool,
 ) -> Completion {
-    match run(ex, max_sectors, req, buf, len, tail) {
-        Ok((data, sector_count)) => Completion::Ata {
+    let defer = defer && ex.backend.io_target().is_some();
+    match run(ex, max_sectors, req, buf, len, tail, defer) {
+        Ok(Ran::Deferred(kind)) => Completion::Storage {
+            kind,
+            lba: req.lba,
+            bytes: if kind == Kind::Flush { 0 } else { req.bytes() },
+        },
+        Ok(Ran::Done(data, sector_count)) => Completion::Ata {
             status: OK,
             error: 0,
             data,
             sector_count,
         },
-        Err(failure) => {
-            if let AtaFailure::Storage(e) = &failure {
-                ex.storage_failed(e);
-            }
-            let (status, error) = status::registers(&failure, req.op);
-            Completion::Ata {
-                status,
-                error,
-                data: 0,
-                sector_count: None,
-            }
-        }
+        Err(failure) => failed(ex, failure, req.op),
     }
 }
 
-type Done = (usize, Option<u8>);
+/// Finish a request whose storage I/O is done: count it, and write its reply into `buf`
+/// (the request's frame, `len` bytes, with a read's sectors already after the ATA header).
+pub fn complete(
+    ex: &Export,
+    responder: &Responder,
+    io: &StorageIo,
+    result: Result<(), BackendError>,
+    buf: &mut [u8],
+    len: usize,
+) -> Verdict {
+    let op = match io.kind {
+        Kind::Read => AtaOp::Read,
+        Kind::Write => AtaOp::Write,
+        Kind::Flush => AtaOp::Flush,
+    };
+    let done = match result {
+        Ok(()) => {
+            match io.kind {
+                Kind::Read => {
+                    ExportStats::add(&ex.stats.reads, 1);
+                    ExportStats::add(&ex.stats.bytes_read, io.bytes as u64);
+                }
+                Kind::Write => {
+                    ExportStats::add(&ex.stats.writes, 1);
+                    ExportStats::add(&ex.stats.bytes_written, io.bytes as u64);
+                }
+                Kind::Flush => {}
+            }
+            Completion::Ata {
+                status: OK,
+                error: 0,
+                data: if io.kind == Kind::Read { io.bytes } else { 0 },
+                sector_count: None,
+            }
+        }
+        Err(e) => failed(ex, AtaFailure::Storage(e), op),
+    };
+    responder.respond(ex, &io.header, done, buf, len)
+}
+
+fn failed(ex: &Export, failure: AtaFailure, op: AtaOp) -> Completion {
+    if let AtaFailure::Storage(e) = &failure {
+        ex.storage_failed(e);
+    }
+    let (status, error) = status::registers(&failure, op);
+    Completion::Ata {
+        status,
+        error,
+        data: 0,
+        sector_count: None,
+    }
+}
+
+/// What `run` did: answered (data bytes in the buffer, a sector count register), or
+/// checked and left the I/O to the ring.
+enum Ran {
+    Done(usize, Option<u8>),
+    Deferred(Kind),
+}
 
 fn run(
     ex: &Export,
@@ -54,7 +124,8 @@ fn run(
     buf: &mut [u8],
     len: usize,
     tail: &[&[u8]],
-) -> Result<Done, AtaFailure> {
+    defer: bool,
+) -> Result<Ran, AtaFailure> {
     let h = ATA_HEADER_LEN;
     match req.op {
         AtaOp::Read => {
@@ -63,12 +134,15 @@ fn run(
                 return Err(AtaFailure::TooLong);
             }
             in_range(ex, req)?;
+            if defer {
+                return Ok(Ran::Deferred(Kind::Read));
+            }
             ex.backend
                 .read_at(req.lba, &mut buf[h..h + bytes])
                 .map_err(AtaFailure::Storage)?;
             ExportStats::add(&ex.stats.reads, 1);
             ExportStats::add(&ex.stats.bytes_read, bytes as u64);
-            Ok((bytes, None))
+            Ok(Ran::Done(bytes, None))
         }
         AtaOp::Write => {
             let bytes = req.bytes();
@@ -83,17 +157,20 @@ fn run(
                 return Err(AtaFailure::TooLong);
             }
             in_range(ex, req)?;
+            if defer {
+                return Ok(Ran::Deferred(Kind::Write));
+            }
             ex.backend
                 .write_parts_at(req.lba, &parts[..n])
                 .map_err(AtaFailure::Storage)?;
-            if ex.sync {
+            if !ex.write_back {
                 ex.backend
                     .sync_range(req.lba, bytes)
                     .map_err(AtaFailure::Storage)?;
             }
             ExportStats::add(&ex.stats.writes, 1);
             ExportStats::add(&ex.stats.bytes_written, bytes as u64);
-            Ok((0, None))
+            Ok(Ran::Done(0, None))
         }
         AtaOp::Identify => {
             let Some(out) = buf
@@ -107,23 +184,25 @@ fn run(
                 serial: ex.serial(),
                 firmware: FIRMWARE_STRING,
                 model: MODEL,
+                write_cache: ex.write_back,
             }
             .emit(out);
-            Ok((SECTOR_SIZE, None))
+            Ok(Ran::Done(SECTOR_SIZE, None))
         }
+        AtaOp::Flush if defer => Ok(Ran::Deferred(Kind::Flush)),
         AtaOp::Flush => {
             ex.backend.flush().map_err(AtaFailure::Storage)?;
-            Ok((0, None))
+            Ok(Ran::Done(0, None))
         }
         // Sector count 0xFF: active or idle.
-        AtaOp::CheckPowerMode => Ok((0, Some(0xFF))),
+        AtaOp::CheckPowerMode => Ok(Ran::Done(0, Some(0xFF))),
         AtaOp::Unsupported(_) => Err(AtaFailure::Unsupported),
     }
 }
 
 /// The first `bytes` of `head` followed by `tail`, as slices in `parts`; how many, or None
 /// when they carry fewer bytes (or come in more pieces than `parts` holds).
-fn payload<'a>(
+pub fn payload<'a>(
     head: &'a [u8],
     tail: &[&'a [u8]],
     bytes: usize,

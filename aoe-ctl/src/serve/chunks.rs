@@ -9,6 +9,10 @@ use super::xsk::FRAME_SIZE;
 
 const CHUNK: u64 = FRAME_SIZE as u64;
 
+/// Where in a run a request is placed: its sectors (after the 36-byte ATA header) then start
+/// on a 512-byte boundary, as O_DIRECT wants them.
+pub const RUN_OFFSET: usize = 512 - 36;
+
 /// How a UMEM is cut up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -21,7 +25,7 @@ impl Layout {
     /// Chunks for the rings of `ring` entries and, when frames of `max_frame` bytes do not
     /// fit one chunk, as many runs as one ring's worth of the longest replies needs.
     pub fn for_frames(ring: u32, max_frame: usize, fits_one_chunk: usize) -> Layout {
-        let run_chunks = max_frame.div_ceil(FRAME_SIZE as usize) as u32;
+        let run_chunks = (RUN_OFFSET + max_frame).div_ceil(FRAME_SIZE as usize) as u32;
         Layout {
             singles: ring * 2,
             runs: if max_frame > fits_one_chunk {

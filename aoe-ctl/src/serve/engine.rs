@@ -149,6 +149,27 @@ impl Engine {
     /// of buffers). Only an ATA write reads its tail, writing it to the backend where it
     /// lies; callers gather any other chained request into one buffer first.
     pub fn handle_parts(&self, idx: usize, buf: &mut [u8], len: usize, tail: &[&[u8]]) -> Verdict {
+        self.dispatch(idx, buf, len, tail, false)
+    }
+
+    /// `handle_parts` on a worker with a ring: a checked read, write or flush comes back as
+    /// `Verdict::Io` for the ring to do, and `ata::complete` answers it afterwards.
+    pub fn handle_io(&self, idx: usize, buf: &mut [u8], len: usize, tail: &[&[u8]]) -> Verdict {
+        self.dispatch(idx, buf, len, tail, true)
+    }
+
+    pub fn responder(&self) -> Responder {
+        self.responder
+    }
+
+    fn dispatch(
+        &self,
+        idx: usize,
+        buf: &mut [u8],
+        len: usize,
+        tail: &[&[u8]],
+        defer: bool,
+    ) -> Verdict {
         let Some(ex) = self.exports.get(idx) else {
             return Verdict::Ignore(Ignore::NotOurs);
         };
@@ -158,7 +179,7 @@ impl Engine {
             // Without a control plane (tests, fuzzing) a change is applied at once.
             None => Changes::Apply(&|_| true),
         };
-        answer(ex, self.responder, buf, len, tail, route)
+        answer(ex, self.responder, buf, len, tail, route, defer)
     }
 }
 
@@ -171,7 +192,7 @@ pub fn answer_now(
     len: usize,
     keep: Keep,
 ) -> Verdict {
-    answer(ex, responder, buf, len, &[], Changes::Apply(keep))
+    answer(ex, responder, buf, len, &[], Changes::Apply(keep), false)
 }
 
 /// What happens to a state-changing request.
@@ -188,6 +209,7 @@ fn answer(
     len: usize,
     tail: &[&[u8]],
     changes: Changes,
+    defer: bool,
 ) -> Verdict {
     if len > buf.len() || buf.len() < MIN_FRAME_LEN {
         return Verdict::Ignore(Ignore::Malformed);
@@ -212,7 +234,7 @@ fn answer(
         Body::Ata(_) if !ex.access.reservation_allows(&header.src) => {
             Completion::Error(AoeError::TargetReserved)
         }
-        Body::Ata(a) => ata::execute(ex, responder.max_sectors, &a, buf, len, tail),
+        Body::Ata(a) => ata::execute(ex, responder.max_sectors, &a, buf, len, tail, defer),
         body if body.changes_state() => match changes {
             Changes::HandOff(sink) => {
                 let mut frame = vec![0u8; len.max(CONTROL_REPLY_MAX)];

@@ -87,9 +87,10 @@ impl Rig {
                 match v {
                     Verdict::Reply(m) => Ok(w.frame[..m].to_vec()),
                     Verdict::Ignore(why) => Err(why),
-                    Verdict::Pending => panic!("pending twice"),
+                    Verdict::Pending | Verdict::Io(_) => panic!("pending twice"),
                 }
             }
+            Verdict::Io(_) => panic!("handle never defers storage I/O"),
         }
     }
 }

@@ -31,11 +31,12 @@ pub struct ExportStats {
 }
 
 /// The reasons backend failures are counted by (`BackendError::reason`).
-pub const STORAGE_REASONS: [&str; 7] = [
+pub const STORAGE_REASONS: [&str; 8] = [
     "out_of_range",
     "unaligned",
     "io",
     "no_space",
+    "short",
     "sigbus",
     "concurrent_fault",
     "failed_closed",
@@ -88,8 +89,8 @@ pub struct Export {
     /// Unix seconds when it started serving.
     pub started: u64,
     pub read_only: bool,
-    /// Acknowledge writes only once on stable storage.
-    pub sync: bool,
+    /// Acknowledge writes from the page cache instead of once on stable storage.
+    pub write_back: bool,
     /// Buffer count advertised in config replies.
     pub buffers: u16,
     pub access: Access,
@@ -117,14 +118,14 @@ pub struct ExportOptions {
     pub offset: u64,
     pub direct: bool,
     pub read_only: bool,
-    pub sync: bool,
+    pub write_back: bool,
     pub buffers: u16,
     pub allow: Vec<Mac>,
     pub config: Vec<u8>,
 }
 
 impl ExportOptions {
-    /// Read-write, write-back, vblade's buffer count, open to every MAC, no string.
+    /// Read-write, durable, vblade's buffer count, open to every MAC, no string.
     pub fn new(shelf: u16, slot: u8) -> Self {
         ExportOptions {
             shelf,
@@ -133,7 +134,7 @@ impl ExportOptions {
             offset: 0,
             direct: false,
             read_only: false,
-            sync: false,
+            write_back: false,
             buffers: DEFAULT_BUFFERS,
             allow: vec![],
             config: vec![],
@@ -163,7 +164,7 @@ impl Export {
             direct: opts.direct,
             started: crate::pinned::unix_now(),
             read_only: opts.read_only,
-            sync: opts.sync,
+            write_back: opts.write_back,
             buffers: opts.buffers,
             access: Access::new(opts.allow),
             stats: ExportStats::default(),
@@ -180,9 +181,9 @@ impl Export {
 
     /// `crate::pinned::FLAG_*`.
     pub fn flags(&self) -> u32 {
-        use crate::pinned::{FLAG_DIRECT, FLAG_READ_ONLY, FLAG_SYNC};
+        use crate::pinned::{FLAG_DIRECT, FLAG_READ_ONLY, FLAG_WRITE_BACK};
         (if self.read_only { FLAG_READ_ONLY } else { 0 })
-            | (if self.sync { FLAG_SYNC } else { 0 })
+            | (if self.write_back { FLAG_WRITE_BACK } else { 0 })
             | (if self.direct { FLAG_DIRECT } else { 0 })
     }
 

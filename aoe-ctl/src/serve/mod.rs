@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod export;
+pub mod in_flight;
 pub mod live_engine;
 pub mod packet_worker;
 pub mod reply;

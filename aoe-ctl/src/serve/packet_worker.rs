@@ -2,7 +2,10 @@
 //! kernel, no CAP_BPF): one thread reads AoE frames from an AF_PACKET socket's PACKET_MMAP rx
 //! ring, and the same protocol engine writes each reply straight into a tx ring slot. Without
 //! the kernel classifier the engine does all the filtering (broadcast ATA, mask list, config
-//! tests); it already does that for every frame it sees.
+//! tests); it already does that for every frame it sees. An ATA request that needs the disk
+//! is copied out of the rx ring into a buffer of its own and waits there for its I/O on the
+//! worker's io_uring, so the rx ring keeps moving; its reply is copied into the tx ring when
+//! the I/O completes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,17 +13,24 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
+use aoe_common::wire::ata::ATA_HEADER_LEN;
+use aoe_common::wire::header;
 
+use super::ata;
+use super::backend::{BackendError, Kind};
 use super::engine::{Engine, Route, Verdict, CONTROL_REPLY_MAX};
+use super::in_flight::{InFlight, Pending};
 use super::live_engine::LiveEngine;
 use super::worker::WorkerStats;
-use crate::packet::ring::RingSocket;
+use crate::packet::ring::{RingSocket, TxRing};
 
 /// Ring sizes in frames (rounded up to whole 64 KiB blocks by the socket).
 const RX_SLOTS: usize = 4096;
 const TX_SLOTS: usize = 4096;
 /// Frames answered before the tx ring is kicked.
 const BATCH: usize = 64;
+/// Requests that may wait for storage at once (each holds one buffer).
+const MAX_WAITING: usize = 1024;
 
 pub struct PacketWorker {
     pub stats: Arc<WorkerStats>,
@@ -46,6 +56,48 @@ impl PacketWorker {
     }
 }
 
+/// Buffers for requests waiting for storage, each placed so a request's sectors (after its
+/// ATA header) start on a 512-byte boundary, as O_DIRECT wants them.
+struct Pool {
+    bufs: Vec<Vec<u8>>,
+    free: Vec<usize>,
+    room: usize,
+}
+
+impl Pool {
+    fn new(room: usize) -> Pool {
+        Pool {
+            bufs: Vec::new(),
+            free: Vec::new(),
+            room,
+        }
+    }
+
+    fn take(&mut self) -> Option<usize> {
+        if let Some(i) = self.free.pop() {
+            return Some(i);
+        }
+        if self.bufs.len() >= MAX_WAITING {
+            return None;
+        }
+        self.bufs.push(vec![0u8; self.room + 512]);
+        Some(self.bufs.len() - 1)
+    }
+
+    /// The request area of buffer `i`.
+    fn get(&mut self, i: usize) -> &mut [u8] {
+        let (room, b) = (self.room, &mut self.bufs[i]);
+        let skew = (b.as_ptr() as usize + ATA_HEADER_LEN) % 512;
+        let at = (512 - skew) % 512;
+        &mut b[at..at + room]
+    }
+}
+
+struct Packet {
+    storage: Option<InFlight<usize>>,
+    pool: Pool,
+}
+
 fn serve(
     mut sock: RingSocket,
     live: &LiveEngine,
@@ -53,6 +105,18 @@ fn serve(
     stats: &WorkerStats,
 ) -> Result<()> {
     let (mut engine, mut generation) = live.load();
+    let storage = InFlight::new()
+        .inspect_err(|e| {
+            log::warn!(
+                "AF_PACKET worker: no io_uring ({e}); storage I/O is synchronous, one request \
+                 at a time"
+            )
+        })
+        .ok();
+    let mut w = Packet {
+        storage,
+        pool: Pool::new(sock.max_frame()),
+    };
     while !stop.load(Ordering::Relaxed) {
         if live.changed_since(generation) {
             (engine, generation) = live.load();
@@ -62,7 +126,7 @@ fn serve(
         while received < BATCH as u64 {
             let mut reply_room = true;
             let got = sock.receive_with(|frame, ring| {
-                let n = answer(&engine, frame, ring);
+                let n = w.answer(&engine, frame, ring);
                 reply_room = n.is_some();
                 replied += n.unwrap_or(0);
             });
@@ -75,15 +139,27 @@ fn serve(
                 sock.flush()?;
             }
         }
+        replied += w.pump(&mut sock);
         sock.flush()?;
-        if received > 0 {
+        if received > 0 || replied > 0 {
             stats.add(received, replied);
         } else {
             stats
                 .socket_dropped
                 .fetch_add(sock.drops(), Ordering::Relaxed);
-            sock.wait(Duration::from_millis(100))?;
+            match w.storage.as_ref().filter(|s| !s.is_empty()) {
+                Some(s) => wait_both(sock.raw_fd(), s.fd(), Duration::from_millis(100)),
+                None => sock.wait(Duration::from_millis(100))?,
+            }
         }
+    }
+    if let Some(mut storage) = w.storage.take() {
+        let mut replies = 0;
+        storage.drain(Duration::from_secs(30), |p, result| {
+            replies += w.complete(&mut sock, p, result);
+        });
+        sock.flush()?;
+        stats.add(0, replies);
     }
     stats
         .socket_dropped
@@ -91,28 +167,138 @@ fn serve(
     Ok(())
 }
 
-/// Answer one frame into the tx ring; the replies queued, or None when the ring was full
-/// (the frame is then lost, as a full NIC queue would lose it; the initiator retransmits).
-fn answer(engine: &Engine, frame: &[u8], ring: &mut crate::packet::ring::TxRing) -> Option<u64> {
-    match engine.route(frame) {
-        Route::One(i) => reply(engine, i, frame, ring),
-        Route::Each => {
-            let mut n = 0;
-            for i in engine.each(frame) {
-                n += reply(engine, i, frame, ring)?;
+impl Packet {
+    /// Answer one frame into the tx ring, or start its storage I/O; the replies queued, or
+    /// None when the ring was full (the frame is then lost, as a full NIC queue would lose
+    /// it; the initiator retransmits).
+    fn answer(&mut self, engine: &Engine, frame: &[u8], ring: &mut TxRing) -> Option<u64> {
+        match engine.route(frame) {
+            Route::One(i) if self.storage.is_some() && is_ata(frame) => {
+                self.defer(engine, i, frame, ring)
             }
-            Some(n)
+            Route::One(i) => reply(engine, i, frame, ring),
+            Route::Each => {
+                let mut n = 0;
+                for i in engine.each(frame) {
+                    n += reply(engine, i, frame, ring)?;
+                }
+                Some(n)
+            }
+            Route::Ignore(_) => Some(0),
         }
-        Route::Ignore(_) => Some(0),
+    }
+
+    /// An ATA request: into a buffer of its own, where it waits for its I/O.
+    fn defer(
+        &mut self,
+        engine: &Engine,
+        export: usize,
+        frame: &[u8],
+        ring: &mut TxRing,
+    ) -> Option<u64> {
+        let Some(b) = self.pool.take() else {
+            // Every buffer waits for the disk: drop it, the initiator retransmits.
+            return Some(0);
+        };
+        let buf = self.pool.get(b);
+        if frame.len() > buf.len() || engine.reply_room(frame) > buf.len() {
+            self.pool.free.push(b);
+            return Some(0);
+        }
+        buf[..frame.len()].copy_from_slice(frame);
+        let verdict = engine.handle_io(export, buf, frame.len(), &[]);
+        let Verdict::Io(io) = verdict else {
+            let sent = send(buf, verdict, ring);
+            self.pool.free.push(b);
+            return sent;
+        };
+        let data = match io.kind {
+            Kind::Flush => None,
+            _ => Some((buf[ATA_HEADER_LEN..].as_mut_ptr(), io.bytes)),
+        };
+        let (Some(storage), Some(ex)) = (self.storage.as_mut(), engine.exports().get(export))
+        else {
+            self.pool.free.push(b);
+            return Some(0);
+        };
+        let p = Pending {
+            export: ex.clone(),
+            responder: engine.responder(),
+            io,
+            held: b,
+            len: frame.len(),
+        };
+        let data: &[(*mut u8, usize)] = match &data {
+            Some(d) => std::slice::from_ref(d),
+            None => &[],
+        };
+        // SAFETY: `data` lies in pool buffer `b`, which is not used for anything else
+        // until the request comes back from `pump`.
+        if let Err(p) = unsafe { storage.start(p, data) } {
+            self.pool.free.push(p.held);
+        }
+        Some(0)
+    }
+
+    /// Submit queued storage I/O and answer every request whose I/O is done.
+    fn pump(&mut self, sock: &mut RingSocket) -> u64 {
+        let Some(mut storage) = self.storage.take() else {
+            return 0;
+        };
+        let mut replies = 0;
+        if !storage.is_empty() {
+            storage.pump(|p, result| replies += self.complete(sock, p, result));
+        }
+        self.storage = Some(storage);
+        replies
+    }
+
+    fn complete(
+        &mut self,
+        sock: &mut RingSocket,
+        p: Pending<usize>,
+        result: Result<(), BackendError>,
+    ) -> u64 {
+        let buf = self.pool.get(p.held);
+        let verdict = ata::complete(&p.export, &p.responder, &p.io, result, buf, p.len);
+        let mut sent = 0;
+        if let Verdict::Reply(n) = verdict {
+            if !sock.queue(|out| copy_reply(buf, n, out, &mut sent)) {
+                // Full: kick it and try once more; else the initiator retransmits.
+                let _ = sock.flush();
+                sock.queue(|out| copy_reply(buf, n, out, &mut sent));
+            }
+        }
+        self.pool.free.push(p.held);
+        sent
     }
 }
 
-fn reply(
-    engine: &Engine,
-    export: usize,
-    frame: &[u8],
-    ring: &mut crate::packet::ring::TxRing,
-) -> Option<u64> {
+fn copy_reply(buf: &[u8], n: usize, out: &mut [u8], sent: &mut u64) -> usize {
+    if n > out.len() || n > buf.len() {
+        return 0;
+    }
+    out[..n].copy_from_slice(&buf[..n]);
+    *sent = 1;
+    n
+}
+
+/// Queue the reply in `buf` (if the verdict is one) into the tx ring.
+fn send(buf: &[u8], verdict: Verdict, ring: &mut TxRing) -> Option<u64> {
+    let Verdict::Reply(n) = verdict else {
+        return Some(0);
+    };
+    let mut sent = 0;
+    ring.queue(|out| copy_reply(buf, n, out, &mut sent))
+        .then_some(sent)
+}
+
+/// An ATA request (not to a broadcast address: the engine ignores those).
+fn is_ata(frame: &[u8]) -> bool {
+    frame.len() >= ATA_HEADER_LEN && frame[header::field::COMMAND] == header::CMD_ATA
+}
+
+fn reply(engine: &Engine, export: usize, frame: &[u8], ring: &mut TxRing) -> Option<u64> {
     let mut sent = 0;
     let queued = ring.queue(|out| {
         if frame.len() > out.len() || engine.reply_room(frame) > out.len() {
@@ -125,8 +311,19 @@ fn reply(
                 n
             }
             // Pending: the control plane answers it.
-            Verdict::Ignore(_) | Verdict::Pending => 0,
+            Verdict::Ignore(_) | Verdict::Pending | Verdict::Io(_) => 0,
         }
     });
     queued.then_some(sent)
+}
+
+/// Sleep until a frame or a storage completion arrives, or `timeout` passes.
+fn wait_both(sock: std::os::fd::RawFd, ring: std::os::fd::RawFd, timeout: Duration) {
+    let mut p = [sock, ring].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: two valid pollfds.
+    unsafe { libc::poll(p.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
 }

@@ -8,6 +8,8 @@ use aoe_common::wire::mask::{self, MASK_HEADER_LEN};
 use aoe_common::wire::{reserve, AoeError, Frame, Mac, MIN_FRAME_LEN};
 
 use super::access::MaskEditError;
+use super::ata::StorageIo;
+use super::backend::Kind;
 use super::config;
 use super::export::{Export, ExportStats};
 use super::request::Ignore;
@@ -22,9 +24,11 @@ pub enum Verdict {
     /// Send the first `n` bytes of the buffer.
     Reply(usize),
     Ignore(Ignore),
-    /// Handed on (to the control plane, or to storage I/O in flight); its reply leaves
-    /// later from there. The buffer is free again.
+    /// Handed to the control plane; its reply leaves from there. The buffer is free again.
     Pending,
+    /// Checked, and waiting for storage I/O: the caller's ring does it, and `ata::complete`
+    /// writes the reply. The buffer stays the request's until then.
+    Io(StorageIo),
 }
 
 /// The outcome of executing one request.
@@ -58,6 +62,12 @@ pub enum Completion {
     /// An AoE error reply carrying the request's arguments.
     Error(AoeError),
     Ignore(Ignore),
+    /// Storage I/O to do before the reply (`Verdict::Io`).
+    Storage {
+        kind: Kind,
+        lba: u64,
+        bytes: usize,
+    },
 }
 
 /// Who answers: our MAC on this interface and the sectors one frame carries there.
@@ -84,6 +94,14 @@ impl Responder {
             header.error = e as u8;
         };
         let n = match done {
+            Completion::Storage { kind, lba, bytes } => {
+                return Verdict::Io(StorageIo {
+                    kind,
+                    lba,
+                    bytes,
+                    header: *request,
+                })
+            }
             Completion::Ignore(why) => {
                 if why == Ignore::ConfigMismatch {
                     ExportStats::add(&ex.stats.dropped_config_mismatch, 1);

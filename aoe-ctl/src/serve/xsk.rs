@@ -17,8 +17,12 @@ use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, 
 pub const FRAME_SIZE: u32 = 4096;
 /// Bytes the kernel puts before a received frame in copy mode (XDP_PACKET_HEADROOM).
 pub const RX_HEADROOM: usize = 256;
+/// Bytes the UMEM keeps free before the kernel's headroom in every chunk. With them an ATA
+/// request's sectors, after its 36 header bytes, start on a 512-byte boundary, so O_DIRECT
+/// moves them between the disk and the frame without a bounce copy.
+pub const UMEM_HEADROOM: usize = 512 - (RX_HEADROOM + 36) % 512;
 /// Largest received frame one descriptor holds; longer ones arrive as a chain.
-pub const MAX_FRAME: usize = FRAME_SIZE as usize - RX_HEADROOM;
+pub const MAX_FRAME: usize = FRAME_SIZE as usize - RX_HEADROOM - UMEM_HEADROOM;
 /// Descriptor option: more descriptors of this frame follow (multi-buffer).
 pub const XDP_PKT_CONTD: u32 = 1;
 /// Bind flag for multi-buffer (scatter-gather) frames, kernel >= 6.6.
@@ -59,7 +63,7 @@ impl XskSocket {
             fill_size: cfg.ring,
             complete_size: cfg.ring,
             frame_size: FRAME_SIZE,
-            headroom: 0,
+            headroom: UMEM_HEADROOM as u32,
             flags: 0,
         };
         // SAFETY: `area` is page aligned, `len` bytes long and outlives the Umem (field order).

@@ -1,46 +1,151 @@
-//! docs/benchmarks.svg: IOPS (top) and CPU per I/O (bottom) of each row, one bar per target.
+//! The bench's plots, one bar per target and row: docs/benchmarks.svg (IOPS and CPU per I/O
+//! of the side-by-side matrix) and docs/storage.svg (the storage section's throughput as a
+//! share of the disk's limit, and disk bytes read per byte served).
 
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use super::{Figures, Results, TARGETS};
+use super::storage;
+use super::{Results, TARGETS};
 
-const COLORS: [RGBColor; 3] = [
-    RGBColor(0x9e, 0x9e, 0x9e), // vblade
-    RGBColor(0x1f, 0x77, 0xb4), // aoe-ctl
-    RGBColor(0xff, 0x7f, 0x0e), // ceiling
-];
+const GREY: RGBColor = RGBColor(0x9e, 0x9e, 0x9e);
+const BLUE: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+const ORANGE: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
+/// In TARGETS order: vblade, aoe-ctl, ceiling.
+const COLORS: [RGBColor; 3] = [GREY, BLUE, ORANGE];
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// One target's bars: a value per row.
+struct Series<'a> {
+    name: &'a str,
+    color: RGBColor,
+    values: Vec<f64>,
+}
 
 pub fn svg(results: &Results, path: &Path) -> Result<()> {
+    let labels: Vec<String> = results.iter().map(|(r, _)| r.label()).collect();
+    let series = |value: fn(&super::Figures) -> f64| -> Vec<Series> {
+        TARGETS
+            .iter()
+            .enumerate()
+            .map(|(t, name)| Series {
+                name,
+                color: COLORS[t],
+                values: results.iter().map(|(_, f)| value(&f[t])).collect(),
+            })
+            .collect()
+    };
     let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (top, bottom) = root.split_vertically(380);
-    panel(&top, results, "IOPS (thousands)", |f| f.iops / 1000.0)?;
-    panel(
+    bars(
+        &top,
+        "IOPS (thousands)",
+        &labels,
+        &series(|f| f.iops / 1000.0),
+        Scale::Linear,
+    )?;
+    bars(
         &bottom,
-        results,
         "machine CPU µs per I/O (lower is better)",
-        |f| f.cpu_us_per_io,
+        &labels,
+        &series(|f| f.cpu_us_per_io),
+        Scale::Linear,
     )?;
     root.present().map_err(err)?;
     Ok(())
 }
 
-fn panel(
-    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
-    results: &Results,
+/// docs/storage.svg: each row's throughput ÷ fio's on the same file (top), and disk bytes
+/// read per byte served on a log scale (bottom; it spans 1 to thousands).
+pub fn storage_svg(r: &storage::Results, path: &Path) -> Result<()> {
+    let labels: Vec<String> = r.rows.iter().map(|m| m.case.label.to_string()).collect();
+    let share = |pick: fn(&storage::Measured) -> &storage::Sample| -> Vec<f64> {
+        r.rows
+            .iter()
+            .map(|m| {
+                let (s, limit) = (pick(m), r.fio(m.case.limit));
+                if m.case.limit.in_mbps() {
+                    s.figures.mbps / limit.mbps
+                } else {
+                    s.figures.iops / limit.iops
+                }
+            })
+            .collect()
+    };
+    let amp = |pick: fn(&storage::Measured) -> &storage::Sample| -> Vec<f64> {
+        r.rows
+            .iter()
+            .map(|m| pick(m).read_amplification())
+            .collect()
+    };
+    let two = |a: Vec<f64>, b: Vec<f64>| {
+        vec![
+            Series {
+                name: "aoe-ctl",
+                color: BLUE,
+                values: a,
+            },
+            Series {
+                name: "vblade",
+                color: GREY,
+                values: b,
+            },
+        ]
+    };
+    let root = SVGBackend::new(path, (1400, 760)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (top, bottom) = root.split_vertically(380);
+    bars(
+        &top,
+        "throughput ÷ the disk's limit (fio on the same file: IOPS, or MB/s for seqread)",
+        &labels,
+        &two(share(|m| &m.ours), share(|m| &m.vblade)),
+        Scale::Linear,
+    )?;
+    bars(
+        &bottom,
+        "disk bytes read per byte served (log scale; lower is better)",
+        &labels,
+        &two(amp(|m| &m.ours), amp(|m| &m.vblade)),
+        Scale::Log10,
+    )?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scale {
+    Linear,
+    /// Bars of log10(value) from 0.01, the axis labelled in values.
+    Log10,
+}
+
+fn bars(
+    area: &Area,
     title: &str,
-    value: impl Fn(&Figures) -> f64,
+    labels: &[String],
+    series: &[Series],
+    scale: Scale,
 ) -> Result<()> {
-    let n = results.len();
-    let top = results
+    let floor = 0.01f64;
+    let y = |v: f64| match scale {
+        Scale::Linear => v.max(0.0),
+        Scale::Log10 => (v.max(floor) / floor).log10(),
+    };
+    let n = labels.len();
+    let top = series
         .iter()
-        .flat_map(|(_, f)| f.iter().map(&value))
+        .flat_map(|s| s.values.iter().copied().filter(|v| v.is_finite()).map(y))
         .fold(0.0f64, f64::max)
         * 1.15;
-    let labels: Vec<String> = results.iter().map(|(r, _)| r.label()).collect();
+    if scale == Scale::Log10 && top <= 0.0 {
+        return Err(anyhow!("drawing the plot: nothing above the log floor"));
+    }
+    area.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(10)
@@ -60,22 +165,35 @@ fn panel(
                 String::new()
             }
         })
+        .y_label_formatter(&|v| match scale {
+            // Tick values come as sums of steps (0.30000000000000004): three decimals at most.
+            Scale::Linear => format!("{v:.3}")
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string(),
+            Scale::Log10 => {
+                let v = floor * 10f64.powf(*v);
+                if v >= 10.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.2}")
+                }
+            }
+        })
         .x_label_style(("sans-serif", 11))
         .draw()
         .map_err(err)?;
-    let width = 0.27;
-    for (t, name) in TARGETS.iter().enumerate() {
-        let color = COLORS[t];
+    let width = 0.8 / series.len().max(1) as f64;
+    for (t, s) in series.iter().enumerate() {
+        let color = s.color;
         chart
-            .draw_series(results.iter().enumerate().map(|(i, (_, f))| {
-                let x0 = i as f64 - 1.5 * width + t as f64 * width;
-                Rectangle::new(
-                    [(x0, 0.0), (x0 + width * 0.9, value(&f[t]))],
-                    color.filled(),
-                )
+            .draw_series(s.values.iter().enumerate().map(|(i, &v)| {
+                let x0 = i as f64 - 0.4 + t as f64 * width;
+                let v = if v.is_finite() { y(v) } else { 0.0 };
+                Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled())
             }))
             .map_err(err)?
-            .label(*name)
+            .label(s.name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
     chart

@@ -9,12 +9,20 @@ use anyhow::{Context, Result};
 
 use super::{Figures, Options, Results, CEILING, OURS, TARGETS, VBLADE};
 
-const BEGIN: &str = "<!-- xtask bench: begin (generated; edit outside these markers) -->";
-const END: &str = "<!-- xtask bench: end -->";
+/// The markers of the side-by-side block in docs/benchmarks.md.
+pub const HOT: (&str, &str) = (
+    "<!-- xtask bench: begin (generated; edit outside these markers) -->",
+    "<!-- xtask bench: end -->",
+);
 
 pub fn markdown(results: &Results, o: &Options) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "Measured {} on {}.\n", now(), machine());
+    let _ = writeln!(
+        s,
+        "Measured {} on {}.\n",
+        now(),
+        machine(&TARGETS.join(", "))
+    );
     let _ = writeln!(
         s,
         "    cargo xtask bench --duration {} --runs {}{}    # aoe-ctl {}, vblade {}\n",
@@ -116,12 +124,12 @@ fn goals(results: &Results) -> Vec<String> {
     out
 }
 
-/// Put `table` between the markers of `doc` (or at its end when it has none).
-pub fn write_block(doc: &Path, table: &str) -> Result<()> {
+/// Put `table` between the `(begin, end)` markers of `doc` (or at its end when it has none).
+pub fn write_block(doc: &Path, (begin, end): (&str, &str), table: &str) -> Result<()> {
     let old = std::fs::read_to_string(doc).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let block = format!("{BEGIN}\n{table}{END}");
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &old[..b], &old[e + END.len()..]),
+    let block = format!("{begin}\n{table}{end}");
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &old[..b], &old[e + end.len()..]),
         _ => format!("{}\n{block}\n", old.trim_end()),
     };
     std::fs::write(doc, new).with_context(|| format!("writing {}", doc.display()))
@@ -141,11 +149,11 @@ fn first_line(cmd: &mut Command) -> String {
         .unwrap_or_default()
 }
 
-fn now() -> String {
+pub fn now() -> String {
     first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
 }
 
-fn commit() -> String {
+pub fn commit() -> String {
     let c = first_line(Command::new("git").args(["describe", "--always", "--dirty"]));
     if c.is_empty() {
         "(no git)".into()
@@ -154,12 +162,12 @@ fn commit() -> String {
     }
 }
 
-fn vblade_version() -> String {
+pub fn vblade_version() -> String {
     first_line(Command::new("dpkg-query").args(["-W", "-f=${Version}", "vblade"]))
 }
 
-/// CPU model, cores, memory, kernel.
-fn machine() -> String {
+/// CPU model, cores, memory, kernel, and the `targets` measured.
+pub fn machine(targets: &str) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -180,8 +188,38 @@ fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
         "{cores} × {model}, {mem_gib:.0} GiB, kernel {}; a veth pair between two namespaces, \
-         client and target sharing the cores; targets: {}",
-        kernel.trim(),
-        TARGETS.join(", ")
+         client and target sharing the cores; targets: {targets}",
+        kernel.trim()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::storage_report::STORAGE;
+
+    #[test]
+    fn each_block_replaces_only_its_own() {
+        let doc = std::env::temp_dir().join(format!("aoe-bench-doc-{}.md", std::process::id()));
+        std::fs::write(&doc, "# B\n\nbefore\n").unwrap();
+        write_block(&doc, HOT, "hot 1\n").unwrap();
+        write_block(&doc, STORAGE, "cold 1\n").unwrap();
+        write_block(&doc, HOT, "hot 2\n").unwrap();
+        write_block(&doc, STORAGE, "cold 2\n").unwrap();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        std::fs::remove_file(&doc).unwrap();
+        assert!(text.starts_with("# B\n\nbefore\n"), "{text}");
+        assert!(
+            text.contains(&format!("{}\nhot 2\n{}", HOT.0, HOT.1)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{}\ncold 2\n{}", STORAGE.0, STORAGE.1)),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hot 1") && !text.contains("cold 1"),
+            "{text}"
+        );
+    }
 }

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::{byte_range, extent, Backend, BackendError, OpenOptions, Result, SECTOR};
+use super::{byte_range, extent, Backend, BackendError, IoTarget, OpenOptions, Result, SECTOR};
 
 /// Alignment of the bounce buffer: a page satisfies every device's O_DIRECT rule.
 const ALIGN: usize = 4096;
@@ -19,8 +19,11 @@ pub struct DirectBackend {
     sectors: u64,
     /// Byte offset in the file where the exported data starts.
     data_offset: u64,
-    /// Opened with O_DSYNC: every write is durable when it returns.
-    dsync: bool,
+    /// The memory alignment O_DIRECT needs here (statx STATX_DIOALIGN; a page when the
+    /// filesystem does not say).
+    mem_align: usize,
+    write_back: bool,
+    regular: bool,
 }
 
 /// A page-aligned buffer of `MAX_IO` bytes.
@@ -61,10 +64,9 @@ thread_local! {
 impl DirectBackend {
     pub fn open(path: &Path, opts: &OpenOptions) -> anyhow::Result<Self> {
         use anyhow::{bail, Context};
-        let mut flags = libc::O_DIRECT;
-        if opts.sync {
-            flags |= libc::O_DSYNC;
-        }
+        // Durable writes are made so by fdatasync (one for a group of writes on a ring), not
+        // O_DSYNC, which would flush the device cache once per write.
+        let flags = libc::O_DIRECT;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(!opts.read_only)
@@ -72,11 +74,18 @@ impl DirectBackend {
             .open(path)
             .with_context(|| format!("cannot open {} with O_DIRECT", path.display()))?;
         let sectors = extent(&file, path, opts)?;
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
         let b = DirectBackend {
             file,
             sectors,
             data_offset: opts.offset * SECTOR,
-            dsync: opts.sync,
+            mem_align: 0,
+            write_back: opts.write_back,
+            regular,
+        };
+        let b = DirectBackend {
+            mem_align: dio_mem_align(&b.file).unwrap_or(ALIGN),
+            ..b
         };
         // Some filesystems refuse O_DIRECT, or 512-byte O_DIRECT (4Kn devices): say so now,
         // not as an ATA error on the first read.
@@ -133,9 +142,6 @@ impl Backend for DirectBackend {
     }
 
     fn sync_range(&self, _lba: u64, _len: usize) -> Result<()> {
-        if self.dsync {
-            return Ok(());
-        }
         // O_DIRECT bypasses the page cache, not the device's write cache.
         self.file
             .sync_data()
@@ -147,6 +153,37 @@ impl Backend for DirectBackend {
             .sync_data()
             .map_err(BackendError::syscall("fdatasync"))
     }
+
+    fn io_target(&self) -> Option<IoTarget> {
+        use std::os::fd::AsRawFd;
+        Some(IoTarget {
+            fd: self.file.as_raw_fd(),
+            base: self.data_offset,
+            direct: true,
+            mem_align: self.mem_align,
+            durable: !self.write_back,
+            regular: self.regular,
+        })
+    }
+}
+
+/// The memory alignment O_DIRECT I/O on `file` needs, when its filesystem reports one.
+fn dio_mem_align(file: &File) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statx on our own open descriptor into a zeroed struct it fills.
+    let stx = unsafe {
+        let mut stx: libc::statx = std::mem::zeroed();
+        let r = libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        );
+        (r == 0).then_some(stx)?
+    };
+    let align = stx.stx_dio_mem_align as usize;
+    (stx.stx_mask & libc::STATX_DIOALIGN != 0 && align.is_power_of_two()).then_some(align)
 }
 
 #[cfg(test)]

@@ -15,6 +15,12 @@ pub enum BackendError {
         #[source]
         source: io::Error,
     },
+    #[error("{call} moved {done} of {len} bytes: the image is shorter than the export (truncated?) or its filesystem is full")]
+    Short {
+        call: &'static str,
+        len: usize,
+        done: usize,
+    },
     #[error("the backing store failed under the mapping (SIGBUS): file shrunk, filesystem full or device error")]
     Sigbus,
     #[error("a concurrent backing-store fault may have touched this copy")]
@@ -25,7 +31,7 @@ pub enum BackendError {
 
 impl BackendError {
     /// Short stable label for counters and logs: "out_of_range", "unaligned", "io",
-    /// "no_space", "sigbus", "concurrent_fault", "failed_closed".
+    /// "no_space", "short", "sigbus", "concurrent_fault", "failed_closed".
     pub fn reason(&self) -> &'static str {
         match self {
             BackendError::OutOfRange { .. } => "out_of_range",
@@ -34,6 +40,7 @@ impl BackendError {
                 Some(libc::ENOSPC | libc::EDQUOT) => "no_space",
                 _ => "io",
             },
+            BackendError::Short { .. } => "short",
             BackendError::Sigbus => "sigbus",
             BackendError::ConcurrentFault => "concurrent_fault",
             BackendError::FailedClosed { .. } => "failed_closed",

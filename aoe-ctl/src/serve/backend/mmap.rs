@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use super::{byte_range, extent, fault, Backend, BackendError, OpenOptions, Result, SECTOR};
+use super::{
+    byte_range, extent, fault, Backend, BackendError, IoTarget, OpenOptions, Result, SECTOR,
+};
 
 pub struct MmapBackend {
     map: MmapRaw,
@@ -18,6 +20,8 @@ pub struct MmapBackend {
     /// Byte offset in the file where the mapping's data starts.
     data_offset: u64,
     read_only: bool,
+    write_back: bool,
+    regular: bool,
     /// A page of the mapping could not be mapped back onto the file after SIGBUS: an
     /// anonymous stand-in sits over the file there, so nothing the mapping says is trusted.
     failed: AtomicBool,
@@ -37,6 +41,7 @@ impl MmapBackend {
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         let sectors = extent(&file, path, opts)?;
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
         let mut mo = MmapOptions::new();
         mo.offset(opts.offset * SECTOR)
             .len((sectors * SECTOR) as usize);
@@ -46,6 +51,10 @@ impl MmapBackend {
             mo.map_raw(&file)
         }
         .with_context(|| format!("cannot map {}", path.display()))?;
+        // A fault on a shared mapping reads a whole `read_ahead_kb` window around the page
+        // (read-around): megabytes per random sector on an image bigger than RAM.
+        map.advise(memmap2::Advice::Random)
+            .with_context(|| format!("madvise(MADV_RANDOM) on {}", path.display()))?;
         Ok(MmapBackend {
             map,
             sectors,
@@ -53,6 +62,8 @@ impl MmapBackend {
             path: path.to_owned(),
             data_offset: opts.offset * SECTOR,
             read_only: opts.read_only,
+            write_back: opts.write_back,
+            regular,
             failed: AtomicBool::new(false),
         })
     }
@@ -168,6 +179,18 @@ impl Backend for MmapBackend {
 
     fn failed_closed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
+    }
+
+    fn io_target(&self) -> Option<IoTarget> {
+        use std::os::fd::AsRawFd;
+        Some(IoTarget {
+            fd: self.file.as_raw_fd(),
+            base: self.data_offset,
+            direct: false,
+            mem_align: 1,
+            durable: !self.write_back,
+            regular: self.regular,
+        })
     }
 }
 

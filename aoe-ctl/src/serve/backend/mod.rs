@@ -6,6 +6,7 @@ mod error;
 mod fault;
 mod mem;
 mod mmap;
+mod ring;
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -15,6 +16,7 @@ pub use direct::DirectBackend;
 pub use error::{BackendError, Result};
 pub use mem::MemBackend;
 pub use mmap::MmapBackend;
+pub use ring::{Done, IoRing, Kind};
 
 /// Bytes per sector.
 pub const SECTOR: u64 = 512;
@@ -42,6 +44,26 @@ pub trait Backend: Send + Sync {
     fn failed_closed(&self) -> bool {
         false
     }
+    /// The file behind the backend, for I/O in flight on a worker's ring (`IoRing`); None
+    /// when it has none (memory, tests).
+    fn io_target(&self) -> Option<IoTarget> {
+        None
+    }
+}
+
+/// Where a ring sends an export's I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoTarget {
+    pub fd: std::os::fd::RawFd,
+    /// Byte offset in the file where the export starts.
+    pub base: u64,
+    /// Opened with O_DIRECT: buffers must be aligned to `mem_align`.
+    pub direct: bool,
+    pub mem_align: usize,
+    /// Writes are acknowledged only after an fdatasync that followed them.
+    pub durable: bool,
+    /// A regular file (whose size can change under us), not a block device.
+    pub regular: bool,
 }
 
 /// How to open an image.
@@ -54,8 +76,9 @@ pub struct OpenOptions {
     pub length: Option<u64>,
     /// O_DIRECT I/O past the page cache (`DirectBackend`) instead of a mapping.
     pub direct: bool,
-    /// Writes reach stable storage before they are acknowledged.
-    pub sync: bool,
+    /// Writes are acknowledged from the page cache (or the device's volatile cache), not
+    /// once on stable storage.
+    pub write_back: bool,
 }
 
 /// Open an image the way `opts` asks: mapped, or with O_DIRECT.

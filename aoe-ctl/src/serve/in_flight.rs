@@ -1,0 +1,128 @@
+//! Requests of one queue worker waiting for their storage I/O: what each one's reply needs
+//! (its export, its header, the buffer it holds), keyed by the token its ring I/O carries.
+//! Both workers use it, each with its own kind of buffer handle `H`.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::ata::StorageIo;
+use super::backend::{BackendError, Done, IoRing, SECTOR};
+use super::export::Export;
+use super::reply::Responder;
+
+/// One request waiting for its I/O.
+pub struct Pending<H> {
+    pub export: Arc<Export>,
+    pub responder: Responder,
+    pub io: StorageIo,
+    /// Where the request and its reply live until it is answered.
+    pub held: H,
+    /// The request's length in `held`.
+    pub len: usize,
+}
+
+pub struct InFlight<H> {
+    ring: IoRing,
+    slots: Vec<Option<Pending<H>>>,
+    free: Vec<u32>,
+    done: Vec<Done>,
+}
+
+impl<H> InFlight<H> {
+    pub fn new() -> io::Result<Self> {
+        Ok(InFlight {
+            ring: IoRing::new()?,
+            slots: Vec::new(),
+            free: Vec::new(),
+            done: Vec::new(),
+        })
+    }
+
+    /// Requests waiting.
+    pub fn len(&self) -> usize {
+        self.ring.in_flight()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ring's descriptor, readable when completions wait.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.ring.fd()
+    }
+
+    /// Queue the I/O of `p.io` (submitted at the next `pump`); its bytes go to or come from
+    /// `data`. Returns the request back when its export has no file to do I/O on.
+    ///
+    /// # Safety
+    /// `data` lies in `p.held`, which stays valid and untouched until the request comes
+    /// back from `pump`.
+    pub unsafe fn start(
+        &mut self,
+        p: Pending<H>,
+        data: &[(*mut u8, usize)],
+    ) -> Result<(), Pending<H>> {
+        let Some(target) = p.export.backend.io_target() else {
+            return Err(p);
+        };
+        let (kind, offset) = (p.io.kind, p.io.lba * SECTOR);
+        let token = match self.free.pop() {
+            Some(t) => {
+                self.slots[t as usize] = Some(p);
+                t
+            }
+            None => {
+                self.slots.push(Some(p));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        // SAFETY: the caller keeps `data` valid until the token is done.
+        unsafe { self.ring.queue(token, target, kind, offset, data) };
+        Ok(())
+    }
+
+    /// Submit what was queued and hand every request whose I/O finished to `each`.
+    pub fn pump(&mut self, mut each: impl FnMut(Pending<H>, Result<(), BackendError>)) {
+        self.ring.pump(&mut self.done);
+        for d in self.done.drain(..) {
+            let Some(p) = self.slots.get_mut(d.token as usize).and_then(Option::take) else {
+                continue;
+            };
+            self.free.push(d.token);
+            each(p, d.result);
+        }
+    }
+
+    /// Wait for every request to finish (at exit: the kernel may still write into the
+    /// buffers they hold). False when some were still waiting at `limit`.
+    pub fn drain(
+        &mut self,
+        limit: Duration,
+        mut each: impl FnMut(Pending<H>, Result<(), BackendError>),
+    ) -> bool {
+        let until = Instant::now() + limit;
+        while !self.is_empty() {
+            if Instant::now() > until {
+                return false;
+            }
+            self.pump(&mut each);
+            if !self.is_empty() {
+                self.wait(Duration::from_millis(1));
+            }
+        }
+        true
+    }
+
+    /// Sleep until a completion arrives or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let mut p = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+    }
+}
