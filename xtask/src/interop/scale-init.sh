@@ -85,7 +85,8 @@ fsck_all() {
 readd() {
 	md=$1
 	dev=$2
-	t0=$(now)
+	# Not t0: the cases time themselves with it.
+	r0=$(now)
 	mdadm /dev/$md --fail /dev/etherd/$dev >/dev/null 2>&1
 	until_ok 300 mdadm /dev/$md --remove /dev/etherd/$dev >/dev/null || fail "$dev: mdadm --remove refused"
 	say "driver $dev after remove: $(state "$dev")"
@@ -97,9 +98,10 @@ readd() {
 		[ $((n % 10)) = 1 ] && echo "$dev" >/dev/etherd/revalidate 2>/dev/null
 		sleep 0.1
 	done
+	r1=$(now)
 	mdadm /dev/$md --re-add /dev/etherd/$dev >/tmp/readd 2>&1 || mdadm /dev/$md --add /dev/etherd/$dev >>/tmp/readd 2>&1 || fail "$dev: $(cat /tmp/readd)"
 	until_ok 3000 md_idle "$md" || fail "$md: resync of $dev did not finish"
-	say "readd $dev $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s ($(head -c 60 /tmp/readd | tr '\n' ' '))"
+	say "readd $dev $(awk -v a="$r0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s, up again after $(awk -v a="$r0" -v b="$r1" 'BEGIN { printf "%.1f", b - a }') s ($(head -c 60 /tmp/readd | tr '\n' ' '))"
 }
 
 for m in virtio_pci virtio_net crc32c_generic ext4 md-mod raid1 raid456 dm-mod; do
@@ -182,8 +184,9 @@ case ",$cases," in *",lost,"*)
 	sleep 1
 	mark=$(dmesg | wc -l)
 	host kill e5.2
+	tk=$(now)
 	until_ok 600 md_degraded md0 || fail "lost: md0 never degraded"
-	say "lost: md0 degraded $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s after the kill; driver says e5.2 $(state e5.2)"
+	say "lost: md0 degraded $(awk -v a="$tk" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s after the kill; driver says e5.2 $(state e5.2)"
 	wait $w
 	drvlog "lost e5.2"
 	[ -e /tmp/writer.ok ] || fail "lost: the writer failed"
