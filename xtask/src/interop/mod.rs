@@ -185,7 +185,11 @@ fn scale_out(
                 target.name()
             );
         }
-        let verdict = if r.failures.is_empty() { "PASS" } else { "FAIL" };
+        let verdict = if r.failures.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        };
         println!(
             "interop: scale-out md+LVM over 5 nodes vs {:8}: {verdict}  ({:.0} s)",
             target.name(),
