@@ -170,8 +170,9 @@ say "grown project_2 ${old_kb} KiB -> ${new_kb} KiB, file of $big MiB"
 say "grown_write_mbs $(mbs "$big" "$t1" "$t2")"
 [ "$big" -lt "$((new_kb / 1024))" ] || fail "project_2 did not grow past $big MiB ($new_kb KiB)"
 verify_files recipe
-check_md md0
-check_md md1
+# md's check runs where md resynced (lost, rolling) and in the corrupt case: on the fresh
+# --assume-clean arrays it would cost 40 s of TCG time per run; the files' sha256 and fsck
+# cover what the recipe wrote.
 fsck_all
 [ "$(ioerrors)" = 0 ] || fail "recipe: I/O errors in dmesg"
 say "CASE recipe PASS $(mbs $((8 + big)) "$t0" "$(now)") MB/s $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }') s"
