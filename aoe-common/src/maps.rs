@@ -14,8 +14,9 @@ pub const PROG_CLASSIFIER: &str = "aoe_classifier";
 
 /// Shortest reply the kernel sends (the shortest Ethernet frame).
 pub const MIN_REPLY: usize = crate::wire::MIN_FRAME_LEN;
-/// Most exports one interface's program knows.
-pub const MAX_EXPORTS: u32 = 256;
+/// Most exports one interface's program knows: 4,096, so one daemon can serve a large segment
+/// (docs/scale-out.md measures discovery at that size; the table costs ~7 MiB of kernel memory).
+pub const MAX_EXPORTS: u32 = 4096;
 /// Most receive queues (XSKMAP entries).
 pub const MAX_QUEUES: u32 = 64;
 /// Most MAC mask list entries per export.

@@ -2,6 +2,7 @@
 //! the classifier alone; the programs here come from aoe-lab-ebpf, a separate object.
 
 pub mod ceiling;
+pub mod flip;
 pub mod peer;
 
 /// The lab's eBPF object built from aoe-lab-ebpf by build.rs.

@@ -1,5 +1,5 @@
 //! aoe-lab: the lab and benchmark instruments. Each command attaches its program, prints one
-//! line, and keeps it attached until SIGINT/SIGTERM.
+//! line, and keeps it attached until SIGINT/SIGTERM (flip-bit does its one change and exits).
 
 use anyhow::Result;
 use aoe_ctl::address::{parse_shelf, parse_slot};
@@ -40,6 +40,14 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
+    /// Corrupt an image the way a failing disk does, silently: flip one bit of the first
+    /// written sector past --skip-mib, print that sector's number and exit.
+    FlipBit {
+        /// MiB of the image to leave alone (metadata at its start).
+        #[arg(long, default_value_t = 0)]
+        skip_mib: u64,
+        image: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -67,6 +75,11 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             println!("ceiling e{shelf}.{slot} on {iface}: {sectors} sectors answered in the kernel, no storage");
             until_signal()
+        }
+        Cmd::FlipBit { skip_mib, image } => {
+            let sector = aoe_lab::flip::flip(&image, skip_mib << 20)?;
+            println!("sector {sector}");
+            Ok(())
         }
         Cmd::Peer { iface } => {
             let _attached = aoe_lab::peer::attach(&iface)?;

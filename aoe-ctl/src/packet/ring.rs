@@ -163,6 +163,11 @@ impl RingSocket {
         self.tx.queue(build)
     }
 
+    /// The tx ring alone, to answer outside `receive_with`.
+    pub fn tx(&mut self) -> &mut TxRing {
+        &mut self.tx
+    }
+
     /// Hand every queued frame to the kernel: one syscall for the whole batch.
     pub fn flush(&mut self) -> Result<()> {
         if self.tx.unsent == 0 {

@@ -8,6 +8,7 @@
 //! (`Verdict::Pending`): it applies such edits one at a time, keeps them, and sends the
 //! reply itself, so a slow state write never holds up a queue worker.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use aoe_common::wire::ata::{AtaRepr, ATA_HEADER_LEN};
@@ -49,6 +50,9 @@ pub type Keep<'a> = &'a dyn Fn(&ControlState) -> bool;
 
 pub struct Engine {
     exports: Vec<Arc<Export>>,
+    /// shelf.slot to its index in `exports` (the first, if two share it): a frame to one
+    /// export is routed without scanning thousands.
+    by_addr: HashMap<(u16, u8), usize>,
     responder: Responder,
     control: Option<ControlSink>,
 }
@@ -57,8 +61,13 @@ impl Engine {
     /// `max_sectors`: the most sectors one frame carries on this interface (MTU and buffers).
     /// Without a control sink, state-changing requests are applied inline.
     pub fn new(exports: Vec<Arc<Export>>, mac: Mac, max_sectors: usize) -> Self {
+        let mut by_addr = HashMap::with_capacity(exports.len());
+        for (i, e) in exports.iter().enumerate() {
+            by_addr.entry((e.shelf, e.slot)).or_insert(i);
+        }
         Engine {
             exports,
+            by_addr,
             responder: Responder {
                 mac,
                 max_sectors: max_sectors.clamp(1, 255),
@@ -102,12 +111,8 @@ impl Engine {
             }
             return Route::Each;
         }
-        match self
-            .exports
-            .iter()
-            .position(|e| e.shelf == shelf && e.slot == slot)
-        {
-            Some(i) => Route::One(i),
+        match self.by_addr.get(&(shelf, slot)) {
+            Some(&i) => Route::One(i),
             None => Route::Ignore(Ignore::NotOurs),
         }
     }

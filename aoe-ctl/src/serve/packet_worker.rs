@@ -96,6 +96,9 @@ impl Pool {
 struct Packet {
     storage: Option<InFlight<usize>>,
     pool: Pool,
+    /// A broadcast answered by more exports than the tx ring had room for: the request and
+    /// the export to answer it for next, once the ring has room again.
+    each: Option<(Vec<u8>, usize)>,
 }
 
 fn serve(
@@ -116,14 +119,16 @@ fn serve(
     let mut w = Packet {
         storage,
         pool: Pool::new(sock.max_frame()),
+        each: None,
     };
     while !stop.load(Ordering::Relaxed) {
         if live.changed_since(generation) {
             (engine, generation) = live.load();
         }
         let mut received = 0u64;
-        let mut replied = 0u64;
-        while received < BATCH as u64 {
+        let mut replied = w.continue_each(&engine, sock.tx());
+        // A broadcast still being answered goes first: frames wait in the rx ring.
+        while received < BATCH as u64 && w.each.is_none() {
             let mut reply_room = true;
             let got = sock.receive_with(|frame, ring| {
                 let n = w.answer(&engine, frame, ring);
@@ -134,7 +139,7 @@ fn serve(
                 break;
             }
             received += 1;
-            if !reply_room {
+            if !reply_room || w.each.is_some() {
                 // The tx ring is full: send what it holds before reading more.
                 sock.flush()?;
             }
@@ -143,6 +148,9 @@ fn serve(
         sock.flush()?;
         if received > 0 || replied > 0 {
             stats.add(received, replied);
+        } else if w.each.is_some() {
+            // The tx ring is still full: the device is sending it, no frame to wait for.
+            std::thread::yield_now();
         } else {
             stats
                 .socket_dropped
@@ -178,14 +186,31 @@ impl Packet {
             }
             Route::One(i) => reply(engine, i, frame, ring),
             Route::Each => {
-                let mut n = 0;
-                for i in engine.each(frame) {
-                    n += reply(engine, i, frame, ring)?;
-                }
-                Some(n)
+                self.each = Some((frame.to_vec(), 0));
+                // The ring may fill up: the rest is answered once it has room.
+                Some(self.continue_each(engine, ring))
             }
             Route::Ignore(_) => Some(0),
         }
+    }
+
+    /// Answer the pending broadcast for the exports left, as far as the tx ring has room;
+    /// the replies queued.
+    fn continue_each(&mut self, engine: &Engine, ring: &mut TxRing) -> u64 {
+        let Some((frame, from)) = self.each.take() else {
+            return 0;
+        };
+        let mut n = 0;
+        for i in engine.each(&frame).skip_while(|&i| i < from) {
+            match reply(engine, i, &frame, ring) {
+                Some(sent) => n += sent,
+                None => {
+                    self.each = Some((frame, i));
+                    return n;
+                }
+            }
+        }
+        n
     }
 
     /// An ATA request: into a buffer of its own, where it waits for its I/O.

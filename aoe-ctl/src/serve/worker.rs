@@ -133,6 +133,10 @@ struct Queue {
     tx_queue: VecDeque<XdpDesc>,
     /// A broadcast request, whole (it may have arrived as a chain).
     scratch: Vec<u8>,
+    /// The export the broadcast in `scratch` is answered for next, while it is being
+    /// answered: more exports than free chunks answer over several loops, each loop sending
+    /// what fits and getting chunks back from tx completions.
+    each_next: Option<usize>,
     /// Requests waiting for storage; None where no ring could be set up (the engine then
     /// does the I/O synchronously).
     storage: Option<InFlight<Held>>,
@@ -161,6 +165,7 @@ fn serve(
         chunks: Chunks::new(layout),
         tx_queue: VecDeque::with_capacity(layout.total() as usize),
         scratch: Vec::with_capacity(4 * FRAME_SIZE as usize),
+        each_next: None,
         storage,
     };
     // Received descriptors not answered yet: the tail of a chain still arriving, or frames
@@ -187,9 +192,11 @@ fn serve(
             }
             done.release();
         }
+        let mut replied = q.continue_each(&engine);
 
         let mut arrived = 0;
-        if !waiting_for_run || q.chunks.has_run() {
+        // A broadcast still being answered goes first: frames wait in the rx ring.
+        if q.each_next.is_none() && (!waiting_for_run || q.chunks.has_run()) {
             let mut rx = q.sock.rx.receive(BATCH);
             while let Some(d) = rx.read() {
                 held.push(d);
@@ -199,7 +206,6 @@ fn serve(
         }
 
         let mut received = 0u64;
-        let mut replied = 0u64;
         let mut at = 0;
         waiting_for_run = false;
         while at < held.len() {
@@ -253,7 +259,12 @@ fn serve(
         }
 
         let waiting = q.storage.as_ref().map_or(0, InFlight::len);
-        if arrived == 0 && replied == 0 && q.tx_queue.is_empty() && q.sock.tx.pending() == 0 {
+        if arrived == 0
+            && replied == 0
+            && q.tx_queue.is_empty()
+            && q.sock.tx.pending() == 0
+            && q.each_next.is_none()
+        {
             idle += 1;
             if idle >= SPINS_BEFORE_SLEEP {
                 read_socket_drops(&q.sock, stats);
@@ -336,6 +347,8 @@ impl Queue {
             }
             Route::One(i) if is_write(&buf[..len]) => Some(self.answer_write(engine, i, chain)),
             Route::One(i) => self.answer_in_run(engine, i, chain),
+            // One broadcast at a time: the next waits until every export answered this one.
+            Route::Each if self.each_next.is_some() => None,
             Route::Each => Some(self.answer_each(engine, chain)),
             Route::Ignore(_) => {
                 chain.iter().for_each(|d| self.chunks.put(d.addr));
@@ -449,14 +462,28 @@ impl Queue {
                 .extend_from_slice(&piece[..(d.len as usize).min(piece.len())]);
         }
         chain.iter().for_each(|d| self.chunks.put(d.addr));
+        self.each_next = Some(0);
+        self.continue_each(engine)
+    }
+
+    /// Answer the broadcast in `scratch` for as many of the exports left as there are spare
+    /// chunks; the rest wait for the chunks the kernel sends back (`each_next` says where to
+    /// go on). Returns the replies queued.
+    fn continue_each(&mut self, engine: &Engine) -> u64 {
+        let Some(from) = self.each_next else {
+            return 0;
+        };
         let mut replies = 0;
-        for i in engine.each(&self.scratch) {
+        // The engine may have been reloaded meanwhile: `each` is over its exports now.
+        for i in engine.each(&self.scratch).skip_while(|&i| i < from) {
             let Some(spare) = self.chunks.take() else {
-                break;
+                self.each_next = Some(i);
+                return replies;
             };
             // SAFETY: a free chunk is owned by us and not referenced elsewhere.
             let out = unsafe { self.sock.chunk_from(spare) };
             if self.scratch.len() > out.len() || engine.reply_room(&self.scratch) > out.len() {
+                // Longer than a chunk: no export can answer it.
                 self.chunks.put(spare);
                 break;
             }
@@ -464,6 +491,7 @@ impl Queue {
             let verdict = engine.handle(i, out, self.scratch.len());
             replies += self.settle(verdict, spare);
         }
+        self.each_next = None;
         replies
     }
 

@@ -15,6 +15,8 @@ pub struct Boot<'a> {
     pub append: String,
     pub memory: &'a str,
     pub capture: Option<&'a Path>,
+    /// More NICs, each on one of these taps in the lab's namespace (the guest's eth1, ...).
+    pub extra_taps: &'a [String],
 }
 
 /// What the guest printed, up to the line `done` returned true for, or until it exited or
@@ -53,6 +55,15 @@ pub fn run(
         "-device",
         "virtio-net-pci,netdev=n0",
     ])
+    .args(boot.extra_taps.iter().enumerate().flat_map(|(i, tap)| {
+        let id = i + 1;
+        [
+            "-netdev".to_string(),
+            format!("tap,id=n{id},ifname={tap},script=no,downscript=no"),
+            "-device".to_string(),
+            format!("virtio-net-pci,netdev=n{id}"),
+        ]
+    }))
     .arg("-kernel")
     .arg(boot.kernel)
     .args(["-append", &boot.append]);

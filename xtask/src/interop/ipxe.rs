@@ -89,6 +89,7 @@ pub fn run(assets: &Assets, kind: Kind, export_args: &str) -> Result<Outcome> {
             append: "ifopen net0 && sanboot aoe:e1.2".into(),
             memory: "256M",
             capture: None,
+            extra_taps: &[],
         },
         Duration::from_secs(90),
         |l| l.contains("AOE-BOOT-SECTOR1"),

@@ -49,6 +49,7 @@ pub fn run(assets: &Assets, kind: Kind, mtu: u32, export_args: &str) -> Result<O
             append,
             memory: "512M",
             capture: Some(&pcap),
+            extra_taps: &[],
         },
         Duration::from_secs(90),
         |l| l.starts_with("AOE-GUEST DONE") || l.starts_with("AOE-GUEST FAIL"),

@@ -9,6 +9,8 @@ mod capture;
 mod guest;
 mod ipxe;
 mod linux;
+mod many;
+mod scale;
 mod target;
 
 use anyhow::{bail, Result};
@@ -19,7 +21,8 @@ const MTUS: [u32; 2] = [1500, 9000];
 
 #[derive(Debug, Default, clap::Args)]
 pub struct Options {
-    /// Run only this case: vblade-1500, aoe-ctl-1500, vblade-9000, aoe-ctl-9000 or ipxe.
+    /// Run only this case: vblade-1500, aoe-ctl-1500, vblade-9000, aoe-ctl-9000, ipxe,
+    /// scale-vblade, scale-aoe-ctl (ends with the corrupt control) or discovery-4096.
     #[arg(long)]
     pub only: Option<String>,
     /// Extra options for `aoe-ctl export` (e.g. "--buffers 64").
@@ -134,6 +137,7 @@ pub fn run(o: &Options) -> Result<bool> {
         }
         Some(Err(e)) => target_failures.push(format!("iPXE: {e:#}")),
     }
+    scale_out(o, &assets, &mut broken_harness, &mut target_failures)?;
     if !broken_harness.is_empty() {
         bail!(
             "the harness is broken: the control (vblade) failed too, so no verdict on aoe-ctl: {}",
@@ -148,6 +152,75 @@ pub fn run(o: &Options) -> Result<bool> {
     }
     println!("interop: all passed");
     Ok(true)
+}
+
+/// Exports the many-exports node serves to the guest.
+const GUEST_EXPORTS: usize = 256;
+/// Exports our own initiator discovers from one daemon.
+const DISCOVERY_EXPORTS: usize = 4096;
+
+/// The scale-out cases: vblade as the control, then aoe-ctl, whose run ends with the corrupt
+/// case (a flipped bit md's check must find); then our initiator against one daemon's 4,096
+/// exports.
+fn scale_out(
+    o: &Options,
+    assets: &assets::Assets,
+    broken_harness: &mut Vec<String>,
+    target_failures: &mut Vec<String>,
+) -> Result<()> {
+    use scale::Target;
+    for target in [Target::Vblade, Target::AoeCtl] {
+        if !o.wants(&format!("scale-{}", target.name())) {
+            continue;
+        }
+        let many = if target == Target::AoeCtl {
+            GUEST_EXPORTS
+        } else {
+            0
+        };
+        let r = scale::run(assets, target, many)?;
+        for (case, figures) in &r.passed {
+            println!(
+                "interop: scale-out {case:9} vs {:8}: guest PASS  {figures}",
+                target.name()
+            );
+        }
+        let verdict = if r.failures.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        };
+        println!(
+            "interop: scale-out md+LVM over 5 nodes vs {:8}: {verdict}  ({:.0} s)",
+            target.name(),
+            r.seconds
+        );
+        for n in &r.notes {
+            println!("interop:     {n}");
+        }
+        for f in &r.failures {
+            println!("interop:     {f}");
+        }
+        let Some(first) = r.failures.first() else {
+            continue;
+        };
+        // A flipped bit nobody noticed: the checks cannot fail, so no verdict on anything.
+        let blind = r.failures.iter().find(|f| f.starts_with("guest: corrupt:"));
+        match (target, blind) {
+            (_, Some(f)) => broken_harness.push(format!("scale-out: {f}")),
+            (Target::Vblade, None) => broken_harness.push(format!("scale-out: {first}")),
+            (Target::AoeCtl, None) => target_failures.push(format!("scale-out: {first}")),
+        }
+    }
+    if o.wants(&format!("discovery-{DISCOVERY_EXPORTS}")) {
+        match many::run(DISCOVERY_EXPORTS) {
+            Ok(m) => println!("interop: {m}"),
+            Err(e) => {
+                target_failures.push(format!("discovery of {DISCOVERY_EXPORTS} exports: {e:#}"))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn fmt(v: Option<f64>) -> String {
