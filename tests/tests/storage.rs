@@ -13,6 +13,7 @@ use aoe_common::wire::ata::{AtaCommand, AtaRepr, AFLAG_LBA48};
 use aoe_common::wire::Frame;
 use aoe_ctl::initiator::client::Client;
 use aoe_ctl::initiator::frames::{self, Addr};
+use aoe_ctl::packet::ring::RingSocket;
 use aoe_integration::Lab;
 use common::pagecache::{resident_pages, DiskDir};
 
@@ -81,40 +82,57 @@ fn a_miss_never_delays_a_hit(extra: &[&str]) {
     );
     let cold: Vec<u64> = (1..=COLD).map(|i| i * 2048 + 3).collect();
     let mut sent: HashMap<u32, u64> = HashMap::new();
-    for (i, &lba) in cold.iter().chain(std::iter::once(&hot)).enumerate() {
-        let tag = 0x5000_0000 + i as u32;
-        let n = frames::read(&mut b, &addr, tag, lba, 1);
-        client.sock.send(&b[..n]).unwrap();
-        sent.insert(tag, lba);
-    }
-    // Every reply, in the order they came.
-    let mut order: Vec<u32> = Vec::new();
-    let until = Instant::now() + Duration::from_secs(5);
-    while let Some(left) = until.checked_duration_since(Instant::now()) {
-        let Some(m) = client
-            .sock
-            .recv(&mut b, left.min(Duration::from_millis(500)))
-            .unwrap()
-        else {
-            if order.len() >= sent.len() {
-                break;
-            }
-            continue;
-        };
-        let Ok(f) = Frame::new_checked(&b[..m]) else {
-            continue;
-        };
-        if !frames::answers(&f, &addr) || !sent.contains_key(&f.tag()) {
-            continue;
+    let reqs: Vec<(u32, u64)> = cold
+        .iter()
+        .chain(std::iter::once(&hot))
+        .enumerate()
+        .map(|(i, &lba)| (0x5000_0000 + i as u32, lba))
+        .collect();
+    sent.extend(reqs.iter().copied());
+    // The whole burst leaves in one send from a PACKET_MMAP ring: the hit arrives right
+    // behind the misses, before the disk can have answered them. Every reply, in the order
+    // they came back, is collected on the same ring.
+    let ifname = lab.initiator_if.clone();
+    let replies: Vec<(u32, Vec<u8>)> = Lab::in_ns(&lab.initiator_ns, move || {
+        let mut ring = RingSocket::open(&ifname, 256, 256).expect("ring socket");
+        for &(tag, lba) in &reqs {
+            assert!(ring.queue(|b| frames::read(b, &addr, tag, lba, 1)));
         }
-        let lba = sent[&f.tag()];
+        ring.flush().unwrap();
+        let mut got = Vec::new();
+        let until = Instant::now() + Duration::from_secs(5);
+        while got.len() < reqs.len() && Instant::now() < until {
+            while ring.receive(|f| {
+                if let Ok(fr) = Frame::new_checked(f) {
+                    if frames::answers(&fr, &addr) && reqs.iter().any(|r| r.0 == fr.tag()) {
+                        got.push((fr.tag(), f.to_vec()));
+                    }
+                }
+            }) {}
+            ring.wait(Duration::from_millis(10)).unwrap();
+        }
+        // Anything more would be a second answer.
+        std::thread::sleep(Duration::from_millis(200));
+        while ring.receive(|f| {
+            if let Ok(fr) = Frame::new_checked(f) {
+                if frames::answers(&fr, &addr) && reqs.iter().any(|r| r.0 == fr.tag()) {
+                    got.push((fr.tag(), f.to_vec()));
+                }
+            }
+        }) {}
+        got
+    })
+    .unwrap();
+    let mut order: Vec<u32> = Vec::new();
+    for (tag, b) in &replies {
+        let lba = sent[tag];
         assert_eq!(b[27] & 1, 0, "read of {lba} failed: status {:#x}", b[27]);
         assert_eq!(
             &b[36..548],
             &sector(lba)[..],
             "sector {lba} carries its own data"
         );
-        order.push(f.tag());
+        order.push(*tag);
     }
     let mut seen = order.clone();
     seen.sort_unstable();

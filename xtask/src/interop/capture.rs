@@ -71,7 +71,10 @@ pub fn analyze(pcap: &Path) -> Result<Capture> {
             continue;
         };
         let response = matches!(*resp, "1" | "True" | "true");
-        if response && f.get(5).is_some_and(|d| d.eq_ignore_ascii_case("ff:ff:ff:ff:ff:ff")) {
+        if response
+            && f.get(5)
+                .is_some_and(|d| d.eq_ignore_ascii_case("ff:ff:ff:ff:ff:ff"))
+        {
             // A config announcement to everyone (at start, and when a link comes back up):
             // not an answer to any request.
             c.announcements += 1;
