@@ -120,11 +120,7 @@ fn prometheus_scrapes_the_daemon_while_a_client_runs() {
         &["daemon", "--config", config.to_str().unwrap()],
     )
     .unwrap();
-    assert!(
-        daemon.first_line.starts_with("ready: "),
-        "{}",
-        daemon.first_line
-    );
+    assert!(daemon.first_line.starts_with("e1.2 "), "{}", daemon.first_line);
 
     // Elsewhere than /metrics: 404.
     let (code, _) = get(&lab.target_ns, METRICS, "/".into()).unwrap();
@@ -281,7 +277,7 @@ fn a_bad_metrics_address_is_refused_naming_the_key() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
-        err.contains(&format!("metrics: cannot listen on {METRICS}: Address in use")),
+        err.contains(&format!("metrics: cannot listen on {METRICS}: Address already in use")),
         "{err}"
     );
 }
