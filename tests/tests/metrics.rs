@@ -31,7 +31,10 @@ fn get(ns: &str, addr: &'static str, path: String) -> Option<(u16, String)> {
     Lab::in_ns(ns, move || -> std::io::Result<(u16, String)> {
         let mut s = std::net::TcpStream::connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
         let text = String::from_utf8_lossy(&raw).into_owned();
@@ -120,7 +123,11 @@ fn prometheus_scrapes_the_daemon_while_a_client_runs() {
         &["daemon", "--config", config.to_str().unwrap()],
     )
     .unwrap();
-    assert!(daemon.first_line.starts_with("e1.2 "), "{}", daemon.first_line);
+    assert!(
+        daemon.first_line.starts_with("e1.2 "),
+        "{}",
+        daemon.first_line
+    );
 
     // Elsewhere than /metrics: 404.
     let (code, _) = get(&lab.target_ns, METRICS, "/".into()).unwrap();
@@ -158,16 +165,24 @@ fn prometheus_scrapes_the_daemon_while_a_client_runs() {
     let _bench = Killed(bench);
 
     let q = "/api/v1/query?query=sum(aoe_requests_total)".to_string();
-    let first = wait_for("Prometheus to scrape requests", Duration::from_secs(20), || {
-        get(&lab.target_ns, PROMETHEUS, q.clone())
-            .and_then(|(_, body)| query_value(&body))
-            .filter(|v| *v > 0.0)
-    });
-    let second = wait_for("aoe_requests_total to move", Duration::from_secs(10), || {
-        get(&lab.target_ns, PROMETHEUS, q.clone())
-            .and_then(|(_, body)| query_value(&body))
-            .filter(|v| *v > first)
-    });
+    let first = wait_for(
+        "Prometheus to scrape requests",
+        Duration::from_secs(20),
+        || {
+            get(&lab.target_ns, PROMETHEUS, q.clone())
+                .and_then(|(_, body)| query_value(&body))
+                .filter(|v| *v > 0.0)
+        },
+    );
+    let second = wait_for(
+        "aoe_requests_total to move",
+        Duration::from_secs(10),
+        || {
+            get(&lab.target_ns, PROMETHEUS, q.clone())
+                .and_then(|(_, body)| query_value(&body))
+                .filter(|v| *v > first)
+        },
+    );
     assert!(second > first);
 
     // The scrape itself is healthy, and the shipped rules load and evaluate.
@@ -191,13 +206,18 @@ fn prometheus_scrapes_the_daemon_while_a_client_runs() {
     }
     let reads = |t: &str| {
         t.lines()
-            .find_map(|l| l.strip_prefix("aoe_request_duration_seconds_count{export=\"e1.2\",kind=\"read\"} "))
+            .find_map(|l| {
+                l.strip_prefix("aoe_request_duration_seconds_count{export=\"e1.2\",kind=\"read\"} ")
+            })
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
     assert!(reads(&text) > 0, "no read timed in\n{text}");
     assert!(
-        text.contains(&format!("aoe_kernel_frames_seen_total{{interface=\"{}\"}}", lab.target_if)),
+        text.contains(&format!(
+            "aoe_kernel_frames_seen_total{{interface=\"{}\"}}",
+            lab.target_if
+        )),
         "{text}"
     );
 
@@ -223,11 +243,13 @@ fn prometheus_scrapes_the_daemon_while_a_client_runs() {
         .map(str::to_string)
         .collect();
     let dashboard =
-        std::fs::read_to_string(workspace_root().join("packaging/grafana-dashboard.json"))
-            .unwrap();
+        std::fs::read_to_string(workspace_root().join("packaging/grafana-dashboard.json")).unwrap();
     serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
     let alerts = std::fs::read_to_string(&rules).unwrap();
-    for (file, used) in [("dashboard", names_used(&dashboard)), ("alerts", names_used(&alerts))] {
+    for (file, used) in [
+        ("dashboard", names_used(&dashboard)),
+        ("alerts", names_used(&alerts)),
+    ] {
         assert!(!used.is_empty());
         for name in used {
             assert!(served.contains(&name), "{file} uses {name}, not served");
@@ -273,11 +295,15 @@ fn a_bad_metrics_address_is_refused_naming_the_key() {
     // A port already taken: one line naming it, nothing served.
     let holder = Lab::in_ns(&lab.target_ns, || std::net::TcpListener::bind(METRICS)).unwrap();
     let _holder = holder.unwrap();
-    let o = lab.run_live(&lab.export_args(&img, &["--metrics", METRICS])).unwrap();
+    let o = lab
+        .run_live(&lab.export_args(&img, &["--metrics", METRICS]))
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
-        err.contains(&format!("metrics: cannot listen on {METRICS}: Address already in use")),
+        err.contains(&format!(
+            "metrics: cannot listen on {METRICS}: Address already in use"
+        )),
         "{err}"
     );
 }

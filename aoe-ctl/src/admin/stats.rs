@@ -165,6 +165,9 @@ pub fn prometheus() -> Result<()> {
             crate::daemon::control::run_dir().display()
         );
     }
-    print!("{}", crate::prometheus::render(&crate::prometheus::merge(all)));
+    print!(
+        "{}",
+        crate::prometheus::render(&crate::prometheus::merge(all))
+    );
     Ok(())
 }

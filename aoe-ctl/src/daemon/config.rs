@@ -147,9 +147,10 @@ pub fn parse(text: &str) -> Result<NodeConfig> {
     };
     let metrics = match &file.metrics {
         None => None,
-        Some(m) => Some(parse_metrics(m.get_ref()).map_err(|e| {
-            anyhow!("line {}: {e}", line_of(text, m.span().start))
-        })?),
+        Some(m) => Some(
+            parse_metrics(m.get_ref())
+                .map_err(|e| anyhow!("line {}: {e}", line_of(text, m.span().start)))?,
+        ),
     };
     let mut exports: Vec<ExportSpec> = Vec::new();
     for e in &file.exports {

@@ -24,11 +24,23 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum AdminRequest {
-    AclList { target: String },
-    AclAdd { target: String, mac: String },
-    AclDel { target: String, mac: String },
-    ReservationShow { target: String },
-    ReservationClear { target: String },
+    AclList {
+        target: String,
+    },
+    AclAdd {
+        target: String,
+        mac: String,
+    },
+    AclDel {
+        target: String,
+        mac: String,
+    },
+    ReservationShow {
+        target: String,
+    },
+    ReservationClear {
+        target: String,
+    },
     /// This daemon's metrics (`aoe-ctl stats --prometheus`), answered by the daemon's
     /// thread, not the owner.
     Metrics,

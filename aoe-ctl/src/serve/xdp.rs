@@ -260,7 +260,10 @@ impl Classifier {
             PerCpuArray::try_from(map(&mut self.bpf, MAP_EXPORT_COUNTERS)?)?;
         let mut out = [0u64; export_counter::COUNT as usize];
         for (i, o) in out.iter_mut().enumerate() {
-            *o = c.get(&(row * export_counter::COUNT + i as u32), 0)?.iter().sum();
+            *o = c
+                .get(&(row * export_counter::COUNT + i as u32), 0)?
+                .iter()
+                .sum();
         }
         Ok(out)
     }
