@@ -75,6 +75,10 @@ pub enum Cmd {
         /// Receive queues to serve (default: all of the interface's).
         #[arg(long)]
         queues: Option<u64>,
+        /// Serve Prometheus metrics on ADDR:PORT (e.g. 127.0.0.1:9727), as `metrics` in
+        /// exports.toml.
+        #[arg(long, value_name = "ADDR:PORT", value_parser = parse_metrics)]
+        metrics: Option<std::net::SocketAddr>,
         /// The image: regular file, sparse file or block device.
         path: PathBuf,
     },
@@ -138,6 +142,11 @@ pub enum Cmd {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Print every running daemon's metrics once, in Prometheus's text format (as its
+        /// metrics endpoint serves them; an export served by several processes shows their
+        /// sum).
+        #[arg(long, conflicts_with_all = ["watch", "json"])]
+        prometheus: bool,
     },
     /// The MAC mask list of an export (the list AoE command 2 edits), in force on every
     /// interface serving it when the command returns.
@@ -228,6 +237,7 @@ pub enum Cmd {
 }
 
 pub use aoe_ctl::address::{parse_shelf, parse_slot, parse_target};
+pub use aoe_ctl::daemon::config::parse_metrics;
 
 #[derive(Subcommand, Debug)]
 pub enum AclAction {

@@ -8,4 +8,5 @@ pub mod initiator;
 pub mod net;
 pub mod packet;
 pub mod pinned;
+pub mod prometheus;
 pub mod serve;

@@ -50,6 +50,7 @@ fn run(cli: Cli) -> Result<()> {
             mode,
             xdp_mode,
             queues,
+            metrics,
             path,
         } => {
             let spec = ExportDraft {
@@ -70,7 +71,7 @@ fn run(cli: Cli) -> Result<()> {
             .check()
             .map_err(|e| e.into_error(FrontEnd::Export))?;
             let queues = spec::check_queues(queues).map_err(|e| e.into_error(FrontEnd::Export))?;
-            serve_one(spec, mode, xdp_mode, queues, state)
+            serve_one(spec, mode, xdp_mode, queues, metrics, state)
         }
         Cmd::Vblade {
             bufcnt,
@@ -103,7 +104,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             .check()
             .map_err(|e| e.into_error(FrontEnd::Vblade))?;
-            serve_one(spec, config::DataPath::Auto, ModeChoice::Auto, None, None)
+            serve_one(
+                spec,
+                config::DataPath::Auto,
+                ModeChoice::Auto,
+                None,
+                None,
+                None,
+            )
         }
         Cmd::Daemon {
             config: path,
@@ -119,7 +127,10 @@ fn run(cli: Cli) -> Result<()> {
             aoe_ctl::daemon::run(cfg, Some(path), Some(state))
         }
         Cmd::Status { json } => admin::status::run(json),
-        Cmd::Stats { watch, json } => {
+        Cmd::Stats {
+            prometheus: true, ..
+        } => admin::stats::prometheus(),
+        Cmd::Stats { watch, json, .. } => {
             admin::stats::run(json, watch.then_some(Duration::from_secs(1)))
         }
         Cmd::Acl { action } => match action {
@@ -198,6 +209,7 @@ fn serve_one(
     mode: config::DataPath,
     xdp_mode: ModeChoice,
     queues: Option<u32>,
+    metrics: Option<std::net::SocketAddr>,
     state: Option<std::path::PathBuf>,
 ) -> Result<()> {
     let state = state.map(StateFile::open).transpose()?;
@@ -205,6 +217,7 @@ fn serve_one(
         mode,
         xdp_mode,
         queues,
+        metrics,
         exports: vec![spec],
     };
     aoe_ctl::daemon::run(cfg, None, state)

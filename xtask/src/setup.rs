@@ -31,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "e2fsprogs",
     "binutils",
     "qemu-system-x86",
+    // tests/metrics.rs: a Prometheus server scrapes the daemon, promtool judges the text
+    "prometheus",
     // the .deb: cargo-deb's $auto depends, its lint, and what its test uses
     "dpkg-dev",
     "lintian",

@@ -155,3 +155,19 @@ pub fn run(as_json: bool, watch: Option<Duration>) -> Result<()> {
         }
     }
 }
+
+/// `--prometheus`: every running daemon's metrics, merged, in the text format.
+pub fn prometheus() -> Result<()> {
+    let all = crate::daemon::control::metrics_of_all()?;
+    if all.is_empty() {
+        anyhow::bail!(
+            "no running aoe-ctl answered in {}",
+            crate::daemon::control::run_dir().display()
+        );
+    }
+    print!(
+        "{}",
+        crate::prometheus::render(&crate::prometheus::merge(all))
+    );
+    Ok(())
+}

@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub xdp_mode: ModeChoice,
     /// Receive queues per interface (default: all).
     pub queues: Option<u32>,
+    /// Where the Prometheus endpoint listens (off when None).
+    pub metrics: Option<std::net::SocketAddr>,
     pub exports: Vec<ExportSpec>,
 }
 
@@ -45,6 +47,7 @@ struct FileToml {
     #[serde(default)]
     xdp_mode: ModeChoice,
     queues: Option<Spanned<u64>>,
+    metrics: Option<Spanned<String>>,
     #[serde(default, rename = "export")]
     exports: Vec<Spanned<ExportToml>>,
 }
@@ -142,6 +145,13 @@ pub fn parse(text: &str) -> Result<NodeConfig> {
         None => None,
         Some(q) => spec::check_queues(Some(*q.get_ref())).map_err(|e| at(q.span(), e))?,
     };
+    let metrics = match &file.metrics {
+        None => None,
+        Some(m) => Some(
+            parse_metrics(m.get_ref())
+                .map_err(|e| anyhow!("line {}: {e}", line_of(text, m.span().start)))?,
+        ),
+    };
     let mut exports: Vec<ExportSpec> = Vec::new();
     for e in &file.exports {
         let spec = e.get_ref().draft().check().map_err(|err| {
@@ -161,7 +171,16 @@ pub fn parse(text: &str) -> Result<NodeConfig> {
         mode: file.mode,
         xdp_mode: file.xdp_mode,
         queues,
+        metrics,
         exports,
+    })
+}
+
+/// `metrics = "ADDR:PORT"` (and `--metrics`): an IP address and a port, no host name (the
+/// daemon must not depend on a resolver to start).
+pub fn parse_metrics(s: &str) -> Result<std::net::SocketAddr> {
+    s.parse().map_err(|_| {
+        anyhow!("metrics: {s:?} is not an IP address and port (e.g. \"127.0.0.1:9727\")")
     })
 }
 
@@ -252,6 +271,19 @@ length = 16
         assert!(err("[[export]\n").starts_with("line 1:"));
         assert!(err("queues = 0\n").starts_with("line 1: queues: 0, must be at least 1"));
         assert!(err("mode = \"fast\"").contains("line 1"));
+        assert_eq!(
+            err(&GOOD.replacen("mode = \"auto\"", "mode = \"auto\"\nmetrics = \"localhost:9727\"", 1)),
+            "line 3: metrics: \"localhost:9727\" is not an IP address and port (e.g. \"127.0.0.1:9727\")"
+        );
+    }
+
+    #[test]
+    fn metrics_are_off_unless_configured() {
+        assert_eq!(parse(GOOD).unwrap().metrics, None);
+        let c = parse(&format!("metrics = \"127.0.0.1:9727\"\n{GOOD}")).unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9727".parse().unwrap()));
+        let c = parse(&format!("metrics = \"[::1]:9727\"\n{GOOD}")).unwrap();
+        assert_eq!(c.metrics, Some("[::1]:9727".parse().unwrap()));
     }
 
     #[test]

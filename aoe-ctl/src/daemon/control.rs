@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::metrics_http::Asker;
 use super::owner::{Owner, Work};
 
 /// Where control sockets live when `AOE_RUN_DIR` does not say.
@@ -23,11 +24,26 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum AdminRequest {
-    AclList { target: String },
-    AclAdd { target: String, mac: String },
-    AclDel { target: String, mac: String },
-    ReservationShow { target: String },
-    ReservationClear { target: String },
+    AclList {
+        target: String,
+    },
+    AclAdd {
+        target: String,
+        mac: String,
+    },
+    AclDel {
+        target: String,
+        mac: String,
+    },
+    ReservationShow {
+        target: String,
+    },
+    ReservationClear {
+        target: String,
+    },
+    /// This daemon's metrics (`aoe-ctl stats --prometheus`), answered by the daemon's
+    /// thread, not the owner.
+    Metrics,
 }
 
 impl AdminRequest {
@@ -39,6 +55,7 @@ impl AdminRequest {
             AdminRequest::AclDel { mac, .. } => format!("acl del {mac}"),
             AdminRequest::ReservationShow { .. } => "reservation show".into(),
             AdminRequest::ReservationClear { .. } => "reservation clear".into(),
+            AdminRequest::Metrics => "metrics".into(),
         }
     }
 
@@ -49,11 +66,12 @@ impl AdminRequest {
             | AdminRequest::AclDel { target, .. }
             | AdminRequest::ReservationShow { target }
             | AdminRequest::ReservationClear { target } => target,
+            AdminRequest::Metrics => "",
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct AdminReply {
     /// The list the request is about, after it was applied.
     #[serde(default)]
@@ -63,6 +81,9 @@ pub struct AdminReply {
     /// This daemon does not serve the target: ask the next one.
     #[serde(default)]
     pub not_served: bool,
+    /// The answer to `AdminRequest::Metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Vec<crate::prometheus::Family>>,
 }
 
 impl AdminReply {
@@ -101,6 +122,7 @@ pub fn own_path() -> PathBuf {
 pub struct ControlSocket {
     path: PathBuf,
     listener: tokio::net::UnixListener,
+    metrics: Option<Asker>,
 }
 
 impl ControlSocket {
@@ -132,7 +154,17 @@ impl ControlSocket {
         let listener = tokio::net::UnixListener::bind(&path)
             .with_context(|| format!("binding the control socket {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(ControlSocket { path, listener })
+        Ok(ControlSocket {
+            path,
+            listener,
+            metrics: None,
+        })
+    }
+
+    /// Answer `AdminRequest::Metrics` through `asker`.
+    pub fn with_metrics(mut self, asker: Asker) -> Self {
+        self.metrics = Some(asker);
+        self
     }
 
     /// Take the next connection and answer it in a task of its own.
@@ -147,8 +179,9 @@ impl ControlSocket {
             }
         };
         let owner = owner.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, owner).await {
+            if let Err(e) = answer(stream, owner, metrics).await {
                 log::warn!("control socket: {e:#}");
             }
         });
@@ -161,7 +194,11 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn answer(stream: tokio::net::UnixStream, owner: SyncSender<Work>) -> Result<()> {
+async fn answer(
+    stream: tokio::net::UnixStream,
+    owner: SyncSender<Work>,
+    metrics: Option<Asker>,
+) -> Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
@@ -178,6 +215,16 @@ async fn answer(stream: tokio::net::UnixStream, owner: SyncSender<Work>) -> Resu
     } else {
         match serde_json::from_str::<AdminRequest>(&line) {
             Err(e) => AdminReply::error(format!("bad control request: {e}")),
+            Ok(AdminRequest::Metrics) => match &metrics {
+                None => AdminReply::error("this aoe-ctl serves no metrics".into()),
+                Some(a) => match super::metrics_http::ask(a).await {
+                    Ok(m) => AdminReply {
+                        metrics: Some(m),
+                        ..Default::default()
+                    },
+                    Err(e) => AdminReply::error(format!("{e:#}")),
+                },
+            },
             Ok(req) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 if Owner::offer(&owner, Work::Admin(req, tx)) {
@@ -207,12 +254,9 @@ fn ask(path: &Path, req: &AdminRequest) -> Result<AdminReply> {
     serde_json::from_str(&reply).map_err(|e| anyhow!("bad reply from {}: {e}", path.display()))
 }
 
-/// Send `req` to every daemon serving its target (an export may be served by several
-/// processes, one per interface): an edit must reach them all. The list comes from the
-/// first; any daemon that fails or does not answer makes the command fail, naming it.
-pub fn request(req: &AdminRequest) -> Result<Vec<String>> {
-    let dir = run_dir();
-    let mut sockets: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+/// The control sockets in `dir`, sorted.
+fn sockets(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut sockets: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(e) => e
             .flatten()
             .map(|e| e.path())
@@ -222,20 +266,52 @@ pub fn request(req: &AdminRequest) -> Result<Vec<String>> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     };
     sockets.sort();
+    Ok(sockets)
+}
+
+/// A socket whose daemon died refuses the connection: not an answer.
+fn stale(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+        )
+    })
+}
+
+/// The metrics of every running daemon; one that fails makes the command fail, naming it.
+pub fn metrics_of_all() -> Result<Vec<Vec<crate::prometheus::Family>>> {
+    let mut out = vec![];
+    for path in sockets(&run_dir())? {
+        match ask(&path, &AdminRequest::Metrics) {
+            Err(e) if stale(&e) => {}
+            Err(e) => bail!("{} did not answer: {e}", path.display()),
+            Ok(AdminReply {
+                metrics: Some(m), ..
+            }) => out.push(m),
+            Ok(r) => bail!(
+                "{}: {}",
+                path.display(),
+                r.error.unwrap_or_else(|| "no metrics in the answer".into())
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Send `req` to every daemon serving its target (an export may be served by several
+/// processes, one per interface): an edit must reach them all. The list comes from the
+/// first; any daemon that fails or does not answer makes the command fail, naming it.
+pub fn request(req: &AdminRequest) -> Result<Vec<String>> {
+    let dir = run_dir();
+    let sockets = sockets(&dir)?;
     let mut list = None;
     let mut failures = Vec::new();
     for path in sockets {
         let reply = match ask(&path, req) {
             Ok(r) => r,
             Err(e) => {
-                let stale = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                    matches!(
-                        io.kind(),
-                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-                    )
-                });
-                // A socket whose daemon died refuses the connection: not an answer.
-                if !stale {
+                if !stale(&e) {
                     failures.push(format!(
                         "{} did not answer ({e}); the request may still take effect there",
                         path.display()

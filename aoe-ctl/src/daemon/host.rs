@@ -529,6 +529,11 @@ impl Host {
         }
     }
 
+    /// Frames the workers handled, replies they sent, frames dropped at their sockets.
+    pub fn worker_totals(&self) -> (u64, u64, u64) {
+        totals(&self.workers.stats())
+    }
+
     /// Stop the workers, detach, unpin; the exit line says what was served.
     pub fn stop(self) -> String {
         let stats = self.workers.stats();

@@ -8,6 +8,8 @@ pub mod config;
 pub mod control;
 pub mod host;
 pub mod links;
+pub mod metrics;
+pub mod metrics_http;
 pub mod netlink;
 pub mod notify;
 pub mod owner;
@@ -29,6 +31,7 @@ use crate::serve::xdp::Classifier;
 use config::{ExportSpec, NodeConfig};
 use control::ControlSocket;
 use host::{Handoff, Host, HostOptions};
+use metrics_http::MetricsServer;
 use owner::{Owner, Work};
 use state::StateFile;
 
@@ -80,6 +83,7 @@ impl Node {
                 mode: config::DataPath::Auto,
                 xdp_mode: crate::serve::xdp::ModeChoice::Auto,
                 queues: None,
+                metrics: None,
                 exports: vec![],
             },
             hosts: BTreeMap::new(),
@@ -346,6 +350,30 @@ impl Node {
     }
 }
 
+/// Apply a reloaded config, listening for metrics where it says: a new address is bound
+/// first, so a reload that cannot bind it changes nothing.
+fn reload(node: &mut Node, c: NodeConfig, metrics: &mut Option<MetricsServer>) -> Result<()> {
+    let addr = c.metrics;
+    let moved = addr != metrics.as_ref().map(|m| m.addr);
+    let new = match addr {
+        Some(a) if moved => Some(MetricsServer::bind(a)?),
+        _ => None,
+    };
+    node.apply(c)?;
+    if moved {
+        *metrics = new;
+    }
+    Ok(())
+}
+
+/// The next scrape, or never without an endpoint.
+async fn serve_metrics(m: &Option<MetricsServer>, asker: &metrics_http::Asker) {
+    match m {
+        Some(m) => m.serve_next(asker).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serve `initial` until SIGINT/SIGTERM; with a config path, SIGHUP reloads it.
 pub fn run(
     initial: NodeConfig,
@@ -363,12 +391,21 @@ pub fn run(
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        // Bound before anything is served: a taken port is refused with nothing started.
+        let mut metrics = match initial.metrics.map(MetricsServer::bind).transpose() {
+            Ok(m) => m,
+            Err(e) => {
+                node.stop();
+                return Err(e);
+            }
+        };
+        let (asker, mut asks) = tokio::sync::mpsc::channel(16);
         if let Err(e) = node.apply(initial) {
             node.stop();
             return Err(e);
         }
         let control = match ControlSocket::bind() {
-            Ok(c) => c,
+            Ok(c) => c.with_metrics(asker.clone()),
             Err(e) => {
                 node.stop();
                 return Err(e);
@@ -390,7 +427,7 @@ pub fn run(
                 _ = hup.recv() => match &config_path {
                     Some(p) => {
                         notifier.reloading();
-                        match config::load(p).and_then(|c| node.apply(c)) {
+                        match config::load(p).and_then(|c| reload(&mut node, c, &mut metrics)) {
                             Ok(()) => {
                                 println!("reloaded: {}", node.summary());
                                 notifier.ready(&node);
@@ -404,6 +441,10 @@ pub fn run(
                     None => eprintln!("SIGHUP: no config file to reload (aoe-ctl export)"),
                 },
                 _ = control.serve_next(&owner) => {},
+                _ = serve_metrics(&metrics, &asker) => {},
+                Some(reply) = asks.recv() => {
+                    let _ = reply.send(node.metrics());
+                }
                 events = links::next(&links) => events.into_iter().for_each(|e| node.link_event(e)),
                 _ = tick.tick() => node.publish(),
                 _ = watchdog.tick() => notifier.watchdog(&node),

@@ -42,6 +42,11 @@ pub enum Work {
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static DROP_LOGGED: AtomicU64 = AtomicU64::new(0);
 
+/// State-changing requests dropped so far because the owner's queue was full.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
 pub struct Owner {
     tx: SyncSender<Work>,
     thread: Option<JoinHandle<()>>,
@@ -309,6 +314,8 @@ fn edit(name: &str, lists: &mut Lists, req: &AdminRequest) -> Result<()> {
     };
     match req {
         AdminRequest::AclList { .. } | AdminRequest::ReservationShow { .. } => Ok(()),
+        // Answered by the daemon's thread (`control::answer`), never here.
+        AdminRequest::Metrics => bail!("metrics are not an edit"),
         AdminRequest::AclAdd { mac, .. } => directive(DCMD_ADD, mac),
         AdminRequest::AclDel { mac, .. } => directive(DCMD_DELETE, mac),
         AdminRequest::ReservationClear { .. } => {

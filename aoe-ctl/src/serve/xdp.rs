@@ -261,6 +261,21 @@ impl Classifier {
         Ok(out)
     }
 
+    /// One export row of EXPORT_COUNTERS summed over CPUs, indexed by
+    /// `aoe_common::maps::export_counter`.
+    pub fn export_counters(&mut self, row: u32) -> Result<[u64; export_counter::COUNT as usize]> {
+        let c: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map(&mut self.bpf, MAP_EXPORT_COUNTERS)?)?;
+        let mut out = [0u64; export_counter::COUNT as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = c
+                .get(&(row * export_counter::COUNT + i as u32), 0)?
+                .iter()
+                .sum();
+        }
+        Ok(out)
+    }
+
     /// Print whatever the program logged.
     pub fn flush_log(&mut self) {
         if let Some(l) = &mut self.logger {
