@@ -9,3 +9,4 @@ pub mod net;
 pub mod packet;
 pub mod pinned;
 pub mod serve;
+pub mod snapshot;

@@ -23,11 +23,29 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum AdminRequest {
-    AclList { target: String },
-    AclAdd { target: String, mac: String },
-    AclDel { target: String, mac: String },
-    ReservationShow { target: String },
-    ReservationClear { target: String },
+    AclList {
+        target: String,
+    },
+    AclAdd {
+        target: String,
+        mac: String,
+    },
+    AclDel {
+        target: String,
+        mac: String,
+    },
+    ReservationShow {
+        target: String,
+    },
+    ReservationClear {
+        target: String,
+    },
+    /// `aoe-ctl snapshot`: answered with `crate::snapshot::Line`s, not an `AdminReply`.
+    Snapshot {
+        target: String,
+        dest: String,
+        method: crate::snapshot::Method,
+    },
 }
 
 impl AdminRequest {
@@ -39,6 +57,7 @@ impl AdminRequest {
             AdminRequest::AclDel { mac, .. } => format!("acl del {mac}"),
             AdminRequest::ReservationShow { .. } => "reservation show".into(),
             AdminRequest::ReservationClear { .. } => "reservation clear".into(),
+            AdminRequest::Snapshot { dest, .. } => format!("snapshot {dest}"),
         }
     }
 
@@ -48,7 +67,8 @@ impl AdminRequest {
             | AdminRequest::AclAdd { target, .. }
             | AdminRequest::AclDel { target, .. }
             | AdminRequest::ReservationShow { target }
-            | AdminRequest::ReservationClear { target } => target,
+            | AdminRequest::ReservationClear { target }
+            | AdminRequest::Snapshot { target, .. } => target,
         }
     }
 }
@@ -173,6 +193,17 @@ async fn answer(stream: tokio::net::UnixStream, owner: SyncSender<Work>) -> Resu
     )
     .await
     .map_err(|_| anyhow!("a client sent no request within {ANSWER_WITHIN:?}"))??;
+    if let (
+        0,
+        Ok(AdminRequest::Snapshot {
+            target,
+            dest,
+            method,
+        }),
+    ) = (uid, serde_json::from_str(&line))
+    {
+        return crate::snapshot::answer(target, dest, method, owner, write).await;
+    }
     let reply = if uid != 0 {
         AdminReply::error(format!("only root may control aoe-ctl (you are uid {uid})"))
     } else {
@@ -196,7 +227,7 @@ async fn answer(stream: tokio::net::UnixStream, owner: SyncSender<Work>) -> Resu
 }
 
 /// Ask one daemon.
-fn ask(path: &Path, req: &AdminRequest) -> Result<AdminReply> {
+pub(crate) fn ask(path: &Path, req: &AdminRequest) -> Result<AdminReply> {
     let mut s = std::os::unix::net::UnixStream::connect(path)?;
     s.set_read_timeout(Some(ANSWER_WITHIN))?;
     let mut line = serde_json::to_vec(req)?;
