@@ -290,7 +290,6 @@ fn reflink_snapshot_on_xfs_is_one_point_in_time_and_loses_nothing() {
     let dest = xfs.dir.join("copy.img");
     let (stdout, _) = snapshot_while_writing(&lab, &image, &dest, &[]);
     assert!(stdout.contains("(reflink,"), "{stdout}");
-    // Forcing a reflink where there is none is refused, naming why.
     let _ = std::fs::remove_file(&dest);
     drop(xfs);
 }
@@ -301,6 +300,10 @@ fn reflink_only_is_refused_where_the_filesystem_cannot_and_dest_is_never_overwri
     let image = lab.image("disk.img", 1 << 20).unwrap();
     let _peer = lab.start_peer(&lab.initiator_if).unwrap();
     let _target = lab.spawn_live(&lab.export_args(&image, &[])).unwrap();
+    common::wait_for("the control socket", || {
+        lab.run_live(&["acl", "list", "--target", "e1.2"])
+            .is_ok_and(|o| o.status.success())
+    });
     let dest = lab.dir.join("copy.img");
     let o = lab
         .run_live(&[

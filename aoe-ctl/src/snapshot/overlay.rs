@@ -121,10 +121,6 @@ impl Overlay {
         &self.image
     }
 
-    pub fn base(&self) -> u64 {
-        self.base
-    }
-
     /// Bytes in the log not merged yet.
     pub fn unmerged(&self) -> u64 {
         let s = self.state.lock().unwrap();
