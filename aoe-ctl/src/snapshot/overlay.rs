@@ -175,7 +175,7 @@ impl Overlay {
     /// durable before this returns when the export is.
     pub fn write(&self, lba: u64, data: &[u8]) -> Result<(), BackendError> {
         self.check(lba, data.len())?;
-        if data.len() as u64 % SECTOR != 0 {
+        if !(data.len() as u64).is_multiple_of(SECTOR) {
             return Err(BackendError::Unaligned {
                 len: data.len(),
                 max: data.len(),

@@ -277,7 +277,7 @@ impl IoRing {
             Some(w)
                 if kind == Kind::Write
                     && target.durable
-                    && at % w.align.offset as u64 == 0
+                    && at.is_multiple_of(w.align.offset as u64)
                     && end % w.align.offset == 0 =>
             {
                 (w.fd, true, w.align.mem)
