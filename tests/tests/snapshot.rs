@@ -114,11 +114,12 @@ fn state_at(writes: &[Write], upto: u64) -> std::collections::HashMap<u64, u64> 
 fn snapshot_while_writing(
     lab: &Lab,
     image: &Path,
+    serve: &[&str],
     dest: &Path,
     extra: &[&str],
 ) -> (String, String) {
     let _peer = lab.start_peer(&lab.initiator_if).unwrap();
-    let target = lab.spawn_live(&lab.export_args(image, &[])).unwrap();
+    let target = lab.spawn_live(&lab.export_args(image, serve)).unwrap();
     let ifname = lab.initiator_if.clone();
     let (client, to) = Lab::in_ns(&lab.initiator_ns, move || {
         let mut c = Client::open(&ifname).unwrap();
@@ -221,7 +222,8 @@ fn overlay_snapshot_is_one_point_in_time_and_loses_nothing() {
     let lab = Lab::new().unwrap();
     let image = lab.image("disk.img", SECTORS * 512).unwrap();
     let dest = lab.dir.join("copy.img");
-    let (stdout, stderr) = snapshot_while_writing(&lab, &image, &dest, &["--method", "overlay"]);
+    let (stdout, stderr) =
+        snapshot_while_writing(&lab, &image, &[], &dest, &["--method", "overlay"]);
     assert!(stdout.contains("(overlay,"), "{stdout}");
     assert!(
         stderr.contains("e1.2: copy ") && stderr.contains("/64.0 MiB (100%)"),
@@ -231,6 +233,18 @@ fn overlay_snapshot_is_one_point_in_time_and_loses_nothing() {
         !aoe_ctl::snapshot::log_path(&image).exists(),
         "the overlay is removed once merged"
     );
+}
+
+#[test]
+fn overlay_snapshot_on_the_afpacket_path_and_write_back() {
+    // The other worker, and writes acknowledged from the page cache (no fdatasync of the
+    // overlay): the same point in time, nothing lost.
+    let lab = Lab::new().unwrap();
+    let image = lab.image("disk.img", SECTORS * 512).unwrap();
+    let dest = lab.dir.join("copy.img");
+    let serve = ["--mode", "afpacket", "--write-back"];
+    let (stdout, _) = snapshot_while_writing(&lab, &image, &serve, &dest, &["--method", "overlay"]);
+    assert!(stdout.contains("(overlay,"), "{stdout}");
 }
 
 /// An XFS filesystem in a loop image, mounted for the test and removed afterwards.
@@ -288,7 +302,7 @@ fn reflink_snapshot_on_xfs_is_one_point_in_time_and_loses_nothing() {
         .set_len(SECTORS * 512)
         .unwrap();
     let dest = xfs.dir.join("copy.img");
-    let (stdout, _) = snapshot_while_writing(&lab, &image, &dest, &[]);
+    let (stdout, _) = snapshot_while_writing(&lab, &image, &[], &dest, &[]);
     assert!(stdout.contains("(reflink,"), "{stdout}");
     let _ = std::fs::remove_file(&dest);
     drop(xfs);
