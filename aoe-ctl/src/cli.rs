@@ -159,6 +159,19 @@ pub enum Cmd {
         #[command(subcommand)]
         action: ReservationAction,
     },
+    /// A crash-consistent point-in-time copy of a served export into a new file, while
+    /// initiators keep reading and writing: a reflink where the filesystem can (XFS,
+    /// btrfs), else a copy with writes held in an overlay meanwhile (progress on stderr).
+    Snapshot {
+        /// The export, as eSHELF.SLOT (e.g. e1.2).
+        #[arg(long, value_parser = parse_target)]
+        target: (u16, u8),
+        /// How to copy.
+        #[arg(long, value_enum, default_value = "auto")]
+        method: aoe_ctl::snapshot::Method,
+        /// The copy to create (never an existing file).
+        dest: std::path::PathBuf,
+    },
     /// List every AoE target that answers on an interface.
     Discover {
         /// Interface to broadcast the query on.

@@ -10,3 +10,4 @@ pub mod packet;
 pub mod pinned;
 pub mod prometheus;
 pub mod serve;
+pub mod snapshot;

@@ -142,6 +142,11 @@ fn run(cli: Cli) -> Result<()> {
                 admin::access::edit(target, admin::access::Edit::AclDel(mac))
             }
         },
+        Cmd::Snapshot {
+            target,
+            method,
+            dest,
+        } => aoe_ctl::snapshot::run(target, &dest, method),
         Cmd::Reservation { action } => match action {
             ReservationAction::Show { target } => admin::access::show(target, true),
             ReservationAction::Clear { target } => {

@@ -22,6 +22,8 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "vblade",
     "tcpdump",
+    // tests/snapshot.rs: the reflink path on an XFS loop image
+    "xfsprogs",
     // the storage section of `cargo xtask bench`: the disk's limit
     "fio",
     // interop: initiators we did not write, and the tools that judge them

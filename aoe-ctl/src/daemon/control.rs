@@ -44,6 +44,12 @@ pub enum AdminRequest {
     /// This daemon's metrics (`aoe-ctl stats --prometheus`), answered by the daemon's
     /// thread, not the owner.
     Metrics,
+    /// `aoe-ctl snapshot`: answered with `crate::snapshot::Line`s, not an `AdminReply`.
+    Snapshot {
+        target: String,
+        dest: String,
+        method: crate::snapshot::Method,
+    },
 }
 
 impl AdminRequest {
@@ -56,6 +62,7 @@ impl AdminRequest {
             AdminRequest::ReservationShow { .. } => "reservation show".into(),
             AdminRequest::ReservationClear { .. } => "reservation clear".into(),
             AdminRequest::Metrics => "metrics".into(),
+            AdminRequest::Snapshot { dest, .. } => format!("snapshot {dest}"),
         }
     }
 
@@ -65,7 +72,8 @@ impl AdminRequest {
             | AdminRequest::AclAdd { target, .. }
             | AdminRequest::AclDel { target, .. }
             | AdminRequest::ReservationShow { target }
-            | AdminRequest::ReservationClear { target } => target,
+            | AdminRequest::ReservationClear { target }
+            | AdminRequest::Snapshot { target, .. } => target,
             AdminRequest::Metrics => "",
         }
     }
@@ -210,6 +218,17 @@ async fn answer(
     )
     .await
     .map_err(|_| anyhow!("a client sent no request within {ANSWER_WITHIN:?}"))??;
+    if let (
+        0,
+        Ok(AdminRequest::Snapshot {
+            target,
+            dest,
+            method,
+        }),
+    ) = (uid, serde_json::from_str(&line))
+    {
+        return crate::snapshot::answer(target, dest, method, owner, write).await;
+    }
     let reply = if uid != 0 {
         AdminReply::error(format!("only root may control aoe-ctl (you are uid {uid})"))
     } else {
@@ -243,7 +262,7 @@ async fn answer(
 }
 
 /// Ask one daemon.
-fn ask(path: &Path, req: &AdminRequest) -> Result<AdminReply> {
+pub(crate) fn ask(path: &Path, req: &AdminRequest) -> Result<AdminReply> {
     let mut s = std::os::unix::net::UnixStream::connect(path)?;
     s.set_read_timeout(Some(ANSWER_WITHIN))?;
     let mut line = serde_json::to_vec(req)?;

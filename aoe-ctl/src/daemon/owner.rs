@@ -33,6 +33,8 @@ pub enum Work {
     /// A state-changing AoE request that arrived on an interface.
     Initiator(ControlWork, String),
     Admin(AdminRequest, tokio::sync::oneshot::Sender<AdminReply>),
+    /// The export served as this target now, if any (`aoe-ctl snapshot` works on it).
+    Export(String, tokio::sync::oneshot::Sender<Option<Arc<Export>>>),
     /// Where each export is served from now on (after a start or reload); acknowledged.
     Place(Placements, std::sync::mpsc::Sender<()>),
     Stop,
@@ -116,6 +118,15 @@ fn run(shared: &Shared, rx: Receiver<Work>) {
             Work::Initiator(w, iface) => initiator(shared, w, &iface, &mut senders),
             Work::Admin(req, reply) => {
                 let _ = reply.send(admin(shared, &req));
+            }
+            Work::Export(target, reply) => {
+                let key =
+                    crate::address::parse_target(&target).map(|(sh, sl)| ExportKey::new(sh, sl));
+                let p = shared.placements.read().unwrap();
+                let ex = key
+                    .ok()
+                    .and_then(|k| p.by_key.get(&k).map(|(ex, _)| ex.clone()));
+                let _ = reply.send(ex);
             }
             Work::Place(p, done) => {
                 install(shared, p);
@@ -322,5 +333,6 @@ fn edit(name: &str, lists: &mut Lists, req: &AdminRequest) -> Result<()> {
             lists.reserve.clear();
             Ok(())
         }
+        AdminRequest::Snapshot { .. } => bail!("a snapshot is not an edit of the lists"),
     }
 }

@@ -145,9 +145,13 @@ fn run(
             if defer {
                 return Ok(Ran::Deferred(Kind::Read));
             }
-            ex.backend
-                .read_at(req.lba, &mut buf[h..h + bytes])
-                .map_err(AtaFailure::Storage)?;
+            let out = &mut buf[h..h + bytes];
+            if ex.snapshot.active() {
+                ex.snapshot.read(req.lba, out)
+            } else {
+                ex.backend.read_at(req.lba, out)
+            }
+            .map_err(AtaFailure::Storage)?;
             ExportStats::add(&ex.stats.reads, 1);
             ExportStats::add(&ex.stats.bytes_read, bytes as u64);
             Ok(Ran::Done(bytes, None))
@@ -167,6 +171,15 @@ fn run(
             in_range(ex, req)?;
             if defer {
                 return Ok(Ran::Deferred(Kind::Write));
+            }
+            if ex.snapshot.active() {
+                // Durable before it returns when the export is.
+                ex.snapshot
+                    .write(req.lba, &parts[..n])
+                    .map_err(AtaFailure::Storage)?;
+                ExportStats::add(&ex.stats.writes, 1);
+                ExportStats::add(&ex.stats.bytes_written, bytes as u64);
+                return Ok(Ran::Done(0, None));
             }
             ex.backend
                 .write_parts_at(req.lba, &parts[..n])
@@ -198,6 +211,10 @@ fn run(
             Ok(Ran::Done(SECTOR_SIZE, None))
         }
         AtaOp::Flush if defer => Ok(Ran::Deferred(Kind::Flush)),
+        AtaOp::Flush if ex.snapshot.active() => {
+            ex.snapshot.flush().map_err(AtaFailure::Storage)?;
+            Ok(Ran::Done(0, None))
+        }
         AtaOp::Flush => {
             ex.backend.flush().map_err(AtaFailure::Storage)?;
             Ok(Ran::Done(0, None))

@@ -100,6 +100,8 @@ pub struct Export {
     pub buffers: u16,
     pub access: Access,
     pub stats: ExportStats,
+    /// Where storage requests go while `aoe-ctl snapshot` runs.
+    pub snapshot: crate::snapshot::Hook,
     config: RwLock<Vec<u8>>,
     serial: [u8; 20],
     /// Unix second of the last storage error logged, and errors not logged since.
@@ -173,6 +175,7 @@ impl Export {
             buffers: opts.buffers,
             access: Access::new(opts.allow),
             stats: ExportStats::default(),
+            snapshot: Default::default(),
             config: RwLock::new(opts.config),
             serial,
             last_logged: AtomicU64::new(0),

@@ -28,6 +28,8 @@ pub struct InFlight<H> {
     slots: Vec<Option<Pending<H>>>,
     free: Vec<u32>,
     done: Vec<Done>,
+    /// Requests a snapshot's overlay answered in `start`, handed on at the next `pump`.
+    settled: Vec<(Pending<H>, Result<(), BackendError>)>,
 }
 
 impl<H> InFlight<H> {
@@ -37,12 +39,13 @@ impl<H> InFlight<H> {
             slots: Vec::new(),
             free: Vec::new(),
             done: Vec::new(),
+            settled: Vec::new(),
         })
     }
 
     /// Requests waiting.
     pub fn len(&self) -> usize {
-        self.ring.in_flight()
+        self.ring.in_flight() + self.settled.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -69,10 +72,16 @@ impl<H> InFlight<H> {
             return Err(p);
         };
         let (kind, offset) = (p.io.kind, p.io.lba * SECTOR);
-        p.export
-            .stats
-            .storage_in_flight
-            .fetch_add(1, Ordering::Relaxed);
+        // Counted before the snapshot flag is read: `crate::snapshot::take`'s barrier.
+        let counted = &p.export.stats.storage_in_flight;
+        counted.fetch_add(1, Ordering::SeqCst);
+        if p.export.snapshot.active() {
+            counted.fetch_sub(1, Ordering::Relaxed);
+            // SAFETY: the caller's promise about `data`.
+            let result = unsafe { p.export.snapshot.io(kind, p.io.lba, data) };
+            self.settled.push((p, result));
+            return Ok(());
+        }
         let token = match self.free.pop() {
             Some(t) => {
                 self.slots[t as usize] = Some(p);
@@ -90,6 +99,9 @@ impl<H> InFlight<H> {
 
     /// Submit what was queued and hand every request whose I/O finished to `each`.
     pub fn pump(&mut self, mut each: impl FnMut(Pending<H>, Result<(), BackendError>)) {
+        for (p, result) in self.settled.drain(..) {
+            each(p, result);
+        }
         self.ring.pump(&mut self.done);
         for d in self.done.drain(..) {
             let Some(p) = self.slots.get_mut(d.token as usize).and_then(Option::take) else {

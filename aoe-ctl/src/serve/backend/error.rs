@@ -48,7 +48,7 @@ impl BackendError {
     }
 
     /// A closure for `map_err` naming the failed `call`.
-    pub(super) fn syscall(call: &'static str) -> impl FnOnce(io::Error) -> BackendError {
+    pub fn syscall(call: &'static str) -> impl FnOnce(io::Error) -> BackendError {
         move |source| BackendError::Syscall { call, source }
     }
 }
