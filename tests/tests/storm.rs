@@ -111,7 +111,8 @@ fn a_million_hostile_frames_change_nothing_and_stop_nothing() {
     .unwrap()
     .expect("target found");
 
-    // The honest initiator: writes a pattern over SPAN for 4 s, then reads it all back.
+    // The honest initiator: writes a pattern over SPAN for 6 s, then reads it all back (the
+    // storm fills the target's rx ring, so some of its requests time out and are sent again).
     let span = SPAN.to_string();
     let verifier = lab
         .spawn_bench(
@@ -122,7 +123,7 @@ fn a_million_hostile_frames_change_nothing_and_stop_nothing() {
                 "--depth",
                 "16",
                 "--duration",
-                "4",
+                "6",
                 "--span",
                 &span,
                 "--verify",
