@@ -31,6 +31,8 @@ const MAX_RX_CHAIN: usize = super::ata::MAX_WRITE_PARTS;
 /// Empty loops before the worker sleeps in poll(): a request usually follows the last reply
 /// within microseconds, and a poll wake-up costs more than a few spins.
 const SPINS_BEFORE_SLEEP: u32 = 256;
+/// Empty loops spent spinning while storage I/O is in flight before a (short) sleep.
+const SPINS_WHILE_WAITING: u32 = 1 << 16;
 /// Loops between two reads of the socket's drop counters under load (a getsockopt each).
 const STATS_EVERY: u32 = 1 << 16;
 
@@ -266,11 +268,16 @@ fn serve(
             && q.each_next.is_none()
         {
             idle += 1;
-            if idle >= SPINS_BEFORE_SLEEP {
+            if waiting > 0 && idle < SPINS_WHILE_WAITING {
+                // Storage completions arrive within microseconds and are noticed by looking
+                // (`IoRing::pump`), not by a wake-up: keep spinning while any is due.
+                std::hint::spin_loop();
+            } else if idle >= SPINS_BEFORE_SLEEP {
                 read_socket_drops(&q.sock, stats);
-                // With storage I/O in flight, its completions wake us as frames do.
+                // A slow disk: sleep, but briefly (a completion does not interrupt poll).
                 let ring = q.storage.as_ref().filter(|_| waiting > 0).map(InFlight::fd);
-                idle_wait(&q.sock, ring, Duration::from_millis(100));
+                let nap = if waiting > 0 { 1 } else { 100 };
+                idle_wait(&q.sock, ring, Duration::from_millis(nap));
                 idle = 0;
             } else {
                 std::hint::spin_loop();

@@ -96,9 +96,14 @@ unsafe impl Send for IoRing {}
 
 impl IoRing {
     pub fn new() -> io::Result<IoRing> {
+        // Completions that need the worker's context (a buffered read that missed) are not
+        // signalled with an interrupt: the ring raises a flag the worker checks as it spins
+        // (`pump`), and runs them with one enter.
         let ring = IoUring::builder()
             .setup_cqsize(ENTRIES * 4)
             .setup_single_issuer()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
             .build(ENTRIES)?;
         Ok(IoRing {
             ring,
@@ -160,6 +165,9 @@ impl IoRing {
     /// waiting writes need; finished requests are appended to `done`.
     pub fn pump(&mut self, done: &mut Vec<Done>) {
         self.submit_staged();
+        if self.ring.submission().taskrun() {
+            self.enter();
+        }
         self.reap();
         if self.start_syncs() {
             self.enter();
