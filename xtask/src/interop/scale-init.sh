@@ -47,7 +47,11 @@ drvlog() {
 }
 ioerrors() { dmesg | grep -ciE 'EXT4-fs (error|warning)|Buffer I/O error|I/O error, dev dm-'; }
 # A file of $2 MiB from urandom at $1; its sha256 goes to $1.sum (kept in tmpfs).
-write_file() { dd if=/dev/urandom bs=1M count="$2" 2>/dev/null | tee "$1" | sha256sum | cut -d' ' -f1 >"/tmp/$(basename "$1").sum"; }
+# A short write (a full filesystem) fails here, not later as a checksum that differs.
+write_file() {
+	dd if=/dev/urandom bs=1M count="$2" 2>/dev/null | tee "$1" | sha256sum | cut -d' ' -f1 >"/tmp/$(basename "$1").sum"
+	[ "$(stat -c %s "$1")" = "$(($2 * 1048576))" ] || { say "write_file: $1 is short (filesystem full?): $(df -P "$(dirname "$1")" | tail -1)"; return 1; }
+}
 # Every file written so far reads back from the devices (caches dropped) as it was written.
 verify_files() {
 	sync
@@ -210,7 +214,9 @@ case ",$cases," in *",rolling,"*)
 		i=0
 		while [ ! -e /tmp/stop ]; do
 			i=$((i + 1))
-			write_file /mnt/p2/roll.$i 2 || exit 1
+			# Four files rewritten in turn: the writer runs as long as the restarts take,
+			# and must not fill the volume (a full one made roll.10 short, not corrupt).
+			write_file /mnt/p2/roll.$((i % 4)) 2 || exit 1
 			sync || exit 1
 		done
 		echo $i >/tmp/rolled
