@@ -172,7 +172,7 @@ fn run(
             // A write-back write is a copy into the page cache: done here through the
             // mapping (a buffered write on the ring is handed to an io-wq thread each time,
             // which measured at vblade's speed). Durable and O_DIRECT writes go to the ring.
-            if defer && !(ex.write_back && !ex.direct) {
+            if defer && (ex.direct || !ex.write_back) {
                 return Ok(Ran::Deferred(Kind::Write));
             }
             if ex.snapshot.active() {
