@@ -262,15 +262,23 @@ fn start(lab: &Lab, target: &str, image: &Path, data_path: &str) -> Result<Proc>
 }
 
 fn measure(lab: &Lab, row: &Row, duration: f64) -> Result<Figures> {
-    let out = lab.bench(&[
-        "--pattern",
-        row.pattern,
-        "--depth",
-        &row.depth.to_string(),
-        "--duration",
-        &duration.to_string(),
-        "--json",
-    ])?;
+    client(
+        lab,
+        &[
+            "--pattern",
+            row.pattern,
+            "--depth",
+            &row.depth.to_string(),
+            "--duration",
+            &duration.to_string(),
+            "--json",
+        ],
+    )
+}
+
+/// Run the client (`aoe-ctl bench ARGS --json`) and read its figures.
+pub fn client(lab: &Lab, args: &[&str]) -> Result<Figures> {
+    let out = lab.bench(args)?;
     if !out.status.success() {
         bail!(
             "aoe-ctl bench failed: {}",

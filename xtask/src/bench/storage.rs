@@ -397,7 +397,7 @@ impl Measure<'_> {
             args.extend_from_slice(&["--sectors", RANDOM_SECTORS]);
         }
         let (before, own_before) = (self.disk.counters()?, disk::process(running.pid())?);
-        let figures = bench(lab, &args)?;
+        let figures = super::client(lab, &args)?;
         let (after, own_after) = (self.disk.counters()?, disk::process(running.pid())?);
         drop(running);
         let served = figures.ios * u64::from(figures.sectors_per_io) * 512;
@@ -501,22 +501,6 @@ fn warm(image: &Path, bytes: u64) -> Result<()> {
     let mut f = std::fs::File::open(image)?.take(bytes);
     std::io::copy(&mut f, &mut std::io::sink())?;
     Ok(())
-}
-
-fn bench(lab: &Lab, args: &[&str]) -> Result<Figures> {
-    let out = lab.bench(args)?;
-    if !out.status.success() {
-        bail!(
-            "aoe-ctl bench failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .last()
-        .context("aoe-ctl bench printed nothing")?;
-    serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))
 }
 
 #[derive(Debug, Deserialize)]
