@@ -1,6 +1,6 @@
 //! Running a QEMU guest (TCG) in a tap lab and collecting what it prints on its serial port.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -19,8 +19,19 @@ pub struct Boot<'a> {
     pub extra_taps: &'a [String],
 }
 
-/// What the guest printed, up to the line `done` returned true for, or until it exited or
-/// `timeout` passed.
+/// What the host does after each line the guest prints.
+pub enum Step {
+    /// Read on.
+    Go,
+    /// Write this line to the guest's serial port (its console's input), then read on: the
+    /// guest waits for it before its next step (an acknowledgement of something the host did).
+    Answer(String),
+    /// The guest said its last word.
+    Done,
+}
+
+/// What the guest printed, up to the line `on_line` returned `Step::Done` for, or until it
+/// exited or `timeout` passed.
 pub struct Serial {
     pub lines: Vec<String>,
     pub timed_out: bool,
@@ -31,7 +42,7 @@ pub fn run(
     lab: &TapLab,
     boot: &Boot,
     timeout: Duration,
-    done: impl Fn(&str) -> bool,
+    mut on_line: impl FnMut(&str) -> Step,
 ) -> Result<Serial> {
     let mut cmd = lab.command("qemu-system-x86_64");
     cmd.args([
@@ -82,12 +93,13 @@ pub fn run(
         ]);
     }
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("starting qemu-system-x86_64")?;
     let stdout = child.stdout.take().unwrap();
+    let mut stdin = child.stdin.take();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -105,10 +117,17 @@ pub fn run(
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
-                let end = done(&line);
+                let step = on_line(&line);
                 lines.push(line);
-                if end {
-                    break;
+                match step {
+                    Step::Go => {}
+                    Step::Done => break,
+                    Step::Answer(a) => {
+                        // A guest that is gone cannot read it; its own timeout says so.
+                        if let Some(w) = stdin.as_mut() {
+                            let _ = writeln!(w, "{a}").and_then(|()| w.flush());
+                        }
+                    }
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use aoe_integration::TapLab;
 
 use super::assets::Assets;
-use super::guest::{self, Boot};
+use super::guest::{self, Boot, Step};
 use super::target::{self, Kind};
 
 const BOOT_SOURCE: &str = include_str!("bootsector.S");
@@ -92,7 +92,13 @@ pub fn run(assets: &Assets, kind: Kind, export_args: &str) -> Result<Outcome> {
             extra_taps: &[],
         },
         Duration::from_secs(90),
-        |l| l.contains("AOE-BOOT-SECTOR1"),
+        |l| {
+            if l.contains("AOE-BOOT-SECTOR1") {
+                Step::Done
+            } else {
+                Step::Go
+            }
+        },
     )?;
     let log = running.stop();
     let mut failures = Vec::new();

@@ -11,7 +11,7 @@ use aoe_integration::TapLab;
 
 use super::assets::Assets;
 use super::capture::{self, Capture};
-use super::guest::{self, Boot};
+use super::guest::{self, Boot, Step};
 use super::target::{self, Kind};
 
 const IMAGE_MB: u64 = 64;
@@ -52,7 +52,13 @@ pub fn run(assets: &Assets, kind: Kind, mtu: u32, export_args: &str) -> Result<O
             extra_taps: &[],
         },
         Duration::from_secs(90),
-        |l| l.starts_with("AOE-GUEST DONE") || l.starts_with("AOE-GUEST FAIL"),
+        |l| {
+            if l.starts_with("AOE-GUEST DONE") || l.starts_with("AOE-GUEST FAIL") {
+                Step::Done
+            } else {
+                Step::Go
+            }
+        },
     )?;
     let log = running.stop();
 

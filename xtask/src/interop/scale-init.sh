@@ -2,8 +2,9 @@
 # /init of the scale-out guest: Linux's aoe driver, md and LVM over several target nodes.
 # Kernel command line: deadsecs (aoe_deadsecs), cases (which of recipe, lost, rolling,
 # multipath, many, corrupt to run after the recipe), many (exports the many-exports node has).
-# "AOE-GUEST HOST <verb> <node>" asks the host to act on a node (kill, start, restart,
-# linkdown, linkup, stats, flip); the guest never waits for an answer, it watches the effect.
+# "AOE-GUEST HOST <n> <verb> <node>" asks the host to act on a node (kill, start, restart,
+# linkdown, linkup, stats, flip); the host acts, then writes "ACK <n> ok" (or "error") to the
+# console, and the guest waits for that before its next step.
 # Every other result line starts with "AOE-GUEST"; the host parses them.
 
 /bin/busybox mkdir -p /proc /sys /dev /mnt /tmp /run /etc/lvm
@@ -21,7 +22,19 @@ fail() {
 	say "FAIL $* ($(dmesg | tail -n 4 | tr '\n' ' '))"
 	poweroff -f
 }
-host() { say "HOST $*"; }
+# The host's acknowledgements arrive on the console: read them without echoing them back.
+stty -echo 2>/dev/null
+asked=0
+host() {
+	asked=$((asked + 1))
+	say "HOST $asked $*"
+	while read -r -t 120 word n how; do
+		[ "$word $n" = "ACK $asked" ] || continue
+		[ "$how" = ok ] || fail "the host could not $*"
+		return 0
+	done
+	fail "the host did not acknowledge: $*"
+}
 now() { cut -d' ' -f1 /proc/uptime; }
 mbs() { awk -v mb="$1" -v a="$2" -v b="$3" 'BEGIN { d = b - a; if (d <= 0) d = 0.01; printf "%.1f", mb / d }'; }
 # Wait up to $1 tenths of a second for the command in the rest of the arguments to succeed.
@@ -308,7 +321,6 @@ case ",$cases," in *",corrupt,"*)
 	t0=$(now)
 	sync
 	host flip e5.2
-	sleep 2
 	md_check md0
 	[ "$m" != 0 ] || fail "corrupt: a bit flipped in e5.2's image went unnoticed (mismatch_cnt 0)"
 	say "CASE corrupt PASS detected: md0 mismatch_cnt $m, $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }') s"

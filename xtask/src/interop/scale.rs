@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use aoe_integration::{aoe_ctl, aoe_lab, spawn_in_env, spawn_lab_in, Proc, TapLab};
 
 use super::assets::Assets;
-use super::guest::{self, Boot};
+use super::guest::{self, Boot, Step};
 
 const NODE_MB: u64 = 32;
 const MANY_MB: u64 = 1;
@@ -412,13 +412,30 @@ pub fn run(assets: &Assets, target: Target, many: usize) -> Result<Outcome> {
                 println!("interop:   [{:6.1} s] {l}", started.elapsed().as_secs_f64());
             }
             if let Some(req) = l.strip_prefix("AOE-GUEST HOST ") {
-                let (verb, arg) = req.split_once(' ').unwrap_or((req, ""));
+                // "<n> <verb> <arg>": done, then acknowledged with "ACK <n> ok|error", which
+                // the guest waits for before its next step (a check of the counters, say,
+                // must not race the I/O that follows the request).
+                let mut w = req.splitn(3, ' ');
+                let (n, verb, arg) = (
+                    w.next().unwrap_or(""),
+                    w.next().unwrap_or(""),
+                    w.next().unwrap_or("").trim(),
+                );
                 let mut h = host.borrow_mut();
-                if let Err(e) = h.act(verb, arg.trim()) {
-                    h.errors.push(format!("host {verb} {arg}: {e:#}"));
-                }
+                let how = match h.act(verb, arg) {
+                    Ok(()) => "ok",
+                    Err(e) => {
+                        h.errors.push(format!("host {verb} {arg}: {e:#}"));
+                        "error"
+                    }
+                };
+                return Step::Answer(format!("ACK {n} {how}"));
             }
-            l.starts_with("AOE-GUEST DONE") || l.starts_with("AOE-GUEST FAIL")
+            if l.starts_with("AOE-GUEST DONE") || l.starts_with("AOE-GUEST FAIL") {
+                Step::Done
+            } else {
+                Step::Go
+            }
         },
     )?;
     let mut host = host.into_inner();
