@@ -47,14 +47,14 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = vec![0u8; FRAME_MAX];
     buf[..frame.len()].copy_from_slice(frame);
     match engine.route(frame) {
-        Route::One(i) if how & 1 == 1 && frame.len() > 36 => {
+        Route::One(i, parsed) if how & 1 == 1 && frame.len() > 36 => {
             let head = 36 + usize::from(how >> 1) % (frame.len() - 36);
             let tail: Vec<&[u8]> = frame[head..].chunks(1 + usize::from(how) * 13).collect();
-            let v = engine.handle_parts(i, &mut buf, head, &tail);
+            let v = engine.handle_routed(i, parsed, &mut buf, head, &tail, false);
             check(v, &buf);
         }
-        Route::One(i) => {
-            let v = engine.handle(i, &mut buf, frame.len());
+        Route::One(i, parsed) => {
+            let v = engine.handle_routed(i, parsed, &mut buf, frame.len(), &[], false);
             check(v, &buf);
         }
         Route::Each => {

@@ -79,7 +79,7 @@ pub fn complete(
         Kind::Write => 1,
         Kind::Flush => 2,
     }];
-    latency.record(io.started.elapsed());
+    latency.record(super::latency::now().saturating_duration_since(io.started));
     let done = match result {
         Ok(()) => {
             match io.kind {

@@ -11,24 +11,59 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aoe_common::wire::ata::{AtaRepr, ATA_HEADER_LEN};
+use aoe_common::wire::ata::ATA_HEADER_LEN;
+use aoe_common::wire::header::HeaderRepr;
 use aoe_common::wire::{AoeError, Command, Frame, Mac, MIN_FRAME_LEN, SECTOR_SIZE};
 
 use super::export::{ControlState, Export, ExportStats};
 use super::reply::{Completion, Responder};
-use super::request::{self, AtaOp, Body};
+use super::request::{self, AtaOp, AtaRequest, Body, Request};
 use super::{ata, config, control};
 
 pub use super::reply::{Verdict, CONTROL_REPLY_MAX};
 pub use super::request::Ignore;
 
-/// Which exports a frame is for.
+/// Which exports a frame is for, with what routing it already read of the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    One(usize),
+    One(usize, Parsed),
     /// A broadcast: every export in `Engine::each` answers on its own.
     Each,
     Ignore(Ignore),
+}
+
+/// What `route` parsed: an ATA request whole, so the hot path parses each frame once; any
+/// other command is parsed again when answered (none of them is on the hot path, and their
+/// bodies borrow the frame the reply is written over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    Ata(HeaderRepr, AtaRequest),
+    Other,
+}
+
+impl Parsed {
+    /// The longest reply the request of `len` bytes can get: the room it must be answered in.
+    pub fn reply_room(&self, len: usize, max_sectors: usize) -> usize {
+        let Parsed::Ata(_, a) = self else {
+            return len.max(CONTROL_REPLY_MAX);
+        };
+        let data = match a.op {
+            AtaOp::Read => (a.count).min(max_sectors) * SECTOR_SIZE,
+            AtaOp::Identify => SECTOR_SIZE,
+            _ => 0,
+        };
+        len.max(ATA_HEADER_LEN + data).max(MIN_FRAME_LEN)
+    }
+
+    /// An ATA write: its reply (headers only) fits where it arrived, whatever its length.
+    pub fn is_write(&self) -> bool {
+        matches!(self, Parsed::Ata(_, a) if a.op == AtaOp::Write)
+    }
+
+    /// An ATA request (which may need storage I/O).
+    pub fn is_ata(&self) -> bool {
+        matches!(self, Parsed::Ata(..))
+    }
 }
 
 /// A state-changing request on its way to the control plane, with room for its reply.
@@ -96,20 +131,15 @@ impl Engine {
         self.responder.max_sectors
     }
 
-    /// Decide which exports a frame is for.
+    /// Decide which exports a frame is for. The frame is parsed here, once.
     pub fn route(&self, frame: &[u8]) -> Route {
-        let Ok(f) = Frame::new_checked(frame) else {
-            return Route::Ignore(Ignore::Malformed);
+        let req = match request::parse(frame) {
+            Ok(r) => r,
+            Err(why) => return Route::Ignore(why),
         };
-        if f.ethertype() != aoe_common::wire::ETHERTYPE_AOE {
-            return Route::Ignore(Ignore::Malformed);
-        }
-        if f.is_response() {
-            return Route::Ignore(Ignore::Response);
-        }
-        let (shelf, slot) = (f.shelf(), f.slot());
+        let (shelf, slot) = (req.header.shelf, req.header.slot);
         if shelf == aoe_common::wire::SHELF_BROADCAST || slot == aoe_common::wire::SLOT_BROADCAST {
-            if f.command() == Command::Ata {
+            if req.header.command == Command::Ata {
                 return Route::Ignore(Ignore::BroadcastAta);
             }
             return Route::Each;
@@ -122,8 +152,12 @@ impl Engine {
         } else {
             self.by_addr.get(&(shelf, slot)).copied()
         };
+        let parsed = match req.body {
+            Body::Ata(a) => Parsed::Ata(req.header, a),
+            _ => Parsed::Other,
+        };
         match found {
-            Some(i) => Route::One(i),
+            Some(i) => Route::One(i, parsed),
             None => Route::Ignore(Ignore::NotOurs),
         }
     }
@@ -141,19 +175,17 @@ impl Engine {
             .map(|(i, _)| i)
     }
 
-    /// The longest reply the request in `frame` can get: the room it must be answered in.
+    /// The longest reply the request in `frame` can get (for a frame not routed: a
+    /// broadcast answered per export).
     pub fn reply_room(&self, frame: &[u8]) -> usize {
-        let small = frame.len().max(CONTROL_REPLY_MAX);
-        let is_ata = Frame::new_checked(frame).is_ok_and(|f| f.command() == Command::Ata);
-        let Some(a) = is_ata.then(|| AtaRepr::parse(frame).ok()).flatten() else {
-            return small;
+        let parsed = match request::parse(frame) {
+            Ok(Request {
+                header,
+                body: Body::Ata(a),
+            }) => Parsed::Ata(header, a),
+            _ => Parsed::Other,
         };
-        let data = match request::AtaRequest::from(a).op {
-            AtaOp::Read => (a.sectors() as usize).min(self.max_sectors()) * SECTOR_SIZE,
-            AtaOp::Identify => SECTOR_SIZE,
-            _ => 0,
-        };
-        frame.len().max(ATA_HEADER_LEN + data).max(MIN_FRAME_LEN)
+        parsed.reply_room(frame.len(), self.max_sectors())
     }
 
     /// Answer the request in `buf[..len]` for export `idx`, writing the reply into `buf`.
@@ -165,13 +197,23 @@ impl Engine {
     /// of buffers). Only an ATA write reads its tail, writing it to the backend where it
     /// lies; callers gather any other chained request into one buffer first.
     pub fn handle_parts(&self, idx: usize, buf: &mut [u8], len: usize, tail: &[&[u8]]) -> Verdict {
-        self.dispatch(idx, buf, len, tail, false)
+        self.dispatch(idx, Parsed::Other, buf, len, tail, false)
     }
 
-    /// `handle_parts` on a worker with a ring: a checked read, write or flush comes back as
-    /// `Verdict::Io` for the ring to do, and `ata::complete` answers it afterwards.
-    pub fn handle_io(&self, idx: usize, buf: &mut [u8], len: usize, tail: &[&[u8]]) -> Verdict {
-        self.dispatch(idx, buf, len, tail, true)
+    /// Answer a frame `route` sent to export `idx`, with what it parsed (`buf[..len]` holds
+    /// the frame, its payload possibly continuing in `tail`). With `defer` (a worker with a
+    /// ring) a checked read, write or flush comes back as `Verdict::Io` for the ring to do,
+    /// and `ata::complete` answers it afterwards.
+    pub fn handle_routed(
+        &self,
+        idx: usize,
+        parsed: Parsed,
+        buf: &mut [u8],
+        len: usize,
+        tail: &[&[u8]],
+        defer: bool,
+    ) -> Verdict {
+        self.dispatch(idx, parsed, buf, len, tail, defer)
     }
 
     pub fn responder(&self) -> Responder {
@@ -181,6 +223,7 @@ impl Engine {
     fn dispatch(
         &self,
         idx: usize,
+        parsed: Parsed,
         buf: &mut [u8],
         len: usize,
         tail: &[&[u8]],
@@ -190,6 +233,12 @@ impl Engine {
             return Verdict::Ignore(Ignore::NotOurs);
         };
         ExportStats::add(&ex.stats.frames, 1);
+        if let Parsed::Ata(header, a) = parsed {
+            if len > buf.len() || buf.len() < MIN_FRAME_LEN {
+                return Verdict::Ignore(Ignore::Malformed);
+            }
+            return answer_ata(ex, self.responder, &header, &a, buf, len, tail, defer);
+        }
         let route = match &self.control {
             Some(sink) => Changes::HandOff(sink),
             // Without a control plane (tests, fuzzing) a change is applied at once.
@@ -209,6 +258,38 @@ pub fn answer_now(
     keep: Keep,
 ) -> Verdict {
     answer(ex, responder, buf, len, &[], Changes::Apply(keep), false)
+}
+
+/// Check, execute and respond to an ATA request already parsed (`buf[..len]` is its frame).
+#[allow(clippy::too_many_arguments)]
+fn answer_ata(
+    ex: &Arc<Export>,
+    responder: Responder,
+    header: &HeaderRepr,
+    a: &AtaRequest,
+    buf: &mut [u8],
+    len: usize,
+    tail: &[&[u8]],
+    defer: bool,
+) -> Verdict {
+    if !ex.matches(header.shelf, header.slot) {
+        return Verdict::Ignore(Ignore::NotOurs);
+    }
+    if !ex.access.mask_allows(&header.src) {
+        ExportStats::add(&ex.stats.dropped_acl, 1);
+        return Verdict::Ignore(Ignore::Acl);
+    }
+    if header.shelf == aoe_common::wire::SHELF_BROADCAST
+        || header.slot == aoe_common::wire::SLOT_BROADCAST
+    {
+        return Verdict::Ignore(Ignore::BroadcastAta);
+    }
+    let done = if ex.access.reservation_allows(&header.src) {
+        ata::execute(ex, responder.max_sectors, a, buf, len, tail, defer)
+    } else {
+        Completion::Error(AoeError::TargetReserved)
+    };
+    responder.respond(ex, header, done, buf, len)
 }
 
 /// What happens to a state-changing request.
@@ -235,22 +316,14 @@ fn answer(
         Err(why) => return Verdict::Ignore(why),
     };
     let header = req.header;
-    if !ex.matches(header.shelf, header.slot) {
-        return Verdict::Ignore(Ignore::NotOurs);
-    }
-    if !ex.access.mask_allows(&header.src) {
-        ExportStats::add(&ex.stats.dropped_acl, 1);
-        return Verdict::Ignore(Ignore::Acl);
-    }
-    let broadcast = header.shelf == aoe_common::wire::SHELF_BROADCAST
-        || header.slot == aoe_common::wire::SLOT_BROADCAST;
     let done = match req.body {
-        Body::UnsupportedVersion(_) => Completion::Error(AoeError::UnsupportedVersion),
-        Body::Ata(_) if broadcast => return Verdict::Ignore(Ignore::BroadcastAta),
-        Body::Ata(_) if !ex.access.reservation_allows(&header.src) => {
-            Completion::Error(AoeError::TargetReserved)
+        Body::Ata(a) => return answer_ata(ex, responder, &header, &a, buf, len, tail, defer),
+        _ if !ex.matches(header.shelf, header.slot) => return Verdict::Ignore(Ignore::NotOurs),
+        _ if !ex.access.mask_allows(&header.src) => {
+            ExportStats::add(&ex.stats.dropped_acl, 1);
+            return Verdict::Ignore(Ignore::Acl);
         }
-        Body::Ata(a) => ata::execute(ex, responder.max_sectors, &a, buf, len, tail, defer),
+        Body::UnsupportedVersion(_) => Completion::Error(AoeError::UnsupportedVersion),
         body if body.changes_state() => match changes {
             Changes::HandOff(sink) => {
                 let mut frame = vec![0u8; len.max(CONTROL_REPLY_MAX)];

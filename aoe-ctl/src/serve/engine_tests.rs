@@ -14,7 +14,7 @@ use aoe_common::wire::reserve::{ReserveRepr, RCMD_FORCE_SET, RCMD_READ, RCMD_SET
 use aoe_common::wire::{identify, Frame, Mac};
 
 use super::backend::MemBackend;
-use super::engine::{answer_now, ControlWork, Engine, Ignore, Route, Verdict};
+use super::engine::{answer_now, ControlWork, Engine, Ignore, Parsed, Route, Verdict};
 use super::export::{Export, ExportOptions};
 use crate::initiator::frames::{self, Addr, BROADCAST_MAC};
 
@@ -68,12 +68,16 @@ impl Rig {
     fn send(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> Result<Vec<u8>, Ignore> {
         self.buf.fill(0);
         let n = build(&mut self.buf);
-        let idx = match self.engine.route(&self.buf[..n]) {
-            Route::One(i) => i,
-            Route::Each => 0,
+        // As the workers do: what `route` parsed goes on with the frame.
+        let (idx, parsed) = match self.engine.route(&self.buf[..n]) {
+            Route::One(i, parsed) => (i, parsed),
+            Route::Each => (0, Parsed::Other),
             Route::Ignore(why) => return Err(why),
         };
-        match self.engine.handle(idx, &mut self.buf, n) {
+        match self
+            .engine
+            .handle_routed(idx, parsed, &mut self.buf, n, &[], false)
+        {
             Verdict::Reply(m) => Ok(self.buf[..m].to_vec()),
             Verdict::Ignore(why) => Err(why),
             // What the daemon's owner thread does: apply it, then send its reply.
@@ -528,8 +532,8 @@ fn garbage_never_panics() {
             r.buf[18] = 2;
             r.buf[19] %= 5;
         }
-        if let Route::One(idx) = r.engine.route(&r.buf[..len]) {
-            let _ = r.engine.handle(idx, &mut r.buf, len);
+        if let Route::One(idx, parsed) = r.engine.route(&r.buf[..len]) {
+            let _ = r.engine.handle_routed(idx, parsed, &mut r.buf, len, &[], false);
         }
     }
     // Random frames may legitimately have edited the mask list or reserved the export

@@ -52,11 +52,6 @@ impl<H> InFlight<H> {
         self.len() == 0
     }
 
-    /// The ring's descriptor, readable when completions wait.
-    pub fn fd(&self) -> std::os::fd::RawFd {
-        self.ring.fd()
-    }
-
     /// Queue the I/O of `p.io` (submitted at the next `pump`); its bytes go to or come from
     /// `data`. Returns the request back when its export has no file to do I/O on.
     ///
@@ -99,10 +94,14 @@ impl<H> InFlight<H> {
 
     /// Submit what was queued and hand every request whose I/O finished to `each`.
     pub fn pump(&mut self, mut each: impl FnMut(Pending<H>, Result<(), BackendError>)) {
+        self.ring.pump(&mut self.done);
+        if !self.done.is_empty() || !self.settled.is_empty() {
+            // The replies' latency is measured to now.
+            super::latency::tick();
+        }
         for (p, result) in self.settled.drain(..) {
             each(p, result);
         }
-        self.ring.pump(&mut self.done);
         for d in self.done.drain(..) {
             let Some(p) = self.slots.get_mut(d.token as usize).and_then(Option::take) else {
                 continue;
@@ -130,20 +129,15 @@ impl<H> InFlight<H> {
             }
             self.pump(&mut each);
             if !self.is_empty() {
-                self.wait(Duration::from_millis(1));
+                self.wait(None, Duration::from_millis(100));
             }
         }
         true
     }
 
-    /// Sleep until a completion arrives or `timeout` passes.
-    pub fn wait(&self, timeout: Duration) {
-        let mut p = libc::pollfd {
-            fd: self.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+    /// Sleep until a completion arrives, `watch` (the worker's socket) becomes readable, or
+    /// `timeout` passes: the one place a worker with a ring sleeps (`IoRing::wait`).
+    pub fn wait(&mut self, watch: Option<std::os::fd::RawFd>, timeout: Duration) {
+        self.ring.wait(watch, timeout);
     }
 }

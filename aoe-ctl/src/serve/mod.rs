@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod export;
+pub mod idle;
 pub mod in_flight;
 pub mod latency;
 pub mod live_engine;

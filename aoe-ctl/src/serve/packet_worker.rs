@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use aoe_common::wire::ata::ATA_HEADER_LEN;
-use aoe_common::wire::header;
 
 use super::ata;
 use super::backend::{BackendError, Kind};
-use super::engine::{Engine, Route, Verdict, CONTROL_REPLY_MAX};
+use super::engine::{Engine, Parsed, Route, Verdict, CONTROL_REPLY_MAX};
+use super::idle::Idle;
 use super::in_flight::{InFlight, Pending};
+use super::latency;
 use super::live_engine::LiveEngine;
 use super::worker::WorkerStats;
 use crate::packet::ring::{RingSocket, TxRing};
@@ -29,8 +30,6 @@ const RX_SLOTS: usize = 4096;
 const TX_SLOTS: usize = 4096;
 /// Frames answered before the tx ring is kicked.
 const BATCH: usize = 64;
-/// Empty loops spent spinning while storage I/O is in flight before a (short) sleep.
-const SPINS_WHILE_WAITING: u32 = 1 << 14;
 /// Requests that may wait for storage at once (each holds one buffer).
 const MAX_WAITING: usize = 1024;
 
@@ -123,7 +122,7 @@ fn serve(
         pool: Pool::new(sock.max_frame()),
         each: None,
     };
-    let mut spins = 0u32;
+    let mut idle = Idle::default();
     while !stop.load(Ordering::Relaxed) {
         if live.changed_since(generation) {
             (engine, generation) = live.load();
@@ -134,6 +133,9 @@ fn serve(
         while received < BATCH as u64 && w.each.is_none() {
             let mut reply_room = true;
             let got = sock.receive_with(|frame, ring| {
+                if received == 0 {
+                    latency::tick();
+                }
                 let n = w.answer(&engine, frame, ring);
                 reply_room = n.is_some();
                 replied += n.unwrap_or(0);
@@ -151,26 +153,15 @@ fn serve(
         sock.flush()?;
         if received > 0 || replied > 0 {
             stats.add(received, replied);
+            idle.busy();
         } else if w.each.is_some() {
             // The tx ring is still full: the device is sending it, no frame to wait for.
             std::thread::yield_now();
-        } else {
+        } else if !idle.spin() {
             stats
                 .socket_dropped
                 .fetch_add(sock.drops(), Ordering::Relaxed);
-            match w.storage.as_ref().filter(|s| !s.is_empty()) {
-                // Storage completions are noticed by looking (`IoRing::pump`), not by a
-                // wake-up: spin a while, then sleep briefly.
-                Some(_) if spins < SPINS_WHILE_WAITING => {
-                    spins += 1;
-                    std::hint::spin_loop();
-                }
-                Some(s) => {
-                    spins = 0;
-                    wait_both(sock.raw_fd(), s.fd(), Duration::from_millis(1));
-                }
-                None => sock.wait(Duration::from_millis(100))?,
-            }
+            idle.sleep(w.storage.as_mut(), sock.raw_fd());
         }
     }
     if let Some(mut storage) = w.storage.take() {
@@ -193,10 +184,10 @@ impl Packet {
     /// it; the initiator retransmits).
     fn answer(&mut self, engine: &Engine, frame: &[u8], ring: &mut TxRing) -> Option<u64> {
         match engine.route(frame) {
-            Route::One(i) if self.storage.is_some() && is_ata(frame) => {
-                self.defer(engine, i, frame, ring)
+            Route::One(i, parsed) if self.storage.is_some() && parsed.is_ata() => {
+                self.defer(engine, i, parsed, frame, ring)
             }
-            Route::One(i) => reply(engine, i, frame, ring),
+            Route::One(i, parsed) => reply(engine, i, parsed, frame, ring),
             Route::Each => {
                 self.each = Some((frame.to_vec(), 0));
                 // The ring may fill up: the rest is answered once it has room.
@@ -214,7 +205,7 @@ impl Packet {
         };
         let mut n = 0;
         for i in engine.each(&frame).skip_while(|&i| i < from) {
-            match reply(engine, i, &frame, ring) {
+            match reply(engine, i, Parsed::Other, &frame, ring) {
                 Some(sent) => n += sent,
                 None => {
                     self.each = Some((frame, i));
@@ -230,6 +221,7 @@ impl Packet {
         &mut self,
         engine: &Engine,
         export: usize,
+        parsed: Parsed,
         frame: &[u8],
         ring: &mut TxRing,
     ) -> Option<u64> {
@@ -238,12 +230,13 @@ impl Packet {
             return Some(0);
         };
         let buf = self.pool.get(b);
-        if frame.len() > buf.len() || engine.reply_room(frame) > buf.len() {
+        let room = parsed.reply_room(frame.len(), engine.max_sectors());
+        if frame.len() > buf.len() || room > buf.len() {
             self.pool.free.push(b);
             return Some(0);
         }
         buf[..frame.len()].copy_from_slice(frame);
-        let verdict = engine.handle_io(export, buf, frame.len(), &[]);
+        let verdict = engine.handle_routed(export, parsed, buf, frame.len(), &[], true);
         let Verdict::Io(io) = verdict else {
             let sent = send(buf, verdict, ring);
             self.pool.free.push(b);
@@ -330,19 +323,26 @@ fn send(buf: &[u8], verdict: Verdict, ring: &mut TxRing) -> Option<u64> {
         .then_some(sent)
 }
 
-/// An ATA request (not to a broadcast address: the engine ignores those).
-fn is_ata(frame: &[u8]) -> bool {
-    frame.len() >= ATA_HEADER_LEN && frame[header::field::COMMAND] == header::CMD_ATA
-}
-
-fn reply(engine: &Engine, export: usize, frame: &[u8], ring: &mut TxRing) -> Option<u64> {
+/// Answer `frame` for `export` straight into a tx ring slot (`parsed` as `route` gave it,
+/// or `Parsed::Other` for a broadcast answered per export).
+fn reply(
+    engine: &Engine,
+    export: usize,
+    parsed: Parsed,
+    frame: &[u8],
+    ring: &mut TxRing,
+) -> Option<u64> {
     let mut sent = 0;
+    let room = match parsed {
+        Parsed::Other => engine.reply_room(frame),
+        Parsed::Ata(..) => parsed.reply_room(frame.len(), engine.max_sectors()),
+    };
     let queued = ring.queue(|out| {
-        if frame.len() > out.len() || engine.reply_room(frame) > out.len() {
+        if frame.len() > out.len() || room > out.len() {
             return 0;
         }
         out[..frame.len()].copy_from_slice(frame);
-        match engine.handle(export, out, frame.len()) {
+        match engine.handle_routed(export, parsed, out, frame.len(), &[], false) {
             Verdict::Reply(n) => {
                 sent = 1;
                 n
@@ -354,13 +354,3 @@ fn reply(engine: &Engine, export: usize, frame: &[u8], ring: &mut TxRing) -> Opt
     queued.then_some(sent)
 }
 
-/// Sleep until a frame or a storage completion arrives, or `timeout` passes.
-fn wait_both(sock: std::os::fd::RawFd, ring: std::os::fd::RawFd, timeout: Duration) {
-    let mut p = [sock, ring].map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    // SAFETY: two valid pollfds.
-    unsafe { libc::poll(p.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
-}

@@ -100,7 +100,7 @@ impl Responder {
                     lba,
                     bytes,
                     header: *request,
-                    started: std::time::Instant::now(),
+                    started: super::latency::now(),
                 })
             }
             Completion::Ignore(why) => {

@@ -12,15 +12,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use aoe_common::wire::ata::{self as wire_ata, ATA_HEADER_LEN};
-use aoe_common::wire::header;
+use aoe_common::wire::ata::ATA_HEADER_LEN;
 use xdpilone::xdp::XdpDesc;
 
 use super::ata::{self, payload, StorageIo, MAX_WRITE_PARTS};
 use super::backend::{BackendError, Kind};
 use super::chunks::{Chunks, Layout, RUN_OFFSET};
-use super::engine::{Engine, Route, Verdict};
+use super::engine::{Engine, Parsed, Route, Verdict};
+use super::idle::Idle;
 use super::in_flight::{InFlight, Pending};
+use super::latency;
 use super::live_engine::LiveEngine;
 use super::xdp::Classifier;
 use super::xsk::{chunk_base, XskConfig, XskSocket, FRAME_SIZE, MAX_TX_CHAIN, XDP_PKT_CONTD};
@@ -28,11 +29,6 @@ use super::xsk::{chunk_base, XskConfig, XskSocket, FRAME_SIZE, MAX_TX_CHAIN, XDP
 const BATCH: u32 = 64;
 /// More descriptors than any frame the kernel delivers (a 64 KiB frame is 17).
 const MAX_RX_CHAIN: usize = super::ata::MAX_WRITE_PARTS;
-/// Empty loops before the worker sleeps in poll(): a request usually follows the last reply
-/// within microseconds, and a poll wake-up costs more than a few spins.
-const SPINS_BEFORE_SLEEP: u32 = 256;
-/// Empty loops spent spinning while storage I/O is in flight before a (short) sleep.
-const SPINS_WHILE_WAITING: u32 = 1 << 16;
 /// Loops between two reads of the socket's drop counters under load (a getsockopt each).
 const STATS_EVERY: u32 = 1 << 16;
 
@@ -175,7 +171,7 @@ fn serve(
     let mut held: Vec<XdpDesc> = Vec::with_capacity(2 * BATCH as usize + MAX_RX_CHAIN);
     let mut waiting_for_run = false;
     q.refill();
-    let mut idle = 0u32;
+    let mut idle = Idle::default();
     let mut loops = 0u32;
 
     while !stop.load(Ordering::Relaxed) {
@@ -205,6 +201,9 @@ fn serve(
                 arrived += 1;
             }
             rx.release();
+        }
+        if arrived > 0 {
+            latency::tick();
         }
 
         let mut received = 0u64;
@@ -260,30 +259,18 @@ fn serve(
             stats.add(received, replied);
         }
 
-        let waiting = q.storage.as_ref().map_or(0, InFlight::len);
         if arrived == 0
             && replied == 0
             && q.tx_queue.is_empty()
             && q.sock.tx.pending() == 0
             && q.each_next.is_none()
         {
-            idle += 1;
-            if waiting > 0 && idle < SPINS_WHILE_WAITING {
-                // Storage completions arrive within microseconds and are noticed by looking
-                // (`IoRing::pump`), not by a wake-up: keep spinning while any is due.
-                std::hint::spin_loop();
-            } else if idle >= SPINS_BEFORE_SLEEP {
+            if !idle.spin() {
                 read_socket_drops(&q.sock, stats);
-                // A slow disk: sleep, but briefly (a completion does not interrupt poll).
-                let ring = q.storage.as_ref().filter(|_| waiting > 0).map(InFlight::fd);
-                let nap = if waiting > 0 { 1 } else { 100 };
-                idle_wait(&q.sock, ring, Duration::from_millis(nap));
-                idle = 0;
-            } else {
-                std::hint::spin_loop();
+                idle.sleep(q.storage.as_mut(), q.sock.fd());
             }
         } else {
-            idle = 0;
+            idle.busy();
         }
     }
     // The kernel may still be reading into chunks held by requests in flight: answer them
@@ -328,16 +315,15 @@ impl Queue {
         let buf = unsafe { self.sock.chunk_from(first.addr) };
         let len = (first.len as usize).min(buf.len());
         let route = engine.route(&buf[..len]);
-        // Without runs (the MTU fits one chunk) every reply fits: skip parsing the request
-        // again.
-        let in_place = chain.len() == 1
-            && (self.chunks.run_len() == 0 || engine.reply_room(&buf[..len]) <= buf.len());
         match route {
-            Route::One(i) if in_place => {
-                let verdict = match self.storage {
-                    Some(_) => engine.handle_io(i, buf, len, &[]),
-                    None => engine.handle(i, buf, len),
-                };
+            // Without runs (the MTU fits one chunk) every reply fits where it arrived.
+            Route::One(i, parsed)
+                if chain.len() == 1
+                    && (self.chunks.run_len() == 0
+                        || parsed.reply_room(len, engine.max_sectors()) <= buf.len()) =>
+            {
+                let defer = self.storage.is_some();
+                let verdict = engine.handle_routed(i, parsed, buf, len, &[], defer);
                 if let Verdict::Io(io) = verdict {
                     let data = buf[ATA_HEADER_LEN..].as_mut_ptr();
                     let bytes = io.bytes;
@@ -352,8 +338,10 @@ impl Queue {
                 }
                 Some(self.settle(verdict, first.addr))
             }
-            Route::One(i) if is_write(&buf[..len]) => Some(self.answer_write(engine, i, chain)),
-            Route::One(i) => self.answer_in_run(engine, i, chain),
+            Route::One(i, parsed) if parsed.is_write() => {
+                Some(self.answer_write(engine, i, parsed, chain))
+            }
+            Route::One(i, parsed) => self.answer_in_run(engine, i, parsed, chain),
             // One broadcast at a time: the next waits until every export answered this one.
             Route::Each if self.each_next.is_some() => None,
             Route::Each => Some(self.answer_each(engine, chain)),
@@ -504,7 +492,13 @@ impl Queue {
 
     /// Answer a write that arrived as a chain: its pieces go from the descriptors to the
     /// backend (no gathering copy, no run), and the reply is built in the first chunk.
-    fn answer_write(&mut self, engine: &Engine, export: usize, chain: &[XdpDesc]) -> u64 {
+    fn answer_write(
+        &mut self,
+        engine: &Engine,
+        export: usize,
+        parsed: Parsed,
+        chain: &[XdpDesc],
+    ) -> u64 {
         let first = chain[0];
         let mut tail: [&[u8]; MAX_RX_CHAIN] = [&[]; MAX_RX_CHAIN];
         let pieces = (chain.len() - 1).min(MAX_RX_CHAIN);
@@ -512,10 +506,8 @@ impl Queue {
         // in its own chunk; they are ours until put back.
         let head = unsafe { self.sock.chain(chain, &mut tail[..pieces]) };
         let len = (first.len as usize).min(head.len());
-        let verdict = match self.storage {
-            Some(_) => engine.handle_io(export, head, len, &tail[..pieces]),
-            None => engine.handle_parts(export, head, len, &tail[..pieces]),
-        };
+        let defer = self.storage.is_some();
+        let verdict = engine.handle_routed(export, parsed, head, len, &tail[..pieces], defer);
         if let Verdict::Io(io) = verdict {
             let mut parts: [&[u8]; MAX_WRITE_PARTS] = [&[]; MAX_WRITE_PARTS];
             let h = ATA_HEADER_LEN;
@@ -558,7 +550,13 @@ impl Queue {
 
     /// Answer a frame in a run: its descriptors gathered into one contiguous buffer, and the
     /// reply sent from there as a chain (jumbo writes in, jumbo reads out).
-    fn answer_in_run(&mut self, engine: &Engine, export: usize, chain: &[XdpDesc]) -> Option<u64> {
+    fn answer_in_run(
+        &mut self,
+        engine: &Engine,
+        export: usize,
+        parsed: Parsed,
+        chain: &[XdpDesc],
+    ) -> Option<u64> {
         let room = self.chunks.run_len().saturating_sub(RUN_OFFSET);
         let total: usize = chain.iter().map(|d| d.len as usize).sum();
         if total > room {
@@ -580,10 +578,8 @@ impl Queue {
         }
         // SAFETY: the run was taken from the free list above; nothing else refers to it.
         let buf = unsafe { self.sock.region(base, room) };
-        let verdict = match self.storage {
-            Some(_) => engine.handle_io(export, buf, at, &[]),
-            None => engine.handle(export, buf, at),
-        };
+        let defer = self.storage.is_some();
+        let verdict = engine.handle_routed(export, parsed, buf, at, &[], defer);
         if let Verdict::Io(io) = verdict {
             let data = buf[ATA_HEADER_LEN..].as_mut_ptr();
             return Some(self.start(engine, export, io, Held::Run(run), at, &[(data, io.bytes)]));
@@ -655,26 +651,3 @@ impl Queue {
     }
 }
 
-/// An ATA write: its reply (headers only) fits where it arrived, whatever its length.
-fn is_write(frame: &[u8]) -> bool {
-    frame.len() >= ATA_HEADER_LEN
-        && frame[header::field::COMMAND] == header::CMD_ATA
-        && frame[wire_ata::field::AFLAGS] & wire_ata::AFLAG_WRITE != 0
-}
-
-fn idle_wait(sock: &XskSocket, ring: Option<std::os::fd::RawFd>, timeout: Duration) {
-    let mut p = [
-        libc::pollfd {
-            fd: sock.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: ring.unwrap_or(-1),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: two valid pollfds (a negative fd is ignored by poll).
-    unsafe { libc::poll(p.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
-}

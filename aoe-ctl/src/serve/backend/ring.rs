@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
@@ -21,6 +21,8 @@ pub const MAX_MERGE: usize = 32;
 const MAX_MERGED_BYTES: usize = 288 << 10;
 /// Submission queue entries: more than the requests one batch can bring.
 const ENTRIES: u32 = 512;
+/// `user_data` of the poll on the worker's socket (`IoRing::wait`); slots are far below it.
+const POLL_TOKEN: u64 = u64::MAX;
 
 /// What a request asks of the storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +90,8 @@ pub struct IoRing {
     ready: Vec<Done>,
     /// fdatasyncs issued.
     syncs: u64,
+    /// A poll of the socket `wait` watches is armed (it completes once, when readable).
+    polling: bool,
 }
 
 // SAFETY: the raw pointers in `Op::iov` and `Queued` point at buffers the worker that owns
@@ -96,13 +100,14 @@ unsafe impl Send for IoRing {}
 
 impl IoRing {
     pub fn new() -> io::Result<IoRing> {
-        // Completions that need the worker's context (a buffered read that missed) are not
-        // signalled with an interrupt: the ring raises a flag the worker checks as it spins
-        // (`pump`), and runs them with one enter.
+        // Completions that need the worker's context (a buffered read that missed, the poll
+        // of the socket) wait until the worker enters the ring: never an interrupt of its
+        // work. The ring raises a flag the worker checks as it spins (`pump`), and a worker
+        // asleep in `wait` is woken by them.
         let ring = IoUring::builder()
             .setup_cqsize(ENTRIES * 4)
             .setup_single_issuer()
-            .setup_coop_taskrun()
+            .setup_defer_taskrun()
             .setup_taskrun_flag()
             .build(ENTRIES)?;
         Ok(IoRing {
@@ -116,17 +121,34 @@ impl IoRing {
             bounces: Vec::new(),
             ready: Vec::new(),
             syncs: 0,
+            polling: false,
         })
     }
 
-    /// The ring's descriptor: readable when completions wait (for poll).
-    pub fn fd(&self) -> RawFd {
-        self.ring.as_raw_fd()
+    /// Requests queued and not handed back by `pump` yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight + self.ready.len()
     }
 
-    /// Requests queued and not done yet.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
+    /// The one place a queue worker sleeps: until a storage completion arrives, `watch` (the
+    /// worker's socket, through a poll on this ring) becomes readable, or `timeout` passes.
+    /// What completed is handed out by the next `pump`.
+    pub fn wait(&mut self, watch: Option<RawFd>, timeout: std::time::Duration) {
+        self.reap();
+        if !self.ready.is_empty() {
+            return;
+        }
+        if let (Some(fd), false) = (watch, self.polling) {
+            let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                .build()
+                .user_data(POLL_TOKEN);
+            self.push(poll);
+            self.polling = true;
+        }
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        // ETIME (the timeout) and EINTR (a signal) end the wait as a completion does.
+        let _ = self.ring.submitter().submit_with_args(1, &args);
     }
 
     /// Queue the I/O of request `token`: `len` bytes at byte `offset` of the export (its
@@ -375,6 +397,11 @@ impl IoRing {
                 cq.next()
             };
             let Some(cqe) = cqe else { break };
+            if cqe.user_data() == POLL_TOKEN {
+                // The socket became readable: the worker reads it on its next loop.
+                self.polling = false;
+                continue;
+            }
             self.finish(cqe.user_data() as usize, cqe.result());
         }
     }
@@ -556,7 +583,9 @@ impl Drop for Bounce {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
+    use std::time::{Duration, Instant};
 
     fn file(bytes: usize) -> (std::path::PathBuf, std::fs::File) {
         let p = std::env::temp_dir().join(format!(
@@ -687,5 +716,70 @@ mod tests {
         f.read_exact_at(&mut back, 15 * 1024).unwrap();
         assert_eq!(back, [0x5a; 512]);
         std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn a_read_that_misses_the_cache_completes_by_pump_alone_and_wakes_wait() {
+        let (p, f) = file(1 << 20);
+        f.write_all_at(&[0x42u8; 4096], 64 << 10).unwrap();
+        f.sync_all().unwrap();
+        let evict = || {
+            // SAFETY: fadvise on an open descriptor.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        };
+        let mut ring = IoRing::new().unwrap();
+        let t = target(&f, false);
+        // Completed by looking: the deferred completion raises the taskrun flag, and pump
+        // enters the ring for it (no wait, no interrupt).
+        evict();
+        let mut a = vec![0u8; 4096];
+        // SAFETY: `a` outlives the ring's use of it (run_until waits for it).
+        unsafe { ring.queue(1, t, Kind::Read, 64 << 10, &[(a.as_mut_ptr(), 4096)]) };
+        let done = run_until(&mut ring, 1);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].result.is_ok(), "{:?}", done[0]);
+        assert!(a.iter().all(|&b| b == 0x42));
+        // Completed while asleep: wait returns for it long before its timeout.
+        evict();
+        let mut b = vec![0u8; 4096];
+        // SAFETY: as above.
+        unsafe { ring.queue(2, t, Kind::Read, 64 << 10, &[(b.as_mut_ptr(), 4096)]) };
+        let mut done = Vec::new();
+        ring.pump(&mut done);
+        let start = Instant::now();
+        while done.is_empty() && start.elapsed() < Duration::from_secs(20) {
+            ring.wait(None, Duration::from_secs(10));
+            ring.pump(&mut done);
+        }
+        assert_eq!(done.len(), 1);
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(b.iter().all(|&x| x == 0x42));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn wait_wakes_when_the_watched_descriptor_becomes_readable() {
+        let mut fds = [0; 2];
+        // SAFETY: a pipe into a valid array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let mut ring = IoRing::new().unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: writing one byte to the pipe's write end.
+            unsafe { libc::write(fds[1], [1u8].as_ptr().cast(), 1) };
+        });
+        let start = Instant::now();
+        ring.wait(Some(fds[0]), Duration::from_secs(10));
+        writer.join().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        // Readable already: the next wait does not sleep either.
+        let start = Instant::now();
+        ring.wait(Some(fds[0]), Duration::from_secs(10));
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        // SAFETY: closing the pipe.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
     }
 }
