@@ -22,7 +22,7 @@ pub struct MmapBackend {
     read_only: bool,
     write_back: bool,
     regular: bool,
-    /// The same file opened O_DIRECT, for durable writes (see `WriteAround`).
+    /// The same file opened O_DIRECT, for durable writes and cold reads (`WriteAround`).
     around: Option<(File, super::DioAlign)>,
     /// A page of the mapping could not be mapped back onto the file after SIGBUS: an
     /// anonymous stand-in sits over the file there, so nothing the mapping says is trusted.
@@ -57,10 +57,11 @@ impl MmapBackend {
         // (read-around): megabytes per random sector on an image bigger than RAM.
         map.advise(memmap2::Advice::Random)
             .with_context(|| format!("madvise(MADV_RANDOM) on {}", path.display()))?;
-        let around = if opts.write_back || opts.read_only {
+        // Write-back exports keep everything in the page cache, reads included.
+        let around = if opts.write_back {
             None
         } else {
-            open_direct(path)
+            open_direct(path, opts.read_only)
         };
         Ok(MmapBackend {
             map,
@@ -162,10 +163,11 @@ impl MmapBackend {
 
 /// `path` opened again with O_DIRECT, with its alignment; None where the filesystem has
 /// no O_DIRECT (tmpfs before 6.6, some FUSE) or does not say how to align it.
-fn open_direct(path: &Path) -> Option<(File, super::DioAlign)> {
+fn open_direct(path: &Path, read_only: bool) -> Option<(File, super::DioAlign)> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
-        .write(true)
+        .read(true)
+        .write(!read_only)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .ok()?;

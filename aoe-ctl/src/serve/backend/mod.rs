@@ -91,9 +91,10 @@ pub fn dio_alignment(file: &File) -> Option<DioAlign> {
     .then_some(a)
 }
 
-/// A second descriptor on the same file, opened O_DIRECT, for durable writes that would
-/// otherwise read a whole page from the disk into the cache first (a write smaller than a
-/// page, to a page not cached).
+/// A second descriptor on the same file, opened O_DIRECT: durable writes go around the page
+/// cache through it (a write smaller than a page, to a page not cached, would otherwise read
+/// that page from the disk first), and so do random reads that missed the cache (a page
+/// cache insert and a 4 KiB read for every 1 KiB asked, for a page read once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteAround {
     pub fd: std::os::fd::RawFd,
@@ -113,7 +114,8 @@ pub struct IoTarget {
     pub durable: bool,
     /// A regular file (whose size can change under us), not a block device.
     pub regular: bool,
-    /// Where durable writes go past the page cache, when the file allows O_DIRECT.
+    /// Where durable writes and cold random reads go past the page cache, when the file
+    /// allows O_DIRECT.
     pub write_around: Option<WriteAround>,
 }
 

@@ -92,6 +92,8 @@ pub struct IoRing {
     syncs: u64,
     /// A poll of the socket `wait` watches is armed (it completes once, when readable).
     polling: bool,
+    /// Pages that missed the cache lately (see `submit_io`).
+    missed: Missed,
 }
 
 // SAFETY: the raw pointers in `Op::iov` and `Queued` point at buffers the worker that owns
@@ -122,6 +124,7 @@ impl IoRing {
             ready: Vec::new(),
             syncs: 0,
             polling: false,
+            missed: Missed::default(),
         })
     }
 
@@ -301,14 +304,21 @@ impl IoRing {
         }
         // Durable writes go around the page cache where the file allows: a write smaller
         // than a page would otherwise first read that page from the disk, and the page
-        // would be written back again by the fdatasync.
+        // would be written back again by the fdatasync. A lone read that missed the cache
+        // (the worker reads what the cache holds from the mapping before it comes here)
+        // goes around it too, unless the same pages missed a little while ago: a page read
+        // once costs a cache insert and a whole page from the disk for nothing, a page read
+        // again is worth keeping. A merged run is a stream: through the cache, for readahead.
         let at = target.base + first.offset;
         let (fd, direct, mem_align) = match target.write_around {
             Some(w)
-                if kind == Kind::Write
-                    && target.durable
+                if target.durable
                     && at.is_multiple_of(w.align.offset as u64)
-                    && end % w.align.offset == 0 =>
+                    && end % w.align.offset == 0
+                    && (kind == Kind::Write
+                        || (kind == Kind::Read
+                            && run.len() == 1
+                            && !self.missed.again(target.fd, at))) =>
             {
                 (w.fd, true, w.align.mem)
             }
@@ -513,6 +523,33 @@ impl IoRing {
                 Err(_) => return,
             }
         }
+    }
+}
+
+/// The pages of the last reads that missed the cache, one per slot of a small direct-mapped
+/// table (a newer miss overwrites an older one): a page found here missed before, and is
+/// admitted to the cache this time. The cache then holds what is read more than once.
+struct Missed(Box<[u64]>);
+
+impl Default for Missed {
+    fn default() -> Self {
+        /// 16K pages: 64 MiB of recently missed data per worker, in 128 KiB of table.
+        const SLOTS: usize = 1 << 14;
+        Missed(vec![0; SLOTS].into_boxed_slice())
+    }
+}
+
+impl Missed {
+    /// Did the page at byte `at` of the file at `fd` miss recently? Remembers it if not.
+    fn again(&mut self, fd: RawFd, at: u64) -> bool {
+        // Non-zero for every page: 0 marks an empty slot.
+        let key = ((at >> 12) << 16 | (fd as u64 & 0xffff)) + 1;
+        let slot = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % self.0.len();
+        if self.0[slot] == key {
+            return true;
+        }
+        self.0[slot] = key;
+        false
     }
 }
 
@@ -793,5 +830,64 @@ mod tests {
             libc::close(fds[0]);
             libc::close(fds[1]);
         }
+    }
+
+    /// Is the page at `at` of `f` in the page cache? (A non-blocking read says.)
+    fn cached(f: &std::fs::File, at: u64) -> bool {
+        let mut b = [0u8; 512];
+        let iov = libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        };
+        // SAFETY: one valid iovec on an open descriptor.
+        let r = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, at as i64, libc::RWF_NOWAIT) };
+        r == 512
+    }
+
+    #[test]
+    fn a_lone_cold_read_goes_around_the_cache_and_a_second_miss_is_kept() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let (p, f) = file(1 << 20);
+        f.write_all_at(&[0x42u8; 4096], 128 << 10).unwrap();
+        f.sync_all().unwrap();
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&p)
+            .unwrap();
+        let Some(align) = super::super::dio_alignment(&direct) else {
+            // A filesystem without O_DIRECT here: nothing to go around the cache with.
+            return;
+        };
+        let mut t = target(&f, true);
+        t.write_around = Some(super::super::WriteAround {
+            fd: direct.as_raw_fd(),
+            align,
+        });
+        let evict = || {
+            // SAFETY: fadvise on an open descriptor.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        };
+        evict();
+        let mut ring = IoRing::new().unwrap();
+        // Page aligned, as UMEM chunks and O_DIRECT want it.
+        let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+        // SAFETY: a non-zero layout; freed below.
+        let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+        for (round, kept) in [(1, false), (2, true)] {
+            // SAFETY: `buf` outlives the ring's use of it (run_until waits for it).
+            unsafe { ring.queue(round, t, Kind::Read, 128 << 10, &[(buf, 4096)]) };
+            let done = run_until(&mut ring, 1);
+            assert!(done[0].result.is_ok(), "{:?}", done[0]);
+            // SAFETY: 4096 bytes just read into.
+            assert!(unsafe { std::slice::from_raw_parts(buf, 4096) }
+                .iter()
+                .all(|&b| b == 0x42));
+            assert_eq!(cached(&f, 128 << 10), kept, "read {round}");
+            evict();
+        }
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(buf, layout) };
+        std::fs::remove_file(p).unwrap();
     }
 }
