@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::ata::StorageIo;
-use super::backend::{BackendError, Done, IoRing, Kind, SECTOR};
+use super::backend::{BackendError, Done, IoRing, SECTOR};
 use super::export::Export;
 use super::reply::Responder;
 
@@ -28,8 +28,7 @@ pub struct InFlight<H> {
     slots: Vec<Option<Pending<H>>>,
     free: Vec<u32>,
     done: Vec<Done>,
-    /// Requests answered in `start` (reads the page cache held, a snapshot's overlay),
-    /// handed on at the next `pump`.
+    /// Requests a snapshot's overlay answered in `start`, handed on at the next `pump`.
     settled: Vec<(Pending<H>, Result<(), BackendError>)>,
 }
 
@@ -77,17 +76,6 @@ impl<H> InFlight<H> {
             let result = unsafe { p.export.snapshot.io(kind, p.io.lba, data) };
             self.settled.push((p, result));
             return Ok(());
-        }
-        if kind == Kind::Read && !target.direct {
-            if let [(ptr, len)] = *data {
-                // SAFETY: the caller's promise about `data`: ours alone until answered.
-                let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-                if let Some(result) = p.export.backend.read_resident(p.io.lba, buf) {
-                    counted.fetch_sub(1, Ordering::Relaxed);
-                    self.settled.push((p, result));
-                    return Ok(());
-                }
-            }
         }
         let token = match self.free.pop() {
             Some(t) => {

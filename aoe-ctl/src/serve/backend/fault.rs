@@ -43,12 +43,6 @@ const UNNAMED: usize = usize::MAX;
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
 static INSTALL: Once = Once::new();
 
-/// The system's page size.
-pub fn page_size() -> usize {
-    install();
-    PAGE.load(Ordering::Relaxed)
-}
-
 fn install() {
     INSTALL.call_once(|| {
         // SAFETY: sysconf and sigaction with a handler that only makes async-signal-safe

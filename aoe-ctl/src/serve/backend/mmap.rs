@@ -139,28 +139,6 @@ impl MmapBackend {
     }
 }
 
-impl MmapBackend {
-    /// Every page of the mapping's byte range `r` is in the page cache (mincore).
-    fn resident(&self, r: &std::ops::Range<usize>) -> bool {
-        /// Pages one request can span and be looked up at once: 64 KiB and more goes to
-        /// the ring, where merging and readahead pay.
-        const MAX_PAGES: usize = 16;
-        let page = fault::page_size();
-        let start = (self.map.as_ptr() as usize + r.start) & !(page - 1);
-        let end = self.map.as_ptr() as usize + r.end;
-        let pages = (end - start).div_ceil(page);
-        let mut vec = [0u8; MAX_PAGES];
-        if pages > MAX_PAGES || self.failed.load(Ordering::Relaxed) {
-            return false;
-        }
-        // SAFETY: start..end lies inside our mapping (r was checked against it), page
-        // aligned at the start; `vec` holds one byte per page.
-        let ok =
-            unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
-        ok == 0 && vec[..pages].iter().all(|v| v & 1 != 0)
-    }
-}
-
 /// `path` opened again with O_DIRECT, with its alignment; None where the filesystem has
 /// no O_DIRECT (tmpfs before 6.6, some FUSE) or does not say how to align it.
 fn open_direct(path: &Path, read_only: bool) -> Option<(File, super::DioAlign)> {
@@ -187,17 +165,6 @@ impl Backend for MmapBackend {
         self.guarded(&r, || unsafe {
             std::ptr::copy_nonoverlapping(self.map.as_ptr().add(r.start), buf.as_mut_ptr(), r.len())
         })
-    }
-
-    fn read_resident(&self, lba: u64, buf: &mut [u8]) -> Option<Result<()>> {
-        let r = match byte_range(self.sectors, lba, buf.len()) {
-            Ok(r) => r,
-            Err(e) => return Some(Err(e)),
-        };
-        // One mincore and a copy from the mapping beat a buffered read on the ring for a
-        // page the cache holds (no filemap lookup per folio, no ring round trip). A page
-        // evicted between the two costs this worker one synchronous read, rarely.
-        self.resident(&r).then(|| self.read_at(lba, buf))
     }
 
     fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> Result<()> {

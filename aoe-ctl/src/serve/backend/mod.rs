@@ -35,12 +35,6 @@ pub trait Backend: Send + Sync {
     /// Copy the concatenation of `parts` to sector `lba`, as `write_at` does: a write that
     /// arrived in pieces (a jumbo frame's descriptors) lands without being gathered first.
     fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> Result<()>;
-    /// `read_at` when every page of the sectors is in the page cache, without waiting for
-    /// the disk; None when one is not (the caller queues the read on its ring instead), or
-    /// when the backend has no page cache to look in.
-    fn read_resident(&self, _lba: u64, _buf: &mut [u8]) -> Option<Result<()>> {
-        None
-    }
     /// Make the sectors `lba .. lba + len/512` durable on stable storage.
     fn sync_range(&self, lba: u64, len: usize) -> Result<()>;
     /// Make everything written so far durable.
