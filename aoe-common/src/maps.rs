@@ -9,6 +9,7 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_XSKS: &str = "XSKS";
 pub const MAP_EXPORT_COUNTERS: &str = "EXPORT_COUNTERS";
+pub const MAP_CACHES: &str = "CACHES";
 /// The program's name.
 pub const PROG_CLASSIFIER: &str = "aoe_classifier";
 
@@ -64,6 +65,10 @@ pub struct ExportEntry {
     pub index: u32,
     /// Entries in use in `reserve` (the reservation list, for `aoe-ctl reservation`).
     pub reserve_count: u32,
+    /// Slots of the export's kernel cache (`CACHES[index]`); 0 when it has none, or while
+    /// it must not answer (docs/architecture.md, "The kernel cache").
+    pub cache_slots: u32,
+    pub _pad: u32,
     /// The MAC mask list, each MAC in the first 6 bytes of 8.
     pub masks: [[u8; 8]; MAX_MASKS],
     /// The reservation list, each MAC in the first 6 bytes of 8. User space enforces it (a
@@ -83,6 +88,8 @@ impl ExportEntry {
             reserved: 0,
             index: 0,
             reserve_count: 0,
+            cache_slots: 0,
+            _pad: 0,
             masks: [[0; 8]; MAX_MASKS],
             reserve: [[0; 8]; MAX_MASKS],
             reply: [0; REPLY_BUF_LEN],
@@ -145,7 +152,62 @@ pub mod export_counter {
     pub const DROP_ACL: u32 = 2;
     /// Dropped: Query Config test / test-prefix that did not match.
     pub const DROP_CONFIG_MISMATCH: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Kernel cache: a read answered from it with XDP_TX.
+    pub const CACHE_HIT: u32 = 4;
+    /// Kernel cache: a cacheable read whose block was not in its slot (passed on).
+    pub const CACHE_MISS: u32 = 5;
+    /// Kernel cache: the block was there, filled before a write completed (passed on).
+    pub const CACHE_STALE: u32 = 6;
+    /// Kernel cache: the slot changed while it was copied (passed on).
+    pub const CACHE_TORN: u32 = 7;
+    /// Kernel cache: a hit whose frame could not grow to the reply (passed on).
+    pub const CACHE_NO_ROOM: u32 = 8;
+    pub const COUNT: u32 = 9;
+}
+
+/// The kernel cache of one export: a direct-mapped array of 1 KiB blocks that the XDP
+/// program answers reads from, filled and invalidated by user space through a shared
+/// mapping (docs/architecture.md, "The kernel cache").
+pub mod cache {
+    /// Sectors in a block: what MTU-1500 initiators read per frame.
+    pub const BLOCK_SECTORS: u64 = 2;
+    pub const BLOCK_BYTES: usize = 1024;
+    /// `lba` of a slot that holds nothing.
+    pub const EMPTY: u64 = u64::MAX;
+    /// Most slots one export's cache has (at 1088 bytes a slot, ~4.3 GiB).
+    pub const MAX_SLOTS: u32 = 1 << 22;
+    /// Flags of every inner map: the program reads them through `CACHES`, user space
+    /// writes them through mmap, and they differ in size only.
+    pub const MAP_FLAGS: u32 = BPF_F_MMAPABLE | BPF_F_INNER_MAP;
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
+    const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+    /// The slot of block `lba / 2` in a cache of `slots` slots.
+    #[inline(always)]
+    pub const fn slot_of(lba: u64, slots: u32) -> u32 {
+        ((lba / BLOCK_SECTORS) % slots as u64) as u32
+    }
+
+    /// One slot. `seq` is a sequence lock: odd while user space writes `lba`, `filled` or
+    /// `data`. `gen` counts the writes completed to any block of this slot; the copy is
+    /// good while `filled == gen`. `seen` is user space's admission filter.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    pub struct Slot {
+        pub seq: u64,
+        pub gen: u64,
+        /// First sector of the block held (even), or `EMPTY`.
+        pub lba: u64,
+        /// `gen` when the block was read from storage.
+        pub filled: u64,
+        /// The block whose last read missed here (fills wait for a second miss).
+        pub seen: u64,
+        pub _pad: [u64; 3],
+        pub data: [u8; BLOCK_BYTES],
+    }
+
+    pub const SLOT_LEN: usize = core::mem::size_of::<Slot>();
+    const _: () = assert!(SLOT_LEN == 64 + BLOCK_BYTES);
 }
 
 #[cfg(feature = "user")]
@@ -156,8 +218,10 @@ mod pod {
     unsafe impl aya::Pod for super::ExportEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above (64 bytes of u64 fields, then the data; size asserted).
+    unsafe impl aya::Pod for super::cache::Slot {}
 }
 
 const _: () = assert!(core::mem::size_of::<ExportKey>() == 4);
-const _: () = assert!(core::mem::size_of::<ExportEntry>() == 24 + 16 * MAX_MASKS + REPLY_BUF_LEN);
+const _: () = assert!(core::mem::size_of::<ExportEntry>() == 32 + 16 * MAX_MASKS + REPLY_BUF_LEN);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);

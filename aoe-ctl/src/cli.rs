@@ -79,6 +79,11 @@ pub enum Cmd {
         /// exports.toml.
         #[arg(long, value_name = "ADDR:PORT", value_parser = parse_metrics)]
         metrics: Option<std::net::SocketAddr>,
+        /// Answer hot 1 KiB reads (2 sectors at an even LBA, what MTU-1500 initiators send)
+        /// from a cache of SIZE (e.g. 64M) in the XDP program, never waking user space;
+        /// kept coherent with this process's writes (docs/operations.md).
+        #[arg(long, value_name = "SIZE")]
+        kernel_cache: Option<String>,
         /// The image: regular file, sparse file or block device.
         path: PathBuf,
     },
@@ -240,6 +245,11 @@ pub enum Cmd {
         /// Send each batch of new requests in reverse order (a robustness check).
         #[arg(long)]
         reorder: bool,
+        /// Pad read requests to BYTES (at most 1514). On a veth, a kernel cache hit needs a
+        /// request as long as its reply (1060 bytes): the XDP program cannot grow a short
+        /// frame there; NICs need no padding.
+        #[arg(long, value_name = "BYTES", default_value_t = 0)]
+        pad_to: usize,
         /// Retransmit a request with a new tag after this long without a reply.
         #[arg(long, default_value_t = 200)]
         timeout_ms: u64,

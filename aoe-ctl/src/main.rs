@@ -51,6 +51,7 @@ fn run(cli: Cli) -> Result<()> {
             xdp_mode,
             queues,
             metrics,
+            kernel_cache,
             path,
         } => {
             let spec = ExportDraft {
@@ -67,6 +68,7 @@ fn run(cli: Cli) -> Result<()> {
                 buffers,
                 allow,
                 config: config.into_bytes(),
+                kernel_cache,
             }
             .check()
             .map_err(|e| e.into_error(FrontEnd::Export))?;
@@ -101,6 +103,7 @@ fn run(cli: Cli) -> Result<()> {
                 buffers: bufcnt,
                 allow: macs,
                 config: vec![],
+                kernel_cache: None,
             }
             .check()
             .map_err(|e| e.into_error(FrontEnd::Vblade))?;
@@ -184,6 +187,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             duplicate,
             reorder,
+            pad_to,
             timeout_ms,
             json,
         } => bench::run(&bench::Options {
@@ -199,6 +203,7 @@ fn run(cli: Cli) -> Result<()> {
             verify,
             duplicate,
             reorder,
+            pad_to,
             seed,
             timeout: Duration::from_millis(timeout_ms.max(1)),
             retries: 8,

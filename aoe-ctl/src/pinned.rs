@@ -40,6 +40,9 @@ pub const STAT_NAMES: [&str; 18] = [
     "errors_storage_failed_closed",
 ];
 
+/// Columns of `ExportRecord::cache`, as `kernel_cache::CacheStats` counts them.
+pub const CACHE_STAT_NAMES: [&str; 3] = ["cache_fills", "cache_fills_raced", "cache_invalidations"];
+
 /// Export option flags in `ExportRecord::flags`.
 pub const FLAG_READ_ONLY: u32 = 1;
 /// Writes acknowledged from the page cache (`--write-back`).
@@ -81,6 +84,9 @@ pub struct ExportRecord {
     /// Unix seconds.
     pub started: u64,
     pub stats: [u64; STAT_NAMES.len()],
+    /// Bytes of kernel cache (0: none), and its user-space counters.
+    pub cache_bytes: u64,
+    pub cache: [u64; CACHE_STAT_NAMES.len()],
     /// The image path, NUL padded (cut at 255 bytes).
     pub path: [u8; 256],
 }
@@ -90,7 +96,10 @@ unsafe impl aya::Pod for IfaceInfo {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ExportRecord {}
 const _: () = assert!(std::mem::size_of::<IfaceInfo>() == 64);
-const _: () = assert!(std::mem::size_of::<ExportRecord>() == 40 + 8 * STAT_NAMES.len() + 256);
+const _: () = assert!(
+    std::mem::size_of::<ExportRecord>()
+        == 40 + 8 * (STAT_NAMES.len() + 1 + CACHE_STAT_NAMES.len()) + 256
+);
 
 /// `<bpffs>/aoe`.
 pub fn root() -> PathBuf {

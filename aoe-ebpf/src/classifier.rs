@@ -10,7 +10,7 @@ use aoe_common::{
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use crate::{
-    config_reply,
+    cache, config_reply,
     maps::{count, count_export, EXPORTS, SETTINGS, XSKS},
     packet,
 };
@@ -94,6 +94,11 @@ fn classify(ctx: &XdpContext) -> u32 {
 
     if ver_flags >> VERSION_SHIFT == AOE_VERSION && command == CMD_QUERY_CONFIG {
         if let Some(action) = config_reply::answer(ctx, entry, src) {
+            return action;
+        }
+    }
+    if command == CMD_ATA {
+        if let Some(action) = cache::answer(ctx, entry) {
             return action;
         }
     }

@@ -5,10 +5,13 @@
 //! source MAC not on the export's mask list -> XDP_DROP;
 //! ATA to a broadcast address -> XDP_DROP (never executed);
 //! Query Config read/test/test-prefix -> answered here with XDP_TX;
+//! an ATA read of a block in the export's kernel cache -> answered here with XDP_TX;
 //! everything else -> the AF_XDP socket of this rx queue (XDP_PASS when none is bound).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod cache;
 #[cfg(target_arch = "bpf")]
 mod classifier;
 #[cfg(target_arch = "bpf")]

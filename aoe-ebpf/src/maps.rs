@@ -1,10 +1,12 @@
 //! The maps this program shares with aoe-ctl (types from aoe-common).
 
 use aoe_common::maps::{
+    cache::{self, Slot},
     counter, export_counter, ExportEntry, ExportKey, Settings, MAX_EXPORTS, MAX_QUEUES,
 };
 use aya_ebpf::{
-    macros::map,
+    btf_maps::{Array as BtfArray, ArrayOfMaps},
+    macros::{btf_map, map},
     maps::{Array, HashMap, PerCpuArray, XskMap},
 };
 
@@ -49,3 +51,11 @@ pub fn count_export(entry: &ExportEntry, column: u32) {
         unsafe { *p += 1 };
     }
 }
+
+/// Each export's kernel cache (an mmapable array of `cache::Slot`), at the export's row;
+/// user space creates the inner arrays, fills and invalidates them (serve/kernel_cache.rs).
+#[btf_map]
+pub static CACHES: ArrayOfMaps<
+    BtfArray<Slot, 1, { cache::MAP_FLAGS as usize }>,
+    { MAX_EXPORTS as usize },
+> = ArrayOfMaps::new();

@@ -8,7 +8,7 @@ use aoe_common::maps::{counter, export_counter};
 use aya::maps::PerCpuArray;
 use serde_json::{json, Map, Value};
 
-use crate::pinned::{Served, STAT_NAMES};
+use crate::pinned::{Served, CACHE_STAT_NAMES, STAT_NAMES};
 
 /// Kernel columns per export, named as in `export_counter`.
 const KERNEL_NAMES: [&str; export_counter::COUNT as usize] = [
@@ -16,6 +16,11 @@ const KERNEL_NAMES: [&str; export_counter::COUNT as usize] = [
     "redirected_kernel",
     "dropped_acl_kernel",
     "dropped_config_mismatch_kernel",
+    "cache_hits_kernel",
+    "cache_misses_kernel",
+    "cache_stale_kernel",
+    "cache_torn_kernel",
+    "cache_no_room_kernel",
 ];
 
 fn per_cpu_sums(i: &Served, map: &str) -> Result<Vec<u64>> {
@@ -52,6 +57,9 @@ pub fn snapshot() -> Result<Value> {
                 for (name, v) in STAT_NAMES.iter().zip(r.stats) {
                     m.insert((*name).into(), json!(v));
                 }
+                for (name, v) in CACHE_STAT_NAMES.iter().zip(r.cache) {
+                    m.insert((*name).into(), json!(v));
+                }
                 for name in KERNEL_NAMES {
                     m.insert(name.into(), json!(0u64));
                 }
@@ -72,10 +80,11 @@ pub fn snapshot() -> Result<Value> {
         .into_values()
         .map(|mut e| {
             let g = |k: &str| e.get(k).and_then(Value::as_u64).unwrap_or(0);
-            // Every frame that reached the export: answered or dropped in the kernel, or
-            // handled in user space.
+            // Every frame that reached the export: answered (config, kernel cache) or
+            // dropped in the kernel, or handled in user space.
             let frames = g("frames")
                 + g("config_answered_kernel")
+                + g("cache_hits_kernel")
                 + g("dropped_acl_kernel")
                 + g("dropped_config_mismatch_kernel");
             let errors = g("errors_ata") + g("errors_aoe");
@@ -89,10 +98,11 @@ pub fn snapshot() -> Result<Value> {
 
 fn print_table(v: &Value) {
     println!(
-        "{:<8} {:>12} {:>10} {:>10} {:>14} {:>14} {:>9} {:>9} {:>7} {:>9} {:>9}",
+        "{:<8} {:>12} {:>10} {:>10} {:>10} {:>14} {:>14} {:>9} {:>9} {:>7} {:>9} {:>9}",
         "target",
         "frames",
         "reads",
+        "cache_hit",
         "writes",
         "bytes_read",
         "bytes_written",
@@ -105,10 +115,11 @@ fn print_table(v: &Value) {
     for e in v["exports"].as_array().into_iter().flatten() {
         let g = |k: &str| e[k].as_u64().unwrap_or(0);
         println!(
-            "{:<8} {:>12} {:>10} {:>10} {:>14} {:>14} {:>9} {:>9} {:>7} {:>9} {:>9}",
+            "{:<8} {:>12} {:>10} {:>10} {:>10} {:>14} {:>14} {:>9} {:>9} {:>7} {:>9} {:>9}",
             e["target"].as_str().unwrap_or("?"),
             g("frames_total"),
             g("reads"),
+            g("cache_hits_kernel"),
             g("writes"),
             g("bytes_read"),
             g("bytes_written"),

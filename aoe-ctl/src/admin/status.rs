@@ -30,6 +30,7 @@ pub fn run(as_json: bool) -> Result<()> {
                         "read_only": r.flags & FLAG_READ_ONLY != 0,
                         "write_back": r.flags & FLAG_WRITE_BACK != 0,
                         "direct": r.flags & FLAG_DIRECT != 0,
+                        "kernel_cache_bytes": r.cache_bytes,
                         "uptime_s": now.saturating_sub(r.started),
                     })).collect::<Vec<_>>(),
                 })
@@ -76,6 +77,12 @@ pub fn run(as_json: bool) -> Result<()> {
             }
             if r.offset != 0 {
                 opts.push(format!("offset {}", r.offset));
+            }
+            if r.cache_bytes != 0 {
+                opts.push(format!(
+                    "kernel cache {} MiB",
+                    (r.cache_bytes as f64 / (1 << 20) as f64 * 10.0).round() / 10.0
+                ));
             }
             println!(
                 "  e{}.{}  {}  {} sectors, {} buffers{}{}, up {}",

@@ -76,6 +76,8 @@ struct ExportToml {
     #[serde(default, deserialize_with = "de_macs")]
     allow: Option<Spanned<Vec<Mac>>>,
     config: Option<Spanned<String>>,
+    /// Kernel cache size, as "64M" (`--kernel-cache`).
+    kernel_cache: Option<Spanned<String>>,
 }
 
 impl ExportToml {
@@ -91,6 +93,7 @@ impl ExportToml {
             Field::Buffers => self.buffers.as_ref().map(Spanned::span),
             Field::Allow => self.allow.as_ref().map(Spanned::span),
             Field::Config => self.config.as_ref().map(Spanned::span),
+            Field::KernelCache => self.kernel_cache.as_ref().map(Spanned::span),
             Field::Queues | Field::WriteBack => None,
         }
     }
@@ -113,6 +116,7 @@ impl ExportToml {
                 .config
                 .as_ref()
                 .map_or(vec![], |c| c.get_ref().clone().into_bytes()),
+            kernel_cache: self.kernel_cache.as_ref().map(|k| k.get_ref().clone()),
         }
     }
 }

@@ -518,6 +518,8 @@ impl Host {
                     sectors: ex.backend.sectors(),
                     started: ex.started,
                     stats: ex.stats.snapshot(),
+                    cache_bytes: ex.cache.own.as_ref().map_or(0, |c| c.bytes()),
+                    cache: ex.cache.own.as_ref().map_or([0; 3], |c| c.stats.snapshot()),
                     path: [0; 256],
                 };
                 pinned::fill(&mut r.path, ex.path.as_os_str().as_encoded_bytes());

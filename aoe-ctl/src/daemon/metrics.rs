@@ -18,6 +18,11 @@ const KERNEL_EXPORT_OUTCOMES: [&str; export_counter::COUNT as usize] = [
     "redirected",
     "dropped_acl",
     "dropped_config_mismatch",
+    "cache_hit",
+    "cache_miss",
+    "cache_stale",
+    "cache_torn",
+    "cache_no_room",
 ];
 
 impl Node {

@@ -27,6 +27,7 @@ use aoe_common::maps::ExportKey;
 use crate::serve::access::Lists;
 use crate::serve::backend::{self, OpenOptions};
 use crate::serve::export::{ControlState, Export, ExportOptions};
+use crate::serve::kernel_cache::CacheLink;
 use crate::serve::xdp::Classifier;
 use config::{ExportSpec, NodeConfig};
 use control::ControlSocket;
@@ -139,7 +140,9 @@ impl Node {
             Some(s) => s.kept(&spec.name()).over(configured),
             None => configured,
         };
-        let ex = Arc::new(Export::new(
+        let cache = CacheLink::open(&spec.path, spec.offset, spec.kernel_cache)
+            .with_context(|| spec.name())?;
+        let mut ex = Export::new(
             ExportOptions {
                 shelf: spec.shelf,
                 slot: spec.slot,
@@ -153,7 +156,9 @@ impl Node {
                 config: state.config.clone(),
             },
             backend,
-        ));
+        );
+        ex.cache = cache;
+        let ex = Arc::new(ex);
         // The kept reservation too, before the export serves a frame.
         ex.restore_control_state(state);
         Ok(ex)

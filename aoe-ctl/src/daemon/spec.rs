@@ -29,6 +29,8 @@ pub struct ExportSpec {
     pub allow: Vec<Mac>,
     /// The config string until an initiator sets one (the state file keeps that).
     pub config: Vec<u8>,
+    /// Bytes of kernel cache (0: none).
+    pub kernel_cache: u64,
 }
 
 impl ExportSpec {
@@ -60,6 +62,8 @@ pub struct ExportDraft {
     pub buffers: Option<u64>,
     pub allow: Vec<Mac>,
     pub config: Vec<u8>,
+    /// The kernel cache's size as written ("64M"); None: no cache.
+    pub kernel_cache: Option<String>,
 }
 
 /// What an error is about.
@@ -76,6 +80,7 @@ pub enum Field {
     Config,
     Queues,
     WriteBack,
+    KernelCache,
 }
 
 /// Where the export came from, for the field names in errors.
@@ -103,6 +108,7 @@ impl Field {
                 Config => "--config",
                 Queues => "--queues",
                 WriteBack => "--write-back",
+                KernelCache => "--kernel-cache",
             },
             FrontEnd::Vblade => match self {
                 Shelf => "shelf",
@@ -116,6 +122,7 @@ impl Field {
                 Config => "config",
                 Queues => "queues",
                 WriteBack => "-s",
+                KernelCache => "kernel_cache",
             },
             FrontEnd::File => match self {
                 Shelf => "shelf",
@@ -129,6 +136,7 @@ impl Field {
                 Config => "config",
                 Queues => "queues",
                 WriteBack => "write_back",
+                KernelCache => "kernel_cache",
             },
         }
     }
@@ -273,6 +281,20 @@ impl ExportDraft {
                 "contradicts sync: writes are acknowledged either from the page cache or once durable",
             ));
         }
+        let kernel_cache = match &self.kernel_cache {
+            None => 0,
+            Some(text) => {
+                let bytes = parse_size(text).ok_or_else(|| {
+                    SpecError::new(
+                        KernelCache,
+                        format!("{text:?} is not a size (a number, with K, M or G)"),
+                    )
+                })?;
+                crate::serve::kernel_cache::slots_for(bytes)
+                    .map_err(|e| SpecError::new(KernelCache, e.to_string()))?;
+                bytes
+            }
+        };
         Ok(ExportSpec {
             shelf,
             slot,
@@ -286,8 +308,20 @@ impl ExportDraft {
             buffers,
             allow: self.allow,
             config: self.config,
+            kernel_cache,
         })
     }
+}
+
+/// "64M", "1G", "512K", "65536": bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// Receive queues per interface: None is all of them, else at least one.
@@ -336,6 +370,11 @@ mod tests {
             ..draft()
         };
         assert!(full.check().is_ok(), "the limits themselves are allowed");
+        let cached = ExportDraft {
+            kernel_cache: Some("64M".into()),
+            ..draft()
+        };
+        assert_eq!(cached.check().unwrap().kernel_cache, 64 << 20);
     }
 
     #[test]
@@ -446,6 +485,27 @@ mod tests {
                     ..draft()
                 },
                 "--config: 1025 bytes, a config string holds at most 1024",
+            ),
+            (
+                ExportDraft {
+                    kernel_cache: Some("64X".into()),
+                    ..draft()
+                },
+                "--kernel-cache: \"64X\" is not a size",
+            ),
+            (
+                ExportDraft {
+                    kernel_cache: Some("1K".into()),
+                    ..draft()
+                },
+                "--kernel-cache: 1024 bytes hold no block",
+            ),
+            (
+                ExportDraft {
+                    kernel_cache: Some("8G".into()),
+                    ..draft()
+                },
+                "--kernel-cache: 8589934592 bytes is more than",
             ),
         ];
         for (d, want) in cases {

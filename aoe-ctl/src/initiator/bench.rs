@@ -60,6 +60,8 @@ pub struct Options {
     pub duplicate: bool,
     /// Send each batch of new requests in reverse order.
     pub reorder: bool,
+    /// Pad read requests to this many bytes (0: no padding).
+    pub pad_to: usize,
     pub seed: u64,
     pub timeout: Duration,
     pub retries: u32,
@@ -130,6 +132,7 @@ struct Engine {
     seq: u32,
     duplicate: bool,
     reorder: bool,
+    pad_to: usize,
     timeout: Duration,
     retries: u32,
 }
@@ -157,6 +160,11 @@ pub fn run(o: &Options) -> Result<()> {
         "--depth must be 1 to {MAX_DEPTH}"
     );
     ensure!(!o.duration.is_zero(), "--duration must be more than 0");
+    ensure!(
+        o.pad_to <= 1514,
+        "--pad-to {} is longer than an MTU-1500 frame (1514 bytes)",
+        o.pad_to
+    );
     let (target, sectors) = {
         let mut c = Client::open(&o.iface)?;
         let t = c.find(o.shelf, o.slot)?;
@@ -220,6 +228,7 @@ pub fn run(o: &Options) -> Result<()> {
         seq: 0,
         duplicate: o.duplicate,
         reorder: o.reorder,
+        pad_to: o.pad_to,
         timeout: o.timeout,
         retries: o.retries,
     };
@@ -436,11 +445,12 @@ impl Engine {
 
     /// Build the request of `slot` in the tx ring; false when the ring is full.
     fn send(&mut self, slot: &Slot) -> bool {
-        let (addr, per, seed, verify) = (
+        let (addr, per, seed, verify, pad_to) = (
             self.books.addr,
             self.books.per,
             self.books.seed,
             self.books.verify,
+            self.pad_to,
         );
         self.ring.queue(|buf| {
             if slot.write {
@@ -453,7 +463,9 @@ impl Engine {
                 // request in the generator.
                 frames::write_in_place(buf, &addr, slot.tag, slot.lba, per)
             } else {
-                frames::read(buf, &addr, slot.tag, slot.lba, per)
+                let n = frames::read(buf, &addr, slot.tag, slot.lba, per);
+                // Whatever the slot held after the arguments: a read's padding is ignored.
+                n.max(pad_to.min(buf.len()))
             }
         })
     }

@@ -12,6 +12,7 @@ use aoe_common::wire::header::HeaderRepr;
 
 use super::backend::{BackendError, Kind};
 use super::export::{Export, ExportStats, FIRMWARE_STRING, MODEL};
+use super::kernel_cache::NO_TICKET;
 use super::reply::{Completion, Responder, Verdict};
 use super::request::{AtaOp, AtaRequest};
 use super::status::{self, AtaFailure, OK};
@@ -28,6 +29,8 @@ pub struct StorageIo {
     pub header: HeaderRepr,
     /// When the engine handed it on (for the latency histograms).
     pub started: std::time::Instant,
+    /// A read's kernel cache ticket (`kernel_cache::NO_TICKET` when it does not fill).
+    pub ticket: u64,
 }
 
 /// Execute `req`, whose frame is `buf[..len]` with its payload possibly continuing in `tail`.
@@ -48,6 +51,12 @@ pub fn execute(
             kind,
             lba: req.lba,
             bytes: if kind == Kind::Flush { 0 } else { req.bytes() },
+            // Taken before the read is submitted (kernel_cache.rs says why).
+            ticket: if kind == Kind::Read {
+                ticket(ex, req)
+            } else {
+                NO_TICKET
+            },
         },
         Ok(Ran::Done(data, sector_count)) => Completion::Ata {
             status: OK,
@@ -80,6 +89,18 @@ pub fn complete(
         Kind::Flush => 2,
     }];
     latency.record(super::latency::now().saturating_duration_since(io.started));
+    match io.kind {
+        // Before the reply exists: no cache may answer with what it overwrote.
+        Kind::Write => ex
+            .cache
+            .written(ex.offset, io.lba, (io.bytes / SECTOR_SIZE) as u64),
+        Kind::Read if result.is_ok() => {
+            if let Some(data) = buf.get(ATA_HEADER_LEN..ATA_HEADER_LEN + io.bytes) {
+                ex.cache.fill(io.lba, io.ticket, data);
+            }
+        }
+        _ => {}
+    }
     let done = match result {
         Ok(()) => {
             match io.kind {
@@ -146,12 +167,14 @@ fn run(
                 return Ok(Ran::Deferred(Kind::Read));
             }
             let out = &mut buf[h..h + bytes];
+            let ticket = ticket(ex, req);
             if ex.snapshot.active() {
                 ex.snapshot.read(req.lba, out)
             } else {
                 ex.backend.read_at(req.lba, out)
             }
             .map_err(AtaFailure::Storage)?;
+            ex.cache.fill(req.lba, ticket, out);
             ExportStats::add(&ex.stats.reads, 1);
             ExportStats::add(&ex.stats.bytes_read, bytes as u64);
             Ok(Ran::Done(bytes, None))
@@ -175,23 +198,20 @@ fn run(
             if defer && (ex.direct || !ex.write_back) {
                 return Ok(Ran::Deferred(Kind::Write));
             }
-            if ex.snapshot.active() {
+            let written = if ex.snapshot.active() {
                 // Durable before it returns when the export is.
-                ex.snapshot
-                    .write(req.lba, &parts[..n])
-                    .map_err(AtaFailure::Storage)?;
-                ExportStats::add(&ex.stats.writes, 1);
-                ExportStats::add(&ex.stats.bytes_written, bytes as u64);
-                return Ok(Ran::Done(0, None));
-            }
-            ex.backend
-                .write_parts_at(req.lba, &parts[..n])
-                .map_err(AtaFailure::Storage)?;
-            if !ex.write_back {
+                ex.snapshot.write(req.lba, &parts[..n])
+            } else {
                 ex.backend
-                    .sync_range(req.lba, bytes)
-                    .map_err(AtaFailure::Storage)?;
-            }
+                    .write_parts_at(req.lba, &parts[..n])
+                    .and_then(|()| match ex.write_back {
+                        true => Ok(()),
+                        false => ex.backend.sync_range(req.lba, bytes),
+                    })
+            };
+            // Done or failed (maybe in part): before the reply, as on the ring.
+            ex.cache.written(ex.offset, req.lba, req.count as u64);
+            written.map_err(AtaFailure::Storage)?;
             ExportStats::add(&ex.stats.writes, 1);
             ExportStats::add(&ex.stats.bytes_written, bytes as u64);
             Ok(Ran::Done(0, None))
@@ -248,6 +268,15 @@ pub fn payload<'a>(
         need -= take;
     }
     (need == 0).then_some(n)
+}
+
+/// The kernel cache ticket of a read about to be done (none while a snapshot's overlay may
+/// answer it: nothing is filled then).
+fn ticket(ex: &Export, req: &AtaRequest) -> u64 {
+    if ex.snapshot.active() {
+        return NO_TICKET;
+    }
+    ex.cache.ticket(req.lba, req.count)
 }
 
 fn in_range(ex: &Export, req: &AtaRequest) -> Result<(), AtaFailure> {

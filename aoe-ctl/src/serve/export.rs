@@ -102,6 +102,8 @@ pub struct Export {
     pub stats: ExportStats,
     /// Where storage requests go while `aoe-ctl snapshot` runs.
     pub snapshot: crate::snapshot::Hook,
+    /// Its kernel cache, and the caches its writes must invalidate.
+    pub cache: super::kernel_cache::CacheLink,
     config: RwLock<Vec<u8>>,
     serial: [u8; 20],
     /// Unix second of the last storage error logged, and errors not logged since.
@@ -176,6 +178,7 @@ impl Export {
             access: Access::new(opts.allow),
             stats: ExportStats::default(),
             snapshot: Default::default(),
+            cache: Default::default(),
             config: RwLock::new(opts.config),
             serial,
             last_logged: AtomicU64::new(0),

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod export;
 pub mod idle;
 pub mod in_flight;
+pub mod kernel_cache;
 pub mod latency;
 pub mod live_engine;
 pub mod packet_worker;

@@ -62,11 +62,13 @@ pub enum Completion {
     /// An AoE error reply carrying the request's arguments.
     Error(AoeError),
     Ignore(Ignore),
-    /// Storage I/O to do before the reply (`Verdict::Io`).
+    /// Storage I/O to do before the reply (`Verdict::Io`); `ticket` is a read's kernel
+    /// cache ticket.
     Storage {
         kind: Kind,
         lba: u64,
         bytes: usize,
+        ticket: u64,
     },
 }
 
@@ -94,13 +96,19 @@ impl Responder {
             header.error = e as u8;
         };
         let n = match done {
-            Completion::Storage { kind, lba, bytes } => {
+            Completion::Storage {
+                kind,
+                lba,
+                bytes,
+                ticket,
+            } => {
                 return Verdict::Io(StorageIo {
                     kind,
                     lba,
                     bytes,
                     header: *request,
                     started: super::latency::now(),
+                    ticket,
                 })
             }
             Completion::Ignore(why) => {

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use aoe_common::maps::{
-    counter, export_counter, ExportEntry, ExportKey, Settings, MAP_COUNTERS, MAP_EXPORTS,
-    MAP_EXPORT_COUNTERS, MAP_SETTINGS, MAP_XSKS, MAX_EXPORTS, MAX_MASKS, MIN_REPLY,
+    counter, export_counter, ExportEntry, ExportKey, Settings, MAP_CACHES, MAP_COUNTERS,
+    MAP_EXPORTS, MAP_EXPORT_COUNTERS, MAP_SETTINGS, MAP_XSKS, MAX_EXPORTS, MAX_MASKS, MIN_REPLY,
     PROG_CLASSIFIER,
 };
 use aoe_common::wire::header::{HeaderRepr, FLAG_RESPONSE};
 use aoe_common::wire::{Command, Frame, Mac};
-use aya::maps::{Array, HashMap, PerCpuArray, XskMap};
+use aya::maps::{Array, ArrayOfMaps, HashMap, MapFd, PerCpuArray, XskMap};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{Xdp as XdpProgram, XdpMode};
 use aya::Ebpf;
@@ -208,6 +208,7 @@ impl Classifier {
             }
         }
         for ex in exports {
+            self.sync_cache(ex)?;
             self.sync_export(ex)?;
         }
         let settings = Settings {
@@ -219,6 +220,31 @@ impl Classifier {
         };
         let mut s: Array<_, Settings> = Array::try_from(map(&mut self.bpf, MAP_SETTINGS)?)?;
         s.set(0, settings, 0)?;
+        Ok(())
+    }
+
+    /// Put the export's kernel cache at its row of `CACHES` (or take whatever a replaced
+    /// export left there). Returns once no program run uses the old one.
+    fn sync_cache(&mut self, ex: &Export) -> Result<()> {
+        let Some(&row) = self.rows.get(&ex.key()) else {
+            return Ok(());
+        };
+        let outer = map(&mut self.bpf, MAP_CACHES)?;
+        match &ex.cache.own {
+            Some(c) => {
+                let mut caches: ArrayOfMaps<_, MapFd> = ArrayOfMaps::try_from(outer)?;
+                caches
+                    .set(row, c.fd(), 0)
+                    .with_context(|| format!("installing the kernel cache of {}", ex.name()))?
+            }
+            None => {
+                let aya::maps::Map::ArrayOfMaps(data) = outer else {
+                    return Err(anyhow!("{MAP_CACHES} is not an array of maps"));
+                };
+                // Frees what a replaced export's cache held; an empty row is no error.
+                let _ = super::kernel_cache::delete_row(data.fd(), row);
+            }
+        }
         Ok(())
     }
 
@@ -321,6 +347,7 @@ pub fn entry_for(ex: &Export, mac: Mac, max_sectors: usize, row: u32) -> ExportE
     e.config_len = ex.config().len() as u32;
     set_lists(&mut e, &ex.access.snapshot());
     e.index = row;
+    e.cache_slots = ex.cache.own.as_ref().map_or(0, |c| c.slots());
     e
 }
 
