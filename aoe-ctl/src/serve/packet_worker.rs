@@ -353,3 +353,4 @@ fn reply(
     });
     queued.then_some(sent)
 }
+
