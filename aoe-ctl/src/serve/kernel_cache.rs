@@ -129,7 +129,7 @@ impl KernelCache {
     /// Before the I/O of a read of `sectors` at `lba` is submitted: the ticket it may fill
     /// with when it completes.
     pub fn ticket(&self, lba: u64, sectors: usize) -> u64 {
-        if sectors as u64 != BLOCK_SECTORS || lba % BLOCK_SECTORS != 0 {
+        if sectors as u64 != BLOCK_SECTORS || !lba.is_multiple_of(BLOCK_SECTORS) {
             return NO_TICKET;
         }
         let s = self.slot_of(lba);
@@ -335,7 +335,7 @@ pub fn slots_for(bytes: u64) -> Result<u32> {
     if n > u64::from(cache::MAX_SLOTS) {
         bail!(
             "{bytes} bytes is more than the {} MiB one export's cache may take",
-            u64::from(cache::MAX_SLOTS) * SLOT_LEN as u64 >> 20
+            (u64::from(cache::MAX_SLOTS) * SLOT_LEN as u64) >> 20
         );
     }
     Ok(n as u32)
@@ -357,8 +357,11 @@ pub struct CacheLink {
     file: Arc<Coherence>,
 }
 
-/// Files with a `Coherence`, by identity (device and inode, or the device a node names).
-static FILES: Mutex<Option<HashMap<(u64, u64), Weak<Coherence>>>> = Mutex::new(None);
+/// A file's identity: device and inode, or (MAX, the device) for a device node.
+type FileId = (u64, u64);
+
+/// Files with a `Coherence`, by identity.
+static FILES: Mutex<Option<HashMap<FileId, Weak<Coherence>>>> = Mutex::new(None);
 
 impl CacheLink {
     /// The link of an export of `path` at `offset` sectors with a cache of `bytes` (0: none;
