@@ -13,6 +13,7 @@ use aoe_integration::{Lab, LabOptions, Proc};
 use serde::Deserialize;
 
 mod disk;
+mod kernel_cache;
 mod plot;
 mod report;
 pub mod storage;
@@ -46,6 +47,10 @@ pub struct Options {
     /// Only the storage section (cold image on the disk, vblade, fio).
     #[arg(long)]
     pub storage_only: bool,
+    /// Only the kernel cache's A/B (`--kernel-cache` against aoe-ctl without it, vblade and
+    /// the ceiling; its own block of benchmarks.md).
+    #[arg(long, conflicts_with_all = ["storage_only", "no_storage"])]
+    pub kernel_cache: bool,
 }
 
 /// One row of the matrix.
@@ -160,6 +165,9 @@ pub fn run(o: &Options) -> Result<()> {
         .unwrap_or_else(|| aoe_integration::workspace_root().join("docs"));
     std::fs::create_dir_all(&out)?;
     let doc = out.join("benchmarks.md");
+    if o.kernel_cache {
+        return kernel_cache::run(o, &doc);
+    }
     let mut hot_seqread = None;
     if !o.storage_only {
         let results = hot(o)?;

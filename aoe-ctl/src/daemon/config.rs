@@ -241,6 +241,10 @@ length = 16
         assert_eq!(c.exports[0].interfaces.len(), 2);
         assert!(c.exports[0].direct && c.exports[1].read_only && !c.exports[2].write_back);
         assert_eq!(c.exports[2].allow.len(), 2);
+        assert_eq!(
+            (c.exports[1].kernel_cache, c.exports[0].kernel_cache),
+            (64 << 20, 0)
+        );
     }
 
     #[test]
@@ -271,6 +275,12 @@ length = 16
             err(&buffers).starts_with("line 19: buffers: 1, must be at least 2"),
             "{}",
             err(&buffers)
+        );
+        let cache = GOOD.replace("length = 16", "length = 16\nkernel_cache = \"lots\"");
+        assert!(
+            err(&cache).starts_with("line 19: kernel_cache: \"lots\" is not a size"),
+            "{}",
+            err(&cache)
         );
         assert!(err("[[export]\n").starts_with("line 1:"));
         assert!(err("queues = 0\n").starts_with("line 1: queues: 0, must be at least 1"));

@@ -197,6 +197,18 @@ impl Node {
             Kind::Gauge,
             "Requests waiting for storage I/O now.",
         );
+        let mut cache_size = Family::new(
+            "aoe_export_kernel_cache_bytes",
+            Kind::Gauge,
+            "Kernel memory of the export's kernel cache (0: none).",
+        );
+        let mut cache = Family::new(
+            "aoe_export_kernel_cache_events_total",
+            Kind::Counter,
+            "Kernel cache upkeep in user space, by event (fill: a block copied in; \
+             fill_raced: a fill given up because a write completed meanwhile; invalidation: a \
+             slot a write made stale). Hits and misses are in aoe_export_kernel_frames_total.",
+        );
         let bounds: Vec<f64> = BOUNDS_US.iter().map(|us| *us as f64 / 1e6).collect();
         for (_, ex) in self.exports.values() {
             let e = ex.name();
@@ -244,6 +256,12 @@ impl Node {
                 );
             }
             in_flight.push(&[("export", e)], get(&s.storage_in_flight));
+            let own = ex.cache.own.as_ref();
+            cache_size.push(&[("export", e)], own.map_or(0, |c| c.bytes()) as f64);
+            let events = own.map_or([0; 3], |c| c.stats.snapshot());
+            for (event, v) in ["fill", "fill_raced", "invalidation"].iter().zip(events) {
+                cache.push(&[("export", e), ("event", event)], v as f64);
+            }
         }
         vec![
             info,
@@ -258,6 +276,8 @@ impl Node {
             dropped,
             latency,
             in_flight,
+            cache_size,
+            cache,
         ]
     }
 }
