@@ -206,6 +206,9 @@ struct Served {
     _peers: [aoe_integration::Proc; 2],
     /// The initiator ends of the two links.
     links: [String; 2],
+    /// exports.toml, and its export table without `kernel_cache` (for reloads).
+    cfg: std::path::PathBuf,
+    export: String,
 }
 
 impl Served {
@@ -218,16 +221,13 @@ impl Served {
             lab.start_peer(&second_i).expect("lab peer"),
         ];
         let cfg = lab.dir.join("exports.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[[export]]\nshelf = 1\nslot = 2\ninterfaces = [\"{}\", \"{second}\"]\n\
-                 path = \"{}\"\nkernel_cache = \"1M\"\n{options}\n",
-                lab.target_if,
-                image.display()
-            ),
-        )
-        .unwrap();
+        let export = format!(
+            "[[export]]\nshelf = 1\nslot = 2\ninterfaces = [\"{}\", \"{second}\"]\n\
+             path = \"{}\"\n{options}\n",
+            lab.target_if,
+            image.display()
+        );
+        std::fs::write(&cfg, format!("{export}kernel_cache = \"1M\"\n")).unwrap();
         let target = lab
             .spawn_live(&["daemon", "--config", cfg.to_str().unwrap()])
             .expect("daemon starts");
@@ -236,8 +236,23 @@ impl Served {
             target: Some(target),
             _peers: peers,
             links: [lab.initiator_if.clone(), second_i],
+            cfg,
+            export,
             lab,
         }
+    }
+
+    /// Serve the export with `cache` (None: none) instead, by SIGHUP; returns once the
+    /// daemon says it restarted it (the `n`th time).
+    fn reload(&self, cache: Option<&str>, n: usize) {
+        let line = cache.map_or(String::new(), |c| format!("kernel_cache = \"{c}\"\n"));
+        std::fs::write(&self.cfg, format!("{}{line}", self.export)).unwrap();
+        let t = self.target.as_ref().unwrap();
+        // SAFETY: signalling our own child (ip netns exec and env exec into aoe-ctl).
+        unsafe { libc::kill(t.pid() as i32, libc::SIGHUP) };
+        common::wait_for("the export restarted by the reload", || {
+            t.log.lock().unwrap().matches("restarted [e1.2]").count() >= n
+        });
     }
 
     /// A raw socket on link `n` (0 or 1) and the export's address from it.
@@ -314,6 +329,59 @@ fn a_hot_block_is_answered_by_xdp_over_a_veth() {
     let rep = c.request(&|b, t| padded_read(b, &a, t, 200)).unwrap();
     assert_eq!(&rep[36..36 + BLOCK_BYTES], &new[..]);
     assert!(s.stat("cache_invalidations", 1) >= 1);
+}
+
+/// A reload that changes the cache's size gives the export a new, empty one, and one that
+/// takes the option away leaves none: the kernel never answers from the cache it replaced
+/// (which no write reaches any more).
+#[test]
+fn a_reload_replaces_or_removes_the_cache() {
+    let s = Served::start("");
+    let (mut c, a) = s.client(0);
+    let old = block(0x11);
+    let rep = c
+        .request(&|b, t| frames::write(b, &a, t, 300, &old))
+        .unwrap();
+    assert_eq!(ata(&rep), (0x40, 0));
+    for _ in 0..3 {
+        c.request(&|b, t| padded_read(b, &a, t, 300)).unwrap();
+    }
+    assert_eq!(s.stat("cache_hits_kernel", 1), 1);
+
+    s.reload(Some("2M"), 1);
+    let new = block(0x22);
+    let rep = c
+        .request(&|b, t| frames::write(b, &a, t, 300, &new))
+        .unwrap();
+    assert_eq!(ata(&rep), (0x40, 0));
+    for _ in 0..3 {
+        let rep = c.request(&|b, t| padded_read(b, &a, t, 300)).unwrap();
+        assert_eq!(
+            &rep[36..36 + BLOCK_BYTES],
+            &new[..],
+            "not the replaced cache's copy"
+        );
+    }
+    let hits = s.stat("cache_hits_kernel", 2);
+    assert_eq!(hits, 2, "the new cache answers once filled");
+    let status = s.lab.run_live(&["status", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let bytes = v["interfaces"][0]["exports"][0]["kernel_cache_bytes"].as_u64();
+    assert_eq!(bytes, Some((2 << 20) / 1088 * 1088));
+
+    s.reload(None, 2);
+    for _ in 0..3 {
+        let rep = c.request(&|b, t| padded_read(b, &a, t, 300)).unwrap();
+        assert_eq!(&rep[36..36 + BLOCK_BYTES], &new[..]);
+    }
+    // The pins are refreshed twice a second: wait for the export's record to say no cache,
+    // then the hits counted still.
+    common::wait_for("status without a kernel cache", || {
+        let o = s.lab.run_live(&["status", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v["interfaces"][0]["exports"][0]["kernel_cache_bytes"].as_u64() == Some(0)
+    });
+    assert_eq!(s.stat("cache_hits_kernel", 0), hits, "no cache, no hit");
 }
 
 /// Blocks the race runs on, and how long.

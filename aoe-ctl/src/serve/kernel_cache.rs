@@ -46,6 +46,8 @@ pub struct CacheStats {
 
 /// One export's cache: the BPF array and its shared mapping.
 pub struct KernelCache {
+    /// Unique in the process: which cache a classifier's row holds.
+    pub id: u64,
     map: MapData,
     base: *mut Slot,
     slots: u32,
@@ -88,7 +90,9 @@ impl KernelCache {
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error()).context("mapping the kernel cache");
         }
+        static IDS: AtomicU64 = AtomicU64::new(1);
         let c = KernelCache {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             map,
             base: base.cast(),
             slots,

@@ -49,6 +49,9 @@ pub struct Classifier {
     link: Option<XdpLinkId>,
     /// Each export's row in EXPORT_COUNTERS.
     rows: StdHashMap<ExportKey, u32>,
+    /// The kernel cache at each row of CACHES that has one (`KernelCache::id`): a change
+    /// there costs the kernel an RCU grace period, so rows that keep theirs are left alone.
+    caches: StdHashMap<u32, u64>,
 }
 
 fn program(bpf: &mut Ebpf) -> Result<&mut XdpProgram> {
@@ -80,6 +83,7 @@ impl Classifier {
             logger,
             link: None,
             rows: StdHashMap::new(),
+            caches: StdHashMap::new(),
         })
     }
 
@@ -187,6 +191,7 @@ impl Classifier {
             let mut m: HashMap<_, ExportKey, ExportEntry> =
                 HashMap::try_from(map(&mut self.bpf, MAP_EXPORTS)?)?;
             let _ = m.remove(&key);
+            self.drop_cache(row)?;
             self.zero_row(row)?;
             self.rows.remove(&key);
         }
@@ -223,29 +228,37 @@ impl Classifier {
         Ok(())
     }
 
-    /// Put the export's kernel cache at its row of `CACHES` (or take whatever a replaced
-    /// export left there). Returns once no program run uses the old one.
+    /// Put the export's kernel cache at its row of `CACHES`, or take away what a replaced
+    /// export left there. Returns once no program run uses the old one.
     fn sync_cache(&mut self, ex: &Export) -> Result<()> {
         let Some(&row) = self.rows.get(&ex.key()) else {
             return Ok(());
         };
-        let outer = map(&mut self.bpf, MAP_CACHES)?;
-        match &ex.cache.own {
-            Some(c) => {
-                let mut caches: ArrayOfMaps<_, MapFd> = ArrayOfMaps::try_from(outer)?;
-                caches
-                    .set(row, c.fd(), 0)
-                    .with_context(|| format!("installing the kernel cache of {}", ex.name()))?
-            }
-            None => {
-                let aya::maps::Map::ArrayOfMaps(data) = outer else {
-                    return Err(anyhow!("{MAP_CACHES} is not an array of maps"));
-                };
-                // Frees what a replaced export's cache held; an empty row is no error.
-                let _ = super::kernel_cache::delete_row(data.fd(), row);
-            }
+        let Some(c) = &ex.cache.own else {
+            return self.drop_cache(row);
+        };
+        if self.caches.get(&row) == Some(&c.id) {
+            return Ok(());
         }
+        let mut caches: ArrayOfMaps<_, MapFd> =
+            ArrayOfMaps::try_from(map(&mut self.bpf, MAP_CACHES)?)?;
+        caches
+            .set(row, c.fd(), 0)
+            .with_context(|| format!("installing the kernel cache of {}", ex.name()))?;
+        self.caches.insert(row, c.id);
         Ok(())
+    }
+
+    /// Empty `row` of `CACHES` if it holds a cache (its memory goes with its last user).
+    fn drop_cache(&mut self, row: u32) -> Result<()> {
+        if self.caches.remove(&row).is_none() {
+            return Ok(());
+        }
+        let aya::maps::Map::ArrayOfMaps(data) = map(&mut self.bpf, MAP_CACHES)? else {
+            return Err(anyhow!("{MAP_CACHES} is not an array of maps"));
+        };
+        super::kernel_cache::delete_row(data.fd(), row)
+            .with_context(|| format!("removing the kernel cache at row {row}"))
     }
 
     fn zero_row(&mut self, row: u32) -> Result<()> {

@@ -118,7 +118,14 @@ fn start_target(lab: &Lab, target: &str, image: &Path) -> Result<Proc> {
         "aoe-ctl" => lab.start_export(image, &["--buffers", BUFFERS, "--mode", "xdp"]),
         "kernel-cache" => lab.start_export(
             image,
-            &["--buffers", BUFFERS, "--mode", "xdp", "--kernel-cache", CACHE],
+            &[
+                "--buffers",
+                BUFFERS,
+                "--mode",
+                "xdp",
+                "--kernel-cache",
+                CACHE,
+            ],
         ),
         _ => lab.start_ceiling(IMAGE_BYTES / 512),
     }
@@ -182,23 +189,30 @@ fn markdown(r: &[Vec<Figures>], o: &Options, seconds: f64) -> String {
         }
         s.push('\n');
     }
-    s.push_str("\nRatios of `--kernel-cache` (IOPS; target-side CPU per I/O):\n\n");
+    s.push_str(
+        "\nRatios of `--kernel-cache`: IOPS, then the machine's CPU per I/O, then the target's \
+         (the ceiling's subtracted; \"-\" where the ceiling's was not the lowest, as on a \
+         loaded machine):\n\n",
+    );
     for (d, depth) in DEPTHS.iter().enumerate() {
         let ours = &r[CACHED][d];
         let floor = r[CEILING][d].cpu_us_per_io;
-        let target_cpu = |f: &Figures| (f.cpu_us_per_io - floor).max(0.01);
         let ratio = |other: usize| {
             let f = &r[other][d];
+            let target = match (ours.cpu_us_per_io - floor, f.cpu_us_per_io - floor) {
+                (a, b) if a > 0.0 && b > 0.0 => format!("{:.2}×", a / b),
+                _ => "-".to_string(),
+            };
             format!(
-                "{:.2}× IOPS, {:.2}× CPU",
+                "{:.2}× / {:.2}× / {target}",
                 ours.iops / f.iops.max(1.0),
-                target_cpu(ours) / target_cpu(f)
+                ours.cpu_us_per_io / f.cpu_us_per_io.max(0.01),
             )
         };
         let _ = writeln!(
             s,
             "- d{depth}: ÷ aoe-ctl (same requests) {}; ÷ vblade (same requests) {}; ÷ vblade \
-             (60 B requests) {}; {:.0}% of the ceiling",
+             (60 B requests) {}; {:.0}% of the ceiling's IOPS",
             ratio(OURS_PADDED),
             ratio(VBLADE_PADDED),
             ratio(VBLADE),
