@@ -204,8 +204,9 @@ struct Served {
     lab: Lab,
     target: Option<aoe_integration::Proc>,
     _peers: [aoe_integration::Proc; 2],
-    /// The initiator ends of the two links.
+    /// The initiator ends of the two links, and the target's MAC on each.
     links: [String; 2],
+    macs: [[u8; 6]; 2],
     /// exports.toml, and its export table without `kernel_cache` (for reloads).
     cfg: std::path::PathBuf,
     export: String,
@@ -232,10 +233,19 @@ impl Served {
             .spawn_live(&["daemon", "--config", cfg.to_str().unwrap()])
             .expect("daemon starts");
         assert!(lab.target_has_xdp().unwrap(), "served over XDP");
+        let links = [lab.initiator_if.clone(), second_i];
+        let macs = [0, 1].map(|n| {
+            client(&lab, &links[n])
+                .find(1, 2)
+                .expect("the target answers on both links")
+                .addr
+                .dst
+        });
         Served {
             target: Some(target),
             _peers: peers,
-            links: [lab.initiator_if.clone(), second_i],
+            links,
+            macs,
             cfg,
             export,
             lab,
@@ -257,8 +267,13 @@ impl Served {
 
     /// A raw socket on link `n` (0 or 1) and the export's address from it.
     fn client(&self, n: usize) -> (Client, Addr) {
-        let mut c = client(&self.lab, &self.links[n]);
-        let a = c.find(1, 2).expect("the target answers on both links").addr;
+        let c = client(&self.lab, &self.links[n]);
+        let a = Addr {
+            src: c.mac(),
+            dst: self.macs[n],
+            shelf: 1,
+            slot: 2,
+        };
         (c, a)
     }
 
