@@ -20,7 +20,7 @@ pub struct SizeReport {
     pub before: u64,
     /// Served now.
     pub served: u64,
-    /// What the store holds from the export's offset (at most its length).
+    /// What the store holds from the export's offset.
     pub store: u64,
     /// The export has a length of its own (`--length`, `length =`), which it keeps.
     pub fixed: bool,

@@ -324,5 +324,28 @@ mod tests {
         assert_eq!(e.reason(), "out_of_range", "past the length: {e}");
         let e = b.read_at(0, &mut [0u8; 100]).unwrap_err();
         assert_eq!(e.reason(), "unaligned", "not whole sectors: {e}");
+        // Without a length it follows the file when it grows, and keeps its size when the
+        // file shrinks.
+        let opts = OpenOptions {
+            offset: 8,
+            direct: true,
+            ..Default::default()
+        };
+        let b = DirectBackend::open(&path, &opts).unwrap();
+        assert_eq!(b.sectors(), 56);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(128 * 512).unwrap();
+        let e = b.read_at(100, &mut [0u8; 512]).unwrap_err();
+        assert_eq!(e.reason(), "out_of_range", "before a look: {e}");
+        let e = b.refresh().unwrap();
+        assert_eq!((e.served, e.store, e.fixed), (120, 120, false));
+        b.write_at(119, &[5u8; 512]).unwrap();
+        let mut back = [0u8; 512];
+        b.read_at(119, &mut back).unwrap();
+        assert_eq!(back, [5u8; 512]);
+        file.set_len(64 * 512).unwrap();
+        let e = b.refresh().unwrap();
+        assert_eq!((e.served, e.store), (120, 56));
+        assert_eq!(b.sectors(), 120);
     }
 }

@@ -549,7 +549,7 @@ mod tests {
         .unwrap();
         set_len(&p, 2 << 20);
         let e = fixed.refresh().unwrap();
-        assert_eq!((e.served, e.store, e.fixed), (64, 64, true));
+        assert_eq!((e.served, e.store, e.fixed), (64, 4096 - 8, true));
         assert_eq!(fixed.sectors(), 64);
         assert_eq!(follows.refresh().unwrap().served, 4096 - 8);
         // Shrunk below what is served: the size stays, the store says how much is left.

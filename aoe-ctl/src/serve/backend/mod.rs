@@ -26,7 +26,8 @@ pub const SECTOR: u64 = 512;
 pub struct Extent {
     /// Served to initiators (range checks, IDENTIFY): it grows with the store, never shrinks.
     pub served: u64,
-    /// What the store holds from the export's offset (at most its length, when it has one).
+    /// What the store holds from the export's offset (more than is served when the export has
+    /// a length of its own and the store is larger).
     pub store: u64,
     /// The export has a length of its own: it keeps it whatever the store does.
     pub fixed: bool,
@@ -208,9 +209,9 @@ impl Follow {
     fn extent(&self, file: &File, served: u64) -> std::io::Result<Extent> {
         let available = (measure(file)? / SECTOR).saturating_sub(self.offset);
         Ok(match self.length {
-            Some(l) => Extent {
+            Some(_) => Extent {
                 served,
-                store: available.min(l),
+                store: available,
                 fixed: true,
             },
             None => Extent {
