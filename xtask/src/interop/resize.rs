@@ -22,7 +22,7 @@ const SECTOR: u64 = 512;
 
 pub struct Outcome {
     pub failures: Vec<String>,
-    /// What the guest and the host observed on the way (sizes, the driver's log).
+    /// What the host did at the guest's requests (the guest's lines are printed as they come).
     pub notes: Vec<String>,
     pub seconds: f64,
 }
@@ -47,7 +47,9 @@ fn grow(lab: &TapLab, env: &[String], image: &Path, verb: &str, mib: u64) -> Res
         .output()
         .context("running aoe-ctl resize")?;
     let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let want = format!("-> {} sectors", (mib << 20) / SECTOR);
+    // "N -> M sectors", or "M sectors, unchanged" when the daemon's own look (every second)
+    // was first: either way M is served when the command returns.
+    let want = format!(" {} sectors", (mib << 20) / SECTOR);
     if !out.status.success() || !said.contains(&want) {
         bail!(
             "aoe-ctl resize said {said:?} {:?}, not {want:?}",
@@ -82,6 +84,7 @@ pub fn run(assets: &Assets) -> Result<Outcome> {
         "console=ttyS0 quiet panic=-1 target=e1.2 start_mb={START_MB} grow1_mb={GROW1_MB} \
          grow2_mb={GROW2_MB}"
     );
+    let started = std::time::Instant::now();
     let errors = RefCell::new(Vec::new());
     let notes = RefCell::new(Vec::new());
     let serial = guest::run(
@@ -96,6 +99,10 @@ pub fn run(assets: &Assets) -> Result<Outcome> {
         },
         Duration::from_secs(300),
         |l| {
+            // As it happens: a stall shows where it stopped.
+            if l.starts_with("AOE-GUEST") {
+                println!("interop:   [{:6.1} s] {l}", started.elapsed().as_secs_f64());
+            }
             if let Some(req) = l.strip_prefix("AOE-GUEST HOST ") {
                 let mut w = req.split_whitespace();
                 let (n, verb, arg) = (
@@ -146,8 +153,6 @@ pub fn run(assets: &Assets) -> Result<Outcome> {
             big = b.split_whitespace().nth(1).map(str::to_string);
         } else if l == "DONE" {
             done = true;
-        } else if !l.starts_with("HOST ") {
-            notes.push(format!("guest: {l}"));
         }
     }
     if !done && !failures.iter().any(|f| f.starts_with("guest:")) {
