@@ -140,7 +140,7 @@ pub fn run(assets: &Assets) -> Result<Outcome> {
     )?;
     let log = target.stop().unwrap_or_default();
     let mut failures = errors.into_inner();
-    let mut notes = notes.into_inner();
+    let notes = notes.into_inner();
     let mut big = None;
     let mut done = false;
     for l in &serial.lines {
