@@ -288,10 +288,10 @@ impl Export {
             before: before.served,
             now,
         };
-        let name = self.name();
         if now.served != before.served {
             log::info!(
-                "{name}: {} grew: served at {} sectors ({} MiB) instead of {}",
+                "{}: {} grew: served at {} sectors ({} MiB) instead of {}",
+                self.name(),
                 self.path.display(),
                 now.served,
                 now.served >> 11,
@@ -301,9 +301,10 @@ impl Export {
         let was_short = before.store < before.served;
         if r.shrunk() && (!was_short || now.store != before.store) {
             log::error!(
-                "{name}: {} shrank to {} sectors, below the {} served: not followed (the \
+                "{}: {} shrank to {} sectors, below the {} served: not followed (the \
                  initiator's filesystem would lose its end); reads and writes past sector {} \
                  fail until it holds {} sectors again",
+                self.name(),
                 self.path.display(),
                 now.store,
                 now.served,
@@ -312,7 +313,8 @@ impl Export {
             );
         } else if !r.shrunk() && was_short {
             log::info!(
-                "{name}: {} holds all {} served sectors again",
+                "{}: {} holds all {} served sectors again",
+                self.name(),
                 self.path.display(),
                 now.served
             );
