@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use aoe_common::wire::ata::{ERROR_ABRT, ERROR_UNC, STATUS_ERR};
 use aoe_ctl::initiator::client::{Client, Target};
 use aoe_ctl::initiator::frames;
-use aoe_integration::{FaultFs, Lab, Proc};
+use aoe_integration::{FaultFs, Lab, LabOptions, Proc};
 use ledger::{Ledger, Outcome, Rng, Running, Writer, BLOCK, SECTOR};
 
 const IMAGE: u64 = 8 << 20;
@@ -49,13 +49,27 @@ struct Rig {
 
 impl Rig {
     /// `arm` runs after the mount and before the daemon starts (faults present from the
-    /// first write).
-    fn start(mode: &str, direct: bool, arm: &str) -> Rig {
+    /// first write). With `queues` 2 the writers take turns on the two CPUs, and XPS sends
+    /// each CPU's frames on its own queue: two queue workers write and sync the one file.
+    fn start(mode: &str, direct: bool, queues: u32, arm: &str) -> Rig {
         let seed = ledger::seed();
         let name = format!("{mode}{}", if direct { " --direct" } else { "" });
         println!("failing disk {name}: seed {seed}");
         let mut rng = Rng::new(seed);
-        let lab = Lab::new().expect("lab (root needed)");
+        let lab = Lab::with(LabOptions { mtu: 1500, queues }).expect("lab (root needed)");
+        let spread = queues > 1 && cpus() > 1;
+        if spread {
+            for q in 0..queues {
+                let xps = format!("/sys/class/net/{}/queues/tx-{q}/xps_cpus", lab.initiator_if);
+                let ok = std::process::Command::new("ip")
+                    .args(["netns", "exec", &lab.initiator_ns, "sh", "-c"])
+                    .arg(format!("echo {:x} > {xps}", 1u32 << (q as usize % cpus())))
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "setting {xps}");
+            }
+        }
         let peer = lab.start_peer(&lab.initiator_if).expect("lab peer");
         let ifaces = lab.macvlans(4).expect("initiator interfaces");
         let backing = lab.dir.join("e1.2.img");
@@ -107,6 +121,7 @@ impl Rig {
                         first_gen: 0,
                         seed: rng.next(),
                         timeout: Duration::from_millis(1000),
+                        cpu: spread.then_some(k % 2),
                     },
                 )
             })
@@ -225,6 +240,32 @@ impl Rig {
     }
 }
 
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Frames the XDP program saw on each receive queue of the target's link.
+fn xdp_packets_per_queue(lab: &Lab) -> Vec<u64> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.target_ns,
+            "ethtool",
+            "-S",
+            &lab.target_if,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(": ")?;
+            (k.starts_with("rx_queue_") && k.ends_with("_xdp_packets")).then(|| v.parse().ok())?
+        })
+        .collect()
+}
+
 fn is_error(status: u8) -> bool {
     status & STATUS_ERR != 0
 }
@@ -237,6 +278,7 @@ fn failing_writes(mode: &str, errno: &str, counter: &str) {
     let mut r = Rig::start(
         mode,
         false,
+        1,
         &format!("write at=0 len={bytes} errno={errno}"),
     );
     r.load(50, |w| w.answered());
@@ -324,8 +366,9 @@ fn afpacket_write_enospc() {
 /// the export fails closed until reopened (a write after it is refused), nothing
 /// acknowledged is lost, and the other export serves on.
 fn failing_sync(mode: &str, direct: bool) {
-    let mut r = Rig::start(mode, direct, "");
+    let mut r = Rig::start(mode, direct, 2, "");
     r.load(50, |w| w.acks());
+    let per_queue = xdp_packets_per_queue(&r.lab);
     // Writer 1's region: its pages are in the cache of whichever queue's sync comes next.
     let at = SPAN * 512;
     r.fs.fail(&format!("sync at={at} len={}", SPAN * 512))
@@ -354,8 +397,14 @@ fn failing_sync(mode: &str, direct: bool) {
         .count();
     println!(
         "failing disk {mode} sync: 1 fault injected, {lost_pages} cached pages lost with it, \
-         {acked_after} e1.2 writes acknowledged from 1 s after it"
+         {acked_after} e1.2 writes acknowledged from 1 s after it; XDP frames per queue {per_queue:?}"
     );
+    if mode == "xdp" && cpus() > 1 {
+        assert!(
+            per_queue.len() == 2 && per_queue.iter().all(|&n| n > 0),
+            "the writers' frames did not reach both queues: {per_queue:?}"
+        );
+    }
     assert!(
         lost.is_empty(),
         "acknowledged writes lost after a failed sync: {:?}\n{log}",
@@ -395,7 +444,7 @@ fn xdp_direct_sync_eio_fails_the_export_closed() {
 /// page) return the data, and writes go on.
 fn bad_sector(mode: &str, direct: bool) {
     let bad = READ_AREA + 64 + 3;
-    let mut r = Rig::start(mode, direct, &format!("read at={} len=512", bad * 512));
+    let mut r = Rig::start(mode, direct, 1, &format!("read at={} len=512", bad * 512));
     r.load(50, |w| w.acks());
     let e12 = r.e12.clone();
     let (st, _) = r.read(&e12, bad);
@@ -452,7 +501,7 @@ fn xdp_direct_bad_sector() {
 /// again when it comes back, and the other export serves on meanwhile.
 fn stall(mode: &str) {
     const STALL: Duration = Duration::from_secs(4);
-    let r = Rig::start(mode, false, "");
+    let r = Rig::start(mode, false, 1, "");
     r.load(50, |w| w.acks());
     let t0 = Instant::now();
     r.fs.stall(STALL.as_millis() as u64).unwrap();

@@ -102,6 +102,7 @@ fn run(case: &Case) -> Figures {
                         first_gen,
                         seed: rng.next(),
                         timeout: Duration::from_millis(1000),
+                        cpu: None,
                     },
                 )
             })
@@ -135,7 +136,11 @@ fn run(case: &Case) -> Figures {
             dropped.dropped_writes,
             lost.len()
         );
-        for l in lost.iter().take(5) {
+        for l in lost.iter().take(if case.extra.contains(&"--write-back") {
+            0
+        } else {
+            5
+        }) {
             println!(
                 "  lost: block {} acknowledged as write {}, disk holds {:?} (sector headers {:?})",
                 l.lba, l.acked, l.found, l.headers

@@ -38,6 +38,9 @@ pub struct Writer {
     pub seed: u64,
     /// Wait this long for a reply before sending again.
     pub timeout: Duration,
+    /// Run on this CPU: with XPS set on a multi-queue link, its frames then leave (and
+    /// arrive at the target) on that CPU's queue.
+    pub cpu: Option<usize>,
 }
 
 /// What became of one write.
@@ -249,6 +252,16 @@ pub fn start(ns: &str, w: Writer) -> Running {
         // SAFETY: setns on this thread only, with a valid namespace fd.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error().into());
+        }
+        if let Some(cpu) = w.cpu {
+            // SAFETY: a zeroed cpu_set_t filled by CPU_SET, for this thread only.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+            }
         }
         run(&w, &s, &a, &n)
     });
