@@ -121,6 +121,7 @@ impl Rig {
                         first_gen: 0,
                         seed: rng.next(),
                         timeout: Duration::from_millis(1000),
+                        run: 1,
                         cpu: spread.then_some(k % 2),
                     },
                 )

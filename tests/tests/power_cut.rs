@@ -25,6 +25,9 @@ const DEPTH: usize = 16;
 /// lost write shows as an older generation.
 const SPAN: u64 = 2048;
 const IMAGE: u64 = 8 << 20;
+/// Half the writes are runs of this many blocks, sent back to back: the target merges them
+/// (on a 4Kn device, a run that starts on 4 KiB goes O_DIRECT beside buffered singles).
+const RUN: u64 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Store {
@@ -102,6 +105,7 @@ fn run(case: &Case) -> Figures {
                         first_gen,
                         seed: rng.next(),
                         timeout: Duration::from_millis(1000),
+                        run: RUN,
                         cpu: None,
                     },
                 )

@@ -41,6 +41,10 @@ pub struct Writer {
     /// Run on this CPU: with XPS set on a multi-queue link, its frames then leave (and
     /// arrive at the target) on that CPU's queue.
     pub cpu: Option<usize>,
+    /// Blocks in a run (1: single blocks only): half the writes are then runs this long,
+    /// at any block, so merged writes that are aligned to the device's 4 KiB and single ones
+    /// that are not hit the same pages.
+    pub run: u64,
 }
 
 /// What became of one write.
@@ -312,29 +316,42 @@ fn run(
             Some(_) => {}
             None => {
                 while slots.len() < w.depth && busy.len() < blocks as usize {
-                    let lba = w.base + rng.below(blocks) * BLOCK;
-                    if busy.contains_key(&lba) {
-                        continue;
+                    // A single block, or (with `run` > 1) as often a run of consecutive
+                    // blocks sent back to back, which the target may merge into one write.
+                    let len = if w.run > 1 && rng.below(2) == 0 {
+                        w.run.min(blocks)
+                    } else {
+                        1
+                    };
+                    let first = rng.below(blocks - len + 1);
+                    let lbas: Vec<u64> = (first..first + len).map(|b| w.base + b * BLOCK).collect();
+                    if lbas.iter().any(|l| busy.contains_key(l)) || slots.len() + lbas.len() > w.depth {
+                        if len == 1 {
+                            continue;
+                        }
+                        break;
                     }
-                    gen += 1;
-                    for (i, s) in data.chunks_mut(SECTOR).enumerate() {
-                        sector(lba + i as u64, gen, s);
+                    for lba in lbas {
+                        gen += 1;
+                        for (i, s) in data.chunks_mut(SECTOR).enumerate() {
+                            sector(lba + i as u64, gen, s);
+                        }
+                        tag = 0x8000_0000 | (tag.wrapping_add(1) & 0x7FFF_FFFF);
+                        let mut frame = vec![0u8; ATA_HEADER_LEN + data.len()];
+                        let len = frames::write(&mut frame, &addr, tag, lba, &data);
+                        client.sock.send(&frame[..len])?;
+                        ledger.sent += 1;
+                        busy.insert(lba, ());
+                        ledger.blocks.entry(lba).or_default();
+                        slots.push(Slot {
+                            lba,
+                            gen,
+                            tag,
+                            sent: Instant::now(),
+                            frame,
+                            len,
+                        });
                     }
-                    tag = 0x8000_0000 | (tag.wrapping_add(1) & 0x7FFF_FFFF);
-                    let mut frame = vec![0u8; ATA_HEADER_LEN + data.len()];
-                    let len = frames::write(&mut frame, &addr, tag, lba, &data);
-                    client.sock.send(&frame[..len])?;
-                    ledger.sent += 1;
-                    busy.insert(lba, ());
-                    ledger.blocks.entry(lba).or_default();
-                    slots.push(Slot {
-                        lba,
-                        gen,
-                        tag,
-                        sent: Instant::now(),
-                        frame,
-                        len,
-                    });
                 }
             }
         }
