@@ -210,22 +210,25 @@ impl Rig {
             .unwrap_or_else(|| panic!("{key} of e1.2 in {v}"))
     }
 
-    /// Kill the daemon (SIGKILL), stop the writers, cut the power; the ledgers (e1.2's
-    /// three, then e1.3's) and the acknowledged e1.2 writes the disk lost.
-    fn finish(mut self) -> (Vec<Ledger>, Vec<ledger::Lost>, String) {
+    /// Cut the power, kill the daemon (SIGKILL), stop the writers; the ledgers (e1.2's
+    /// three, then e1.3's), the acknowledged e1.2 writes the disk lost, the daemon's log,
+    /// and when the cut was (error replies after it come from a dead disk).
+    fn finish(mut self) -> (Vec<Ledger>, Vec<ledger::Lost>, String, Instant) {
+        let cut_at = Instant::now();
+        self.fs.cut_power().expect("power cut");
         let mut d = self.daemon.take().unwrap();
         let _ = d.child.kill();
         let _ = d.child.wait();
         let log = d.log.lock().unwrap().clone();
         let ledgers: Vec<Ledger> = self.writers.drain(..).map(|w| w.stop()).collect();
-        self.fs.cut().expect("power cut");
+        self.fs.unmount().expect("unmounted");
         let disk = std::fs::read(&self.backing).unwrap();
         let (lost, checked) = ledger::check(&disk, &ledgers[..3]);
         let acked: u64 = ledgers[..3].iter().map(|l| l.acks).sum();
-        let errors: u64 = ledgers[..3].iter().map(|l| l.errors).sum();
+        let errors: u64 = ledgers[..3].iter().map(|l| l.errors_before(cut_at)).sum();
         println!(
             "failing disk {}: e1.2 {acked} writes acknowledged ({checked} blocks checked after \
-             the cut), {errors} error replies, {} lost; e1.3 {} acknowledged, {} errors",
+             the cut), {errors} error replies before it, {} lost; e1.3 {} acknowledged, {} errors",
             self.name,
             lost.len(),
             ledgers[3].acks,
@@ -237,7 +240,7 @@ impl Rig {
                 l.lba, l.acked, l.found, l.headers
             );
         }
-        (ledgers, lost, log)
+        (ledgers, lost, log, cut_at)
     }
 }
 
@@ -287,12 +290,12 @@ fn failing_writes(mode: &str, errno: &str, counter: &str) {
     let outside = r.write(&r.e12.clone(), PROBE);
     let other = r.write(&r.e13.clone(), PROBE);
     let injected = r.fs.stats().unwrap().get("injected");
-    let (ledgers, lost, log) = r.finish();
+    let (ledgers, lost, log, cut_at) = r.finish();
     println!("failing disk {mode} {errno}: {injected} faults injected");
     let failed: Vec<&ledger::Event> = ledgers[0]
         .events
         .iter()
-        .filter(|e| matches!(e.outcome, Outcome::Failed(..)))
+        .filter(|e| e.at < cut_at && matches!(e.outcome, Outcome::Failed(..)))
         .collect();
     assert!(
         !failed.is_empty(),
@@ -390,7 +393,7 @@ fn failing_sync(mode: &str, direct: bool) {
     let closed = r.write(&r.e12.clone(), PROBE);
     let other = r.write(&r.e13.clone(), PROBE);
     let other_after = r.writers[3].acks();
-    let (ledgers, lost, log) = r.finish();
+    let (ledgers, lost, log, _) = r.finish();
     let acked_after: usize = ledgers[..3]
         .iter()
         .flat_map(|l| &l.events)
@@ -473,11 +476,11 @@ fn bad_sector(mode: &str, direct: bool) {
     r.load(20, |w| w.acks());
     let injected = r.fs.stats().unwrap().get("injected");
     let counted = r.counted("errors_storage_io");
-    let (ledgers, lost, _) = r.finish();
+    let (ledgers, lost, _, cut_at) = r.finish();
     println!("failing disk {mode} bad sector: {injected} faults injected");
     assert!(counted > 0, "errors_storage_io stayed 0");
     assert!(
-        ledgers.iter().all(|l| l.errors == 0),
+        ledgers.iter().all(|l| l.errors_before(cut_at) == 0),
         "a write failed beside a bad sector"
     );
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
@@ -511,7 +514,7 @@ fn stall(mode: &str) {
     // Back: every e1.2 writer is answered again.
     r.load(20, |w| w.acks());
     assert!(Instant::now() < deadline);
-    let (ledgers, lost, log) = r.finish();
+    let (ledgers, lost, log, cut_at) = r.finish();
     let during = |l: &Ledger| {
         l.events
             .iter()
@@ -531,7 +534,7 @@ fn stall(mode: &str) {
     );
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}\n{log}");
     assert!(
-        ledgers[..3].iter().all(|l| l.errors == 0),
+        ledgers[..3].iter().all(|l| l.errors_before(cut_at) == 0),
         "a stall is no error: writes failed"
     );
     assert!(

@@ -85,6 +85,16 @@ pub struct Ledger {
     pub unanswered: u64,
 }
 
+impl Ledger {
+    /// Error replies received before `at` (after a power cut, a dead disk fails writes).
+    pub fn errors_before(&self, at: Instant) -> u64 {
+        self.events
+            .iter()
+            .filter(|e| e.at < at && matches!(e.outcome, Outcome::Failed(..)))
+            .count() as u64
+    }
+}
+
 /// The sector `lba` of write `gen`.
 pub fn sector(lba: u64, gen: u64, out: &mut [u8]) {
     out[..8].copy_from_slice(MAGIC);
@@ -325,7 +335,9 @@ fn run(
                     };
                     let first = rng.below(blocks - len + 1);
                     let lbas: Vec<u64> = (first..first + len).map(|b| w.base + b * BLOCK).collect();
-                    if lbas.iter().any(|l| busy.contains_key(l)) || slots.len() + lbas.len() > w.depth {
+                    if lbas.iter().any(|l| busy.contains_key(l))
+                        || slots.len() + lbas.len() > w.depth
+                    {
                         if len == 1 {
                             continue;
                         }
