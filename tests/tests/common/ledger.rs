@@ -229,7 +229,7 @@ pub struct Running {
     stop: Arc<AtomicBool>,
     acks: Arc<AtomicU64>,
     answered: Arc<AtomicU64>,
-    handle: std::thread::JoinHandle<anyhow::Result<Ledger>>,
+    handle: Option<std::thread::JoinHandle<anyhow::Result<Ledger>>>,
 }
 
 impl Running {
@@ -244,12 +244,21 @@ impl Running {
     }
 
     /// Stop sending; wait `grace` for replies still on their way; the ledger.
-    pub fn stop(self) -> Ledger {
+    pub fn stop(mut self) -> Ledger {
         self.stop.store(true, Ordering::SeqCst);
         self.handle
+            .take()
+            .expect("running")
             .join()
             .expect("writer thread panicked")
             .expect("writer")
+    }
+}
+
+impl Drop for Running {
+    /// A test that fails midway leaves no writer running.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -283,7 +292,7 @@ pub fn start(ns: &str, w: Writer) -> Running {
         stop,
         acks,
         answered,
-        handle,
+        handle: Some(handle),
     }
 }
 
