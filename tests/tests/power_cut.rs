@@ -27,8 +27,7 @@ const DEPTH: usize = 16;
 /// lost write shows as an older generation.
 const SPAN: u64 = 2048;
 const IMAGE: u64 = 8 << 20;
-/// Half the writes are runs of this many blocks, sent back to back: the target merges them
-/// (on a 4Kn device, a run that starts on 4 KiB goes O_DIRECT beside buffered singles).
+/// Half the writes are runs of this many blocks, sent back to back: the target merges them.
 const RUN: u64 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +35,7 @@ enum Store {
     /// The faultfs file itself: no STATX_DIOALIGN, so buffered writes + fdatasync.
     File,
     /// A loop device on it with this logical sector size: 512 reports O_DIRECT alignment
-    /// (write-around); 4096 makes 1 KiB writes misaligned (buffered on a block device).
+    /// (write-around); on 4096, 1 KiB writes cannot go O_DIRECT (buffered on a block device).
     Loop(u32),
 }
 

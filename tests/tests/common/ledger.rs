@@ -41,9 +41,8 @@ pub struct Writer {
     /// Run on this CPU: with XPS set on a multi-queue link, its frames then leave (and
     /// arrive at the target) on that CPU's queue.
     pub cpu: Option<usize>,
-    /// Blocks in a run (1: single blocks only): half the writes are then runs this long,
-    /// at any block, so merged writes that are aligned to the device's 4 KiB and single ones
-    /// that are not hit the same pages.
+    /// Blocks in a run (1: single blocks only): half the writes are then runs this long, at
+    /// any block, sent back to back (the target merges them).
     pub run: u64,
 }
 
