@@ -90,6 +90,19 @@ fn run(case: &Case) -> Figures {
         extra.extend_from_slice(case.extra);
         let args = lab.export_args(&image, &extra);
         let target = lab.spawn(&lab.target_ns, &args).expect("target starts");
+        if cut == 0 {
+            // Reads too, merged ones among them, on this storage: a pattern written, read
+            // back and compared, past the writers' regions.
+            let o = lab
+                .verify("1M", &["--offset", &(WRITERS as u64 * SPAN).to_string()])
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{name}: aoe-ctl verify failed: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
         let writers: Vec<ledger::Running> = ifaces
             .iter()
             .enumerate()
