@@ -22,7 +22,7 @@ use aya::Ebpf;
 use super::access::Lists;
 use super::config;
 use super::export::Export;
-use super::vlan_offload::Stripping;
+use super::vlan_tags::{self, Stripping};
 use super::xdp_native::Native;
 
 /// The eBPF object built from aoe-ebpf by build.rs.
@@ -111,30 +111,34 @@ impl Classifier {
     /// Attach the loaded program to `iface` (it must be detached).
     pub fn attach_to(&mut self, iface: &str, choice: ModeChoice) -> Result<()> {
         let index = crate::net::Interface::lookup(iface)?.index;
-        self.keep_tags_in_frames(iface);
-        let attached = match choice {
-            ModeChoice::Native => self
-                .attach_native(index)
-                .with_context(|| format!("attaching XDP in native mode to {iface}"))
-                .map(|()| ("native", None)),
-            ModeChoice::Skb => self.attach_skb(iface).map(|()| ("skb", None)),
-            ModeChoice::Auto => match self.attach_native(index) {
-                Ok(()) => Ok(("native", None)),
-                Err(e) => self
-                    .attach_skb(iface)
-                    .with_context(|| format!("attaching XDP to {iface} (native failed: {e:#})"))
-                    .map(|()| ("skb", Some(format!("{e:#}")))),
-            },
-        };
-        let (mode, fallback_reason) = match attached {
-            Ok(a) => a,
-            Err(e) => {
-                self.restore_stripping();
-                return Err(e);
+        let (mode, fallback_reason) = match choice {
+            ModeChoice::Native => {
+                self.attach_native(index)
+                    .with_context(|| format!("attaching XDP in native mode to {iface}"))?;
+                ("native", None)
             }
+            ModeChoice::Skb => {
+                self.attach_skb(iface)?;
+                ("skb", None)
+            }
+            ModeChoice::Auto => match self.attach_native(index) {
+                Ok(()) => ("native", None),
+                Err(e) => {
+                    self.attach_skb(iface).with_context(|| {
+                        format!("attaching XDP to {iface} (native failed: {e:#})")
+                    })?;
+                    ("skb", Some(format!("{e:#}")))
+                }
+            },
         };
         self.mode = mode;
         self.fallback_reason = fallback_reason;
+        // No socket is bound yet: nothing is served before the tags are visible.
+        let reads_metadata =
+            mode == "native" && self.vlan_metadata() && vlan_tags::reports_vlan_tags(index);
+        if !reads_metadata {
+            self.keep_tags_in_frames(iface);
+        }
         Ok(())
     }
 
@@ -154,26 +158,34 @@ impl Classifier {
         Ok(())
     }
 
-    /// Turn receive VLAN stripping off, so that a VLAN tag stays in the frame where the
-    /// classifier sees it (the native program also reads it from the metadata, where the
-    /// driver can tell). Where it cannot be turned off, say what that leaves.
+    /// The classifier cannot read VLAN tags from this interface's metadata: turn receive
+    /// stripping off, so that a tag stays in the frame where the classifier sees it, and say
+    /// where that is not enough.
     fn keep_tags_in_frames(&mut self, iface: &str) {
-        if self.stripping.is_some() {
-            return;
-        }
-        match Stripping::turn_off(iface) {
-            Ok(Some(s)) => {
-                log::info!(
-                    "{iface}: receive VLAN stripping turned off while XDP serves (a stripped \
-                     tag is invisible in skb mode); turned on again at exit"
-                );
-                self.stripping = Some(s);
+        if self.stripping.is_none() {
+            match Stripping::turn_off(iface) {
+                Ok(Some(s)) => {
+                    log::info!(
+                        "{iface}: receive VLAN stripping turned off while XDP serves, so that \
+                         the classifier sees VLAN tags; turned on again when it stops"
+                    );
+                    self.stripping = Some(s);
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!(
+                    "{iface}: {e:#}: frames tagged for other VLANs reach this {} mode program \
+                     untagged, and are served (use --mode afpacket on a trunk port)",
+                    self.mode
+                ),
             }
-            Ok(None) => {}
-            Err(e) => log::warn!(
-                "{iface}: {e:#}: in skb mode, and in native mode where the driver cannot report \
-                 VLAN tags to XDP, frames tagged for other VLANs are served as untagged"
-            ),
+        }
+        // A veth carries its peer's tags in metadata whatever its own features say.
+        if vlan_tags::driver(iface).as_deref() == Some("veth") {
+            log::warn!(
+                "{iface}: a veth in {} mode cannot see VLAN tags its peer sends in metadata: \
+                 frames tagged for other VLANs are served (native mode sees them)",
+                self.mode
+            );
         }
     }
 

@@ -9,7 +9,7 @@
 //! maps aya created for the generic program (they share every map), the marker call
 //! (`KFUNC_RX_VLAN_TAG_MARKER`) turned into the kfunc call, BPF_PROG_LOAD, and a bpf_link to
 //! attach it. Where the kernel has no such kfunc, the marker becomes "no metadata", and the
-//! loader's other measure (`vlan_offload`: rx VLAN stripping off) keeps tags in the frame.
+//! loader's other measure (`vlan_tags`: receive VLAN stripping off) keeps tags in the frame.
 
 use std::collections::HashSet;
 use std::ffi::CString;
