@@ -39,7 +39,9 @@ impl Segment {
     fn start(lab: Lab, args: &[&str]) -> Segment {
         let image = lab.image("disk.img", SECTORS * 512).unwrap();
         let peer = lab.start_peer(&lab.initiator_if).unwrap();
-        let target = lab.spawn(&lab.target_ns, &lab.export_args(&image, args)).unwrap();
+        let target = lab
+            .spawn(&lab.target_ns, &lab.export_args(&image, args))
+            .unwrap();
         let ifname = lab.initiator_if.clone();
         let mut client = Lab::in_ns(&lab.initiator_ns, move || Client::open(&ifname))
             .unwrap()
@@ -251,12 +253,19 @@ fn other_vlans_and_hosts(args: &[&str], metadata: bool) {
     assert_eq!(s.sector(10), vec![0x11; 1024]);
     assert_eq!(s.sector(12), vec![0x12; 1024]);
     for lba in [20, 22, 24] {
-        assert_eq!(s.sector(lba), vec![0; 1024], "sector {lba} was written: {log}");
+        assert_eq!(
+            s.sector(lba),
+            vec![0; 1024],
+            "sector {lba} was written: {log}"
+        );
     }
     if metadata {
         assert_eq!(s.sector(26), vec![0x26; 1024], "a priority tag is untagged");
     }
-    assert_eq!(handled, s.legit, "only the legitimate frames reached user space: {log}");
+    assert_eq!(
+        handled, s.legit,
+        "only the legitimate frames reached user space: {log}"
+    );
 }
 
 #[test]
@@ -269,6 +278,109 @@ fn other_vlans_and_hosts_on_xdp_skb() {
     other_vlans_and_hosts(&["--xdp-mode", "skb"], false);
 }
 
+/// In skb mode no program sees a tag the NIC stripped: stripping is off while the target
+/// serves, and on again once it stops.
+#[test]
+fn skb_mode_turns_rx_vlan_stripping_off_while_it_serves() {
+    let mut s = Segment::start(Lab::new().unwrap(), &["--xdp-mode", "skb"]);
+    let stripping = |lab: &Lab| {
+        let dev = lab.target_if.clone();
+        Lab::in_ns(&lab.target_ns, move || {
+            aoe_ctl::serve::vlan_tags::Stripping::active(&dev).unwrap()
+        })
+        .unwrap()
+    };
+    assert!(!stripping(&s.lab));
+    let (_, log) = s.stop();
+    assert!(log.contains("receive VLAN stripping turned off"), "{log}");
+    assert!(stripping(&s.lab), "turned on again at exit");
+}
+
+/// Served on a VLAN sub-interface, the target answers its VLAN's frames, and neither the
+/// untagged ones on the port below nor another VLAN's (needs the kernel's 802.1Q support).
+fn on_a_vlan_subinterface(path: &[&str]) {
+    let lab = Lab::new().unwrap();
+    let vlan = |ns: &str, dev: &str| -> Option<String> {
+        let name = format!("{dev}v");
+        let ok = std::process::Command::new("ip")
+            .args(["-n", ns, "link", "add", "link", dev, "name", &name])
+            .args(["type", "vlan", "id", &VLAN.to_string()])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        ok.then(|| {
+            let up = std::process::Command::new("ip")
+                .args(["-n", ns, "link", "set", &name, "up"])
+                .status()
+                .unwrap();
+            assert!(up.success());
+            name
+        })
+    };
+    let Some(target_vlan) = vlan(&lab.target_ns, &lab.target_if) else {
+        eprintln!("skipped: this kernel cannot make VLAN devices (no CONFIG_VLAN_8021Q)");
+        return;
+    };
+    let initiator_vlan = vlan(&lab.initiator_ns, &lab.initiator_if).unwrap();
+    let image = lab.image("disk.img", SECTORS * 512).unwrap();
+    let _peer = lab.start_peer(&lab.initiator_if).unwrap();
+    let mut args = vec![
+        "export",
+        "--shelf",
+        "1",
+        "--slot",
+        "2",
+        "--iface",
+        &target_vlan,
+    ];
+    args.extend_from_slice(path);
+    args.push(image.to_str().unwrap());
+    let target = lab.spawn(&lab.target_ns, &args).unwrap();
+    let target_mac = mac_of(&lab.target_ns, &target_vlan);
+    let client = |dev: &str| {
+        let dev = dev.to_string();
+        Lab::in_ns(&lab.initiator_ns, move || Client::open(&dev))
+            .unwrap()
+            .unwrap()
+    };
+    let (mut tagged_client, mut port) = (client(&initiator_vlan), client(&lab.initiator_if));
+    let to = |c: &Client| Addr {
+        src: c.mac(),
+        dst: target_mac,
+        shelf: 1,
+        slot: 2,
+    };
+    let mut b = vec![0u8; 2048];
+    // From the port below (untagged), and tagged for another VLAN: not answered.
+    let n = frames::write(&mut b, &to(&port), 0x8000_0001, 20, &[0xee; 1024]);
+    port.sock.send(&b[..n]).unwrap();
+    let n = frames::write(&mut b, &to(&port), 0x8000_0002, 22, &[0xee; 1024]);
+    port.sock.send(&tagged(VLAN + 1)(b[..n].to_vec())).unwrap();
+    // From the VLAN: answered.
+    let n = frames::write(&mut b, &to(&tagged_client), 0x8000_0003, 10, &[0x11; 1024]);
+    let rep = tagged_client
+        .exchange(&b[..n], Duration::from_secs(10))
+        .unwrap()
+        .expect("the VLAN's initiator is answered");
+    assert_eq!(common::ata(&rep).0 & 0x01, 0);
+    let log = target.stop().unwrap();
+    let all = std::fs::read(&image).unwrap();
+    assert_eq!(&all[10 * 512..12 * 512], &[0x11; 1024][..]);
+    assert_eq!(&all[20 * 512..24 * 512], &[0; 2048][..], "{log}");
+    assert_eq!(exit_count(&log, "user space handled"), 1, "{log}");
+}
+
+#[test]
+fn on_a_vlan_subinterface_with_xdp() {
+    on_a_vlan_subinterface(&[]);
+}
+
+#[test]
+fn on_a_vlan_subinterface_with_afpacket() {
+    on_a_vlan_subinterface(&["--mode", "afpacket"]);
+}
+
 #[test]
 fn other_vlans_and_hosts_on_afpacket() {
     other_vlans_and_hosts(&["--mode", "afpacket"], true);
@@ -277,15 +389,15 @@ fn other_vlans_and_hosts_on_afpacket() {
 /// The target's own receive VLAN stripping does not decide anything: the same with it off.
 #[test]
 fn other_vlans_without_rx_vlan_offload() {
-    let lab = Lab::new().unwrap();
-    let (ns, dev) = (lab.target_ns.clone(), lab.target_if.clone());
-    let was = Lab::in_ns(&ns, move || {
-        aoe_ctl::serve::vlan_tags::Stripping::turn_off(&dev).unwrap()
-    })
-    .unwrap();
-    assert!(was.is_some(), "a veth strips tags on receive by default");
     for args in [["--xdp-mode", "native"], ["--mode", "afpacket"]] {
-        let mut s = Segment::start(Lab::new().unwrap(), &args);
+        let lab = Lab::new().unwrap();
+        let (ns, dev) = (lab.target_ns.clone(), lab.target_if.clone());
+        let was = Lab::in_ns(&ns, move || {
+            aoe_ctl::serve::vlan_tags::Stripping::turn_off(&dev).unwrap()
+        })
+        .unwrap();
+        assert!(was.is_some(), "a veth strips tags on receive by default");
+        let mut s = Segment::start(lab, &args);
         let me = s.to_target();
         let tag = tag_in_metadata(&s.lab.initiator_ns, &s.lab.initiator_if, VLAN);
         s.send(
@@ -325,7 +437,12 @@ fn group_sources(args: &[&str]) {
     // image and the count below settle it).
     s.write(12, 0x12);
     let mut b = vec![0u8; 9216];
-    while let Some(n) = s.client.sock.recv(&mut b, Duration::from_millis(100)).unwrap() {
+    while let Some(n) = s
+        .client
+        .sock
+        .recv(&mut b, Duration::from_millis(100))
+        .unwrap()
+    {
         let f = Frame::new_checked(&b[..n]).unwrap();
         assert!(
             !(f.is_response() && f.dst()[0] & 1 != 0),

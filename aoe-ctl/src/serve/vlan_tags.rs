@@ -198,6 +198,17 @@ impl Stripping {
         }))
     }
 
+    /// Does `iface` strip VLAN tags on receive now?
+    pub fn active(iface: &str) -> Result<bool> {
+        let sock = socket()?;
+        let names = feature_names(&sock, iface)?;
+        let state = features(&sock, iface, names.len())?;
+        Ok(STRIPPING
+            .iter()
+            .filter_map(|want| names.iter().position(|n| n == want))
+            .any(|b| state.active(b)))
+    }
+
     /// Put stripping back on (best effort: the interface may be gone).
     pub fn restore(&self) {
         let done = socket().and_then(|sock| {
