@@ -104,7 +104,9 @@ impl Node {
 
     fn open_export(&self, spec: &ExportSpec) -> Result<Arc<Export>> {
         // A snapshot's overlay a crash left holds acknowledged writes: into the image first.
-        if let Some(n) = crate::snapshot::recover(&spec.path).with_context(|| spec.name())? {
+        if let Some(n) = crate::snapshot::recover(&spec.path, spec.offset, spec.length)
+            .with_context(|| spec.name())?
+        {
             log::warn!(
                 "{}: replayed {n} writes from the overlay of a snapshot that did not finish",
                 spec.name()
