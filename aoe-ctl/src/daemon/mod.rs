@@ -77,7 +77,7 @@ impl Node {
             state,
         });
         let owner = Owner::spawn(shared.clone())?;
-        let tx = owner.sender();
+        let initiators = owner.initiators();
         Ok(Node {
             config: NodeConfig {
                 mode: config::DataPath::Auto,
@@ -89,9 +89,7 @@ impl Node {
             hosts: BTreeMap::new(),
             exports: BTreeMap::new(),
             shared,
-            handoff: Arc::new(move |work, iface| {
-                Owner::offer(&tx, Work::Initiator(work, iface.to_string()))
-            }),
+            handoff: Arc::new(move |work, iface| initiators.offer(work, iface)),
             owner,
             links: links::Links::default(),
         })

@@ -7,16 +7,27 @@
 //! is acknowledged; a change that cannot be kept is undone and not acknowledged. No other
 //! thread or process writes export state, and where each export is served changes through
 //! the same queue (`Work::Place`), so no edit is lost or lands on a replaced export.
+//!
+//! Operators come first: their edits (and the daemon's own work) have a queue of their own,
+//! taken before any initiator's request, so `aoe-ctl acl add` gets through however hard a
+//! host on the segment floods config sets (each of which costs a state-file write). An
+//! initiator's requests wait in a bounded queue of their own, at most `PER_SOURCE` from one
+//! source MAC (the rest are dropped: the initiator retransmits), and a config force set
+//! replaces the one the same source has waiting for the same export (the last one wins
+//! anyway), so one host cannot fill the queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, bail, Result};
 use aoe_common::maps::{ExportKey, MAX_MASKS};
+use aoe_common::wire::config::{self as config_wire, CCMD_FORCE_SET, CCMD_MASK};
+use aoe_common::wire::header::{field, CMD_QUERY_CONFIG};
 use aoe_common::wire::mask::{Directive, DCMD_ADD, DCMD_DELETE, MERROR_LIST_FULL};
+use aoe_common::wire::Mac;
 
 use super::control::{AdminReply, AdminRequest};
 use super::{Placements, Shared};
@@ -26,12 +37,17 @@ use crate::serve::access::Lists;
 use crate::serve::engine::{self, ControlWork, Verdict};
 use crate::serve::export::{ControlState, Export};
 
-/// Requests waiting for the owner: beyond this, workers drop them (the initiator retries).
+/// The daemon's and operators' work waiting for the owner.
 const QUEUE: usize = 1024;
+/// Initiators' requests waiting for the owner: beyond this, workers drop them (the initiator
+/// retries).
+const WIRE_QUEUE: usize = 1024;
+/// Of those, at most this many from one source MAC.
+const PER_SOURCE: usize = 4;
 
 pub enum Work {
-    /// A state-changing AoE request that arrived on an interface.
-    Initiator(ControlWork, String),
+    /// Initiators' requests are waiting (`Initiators`).
+    Wake,
     Admin(AdminRequest, tokio::sync::oneshot::Sender<AdminReply>),
     /// The export served as this target now, if any (`aoe-ctl snapshot` works on it).
     Export(String, tokio::sync::oneshot::Sender<Option<Arc<Export>>>),
@@ -51,43 +67,138 @@ pub fn dropped() -> u64 {
 
 pub struct Owner {
     tx: SyncSender<Work>,
+    wire: Initiators,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Where queue workers hand initiators' state-changing requests (a queue apart from the
+/// operators', see the module's comment).
+#[derive(Clone)]
+pub struct Initiators {
+    waiting: Arc<Mutex<Waiting>>,
+    wake: SyncSender<Work>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    queue: VecDeque<(ControlWork, String)>,
+    /// Requests waiting, by source MAC.
+    by_source: HashMap<Mac, usize>,
+}
+
+impl Initiators {
+    /// Queue a request that arrived on `iface`, without blocking; false when it is dropped
+    /// (the queue is full, or its source has `PER_SOURCE` waiting).
+    pub fn offer(&self, work: ControlWork, iface: &str) -> bool {
+        let src = source(&work);
+        let mut w = self.waiting.lock().unwrap();
+        if let Some(at) = force_set(&work)
+            .then(|| {
+                w.queue.iter().position(|(old, _)| {
+                    force_set(old) && source(old) == src && Arc::ptr_eq(&old.export, &work.export)
+                })
+            })
+            .flatten()
+        {
+            // The same source's force set for the same export: the newer one is applied
+            // alone, as applying both would leave.
+            w.queue[at] = (work, iface.to_string());
+            return true;
+        }
+        let mine = w.by_source.get(&src).copied().unwrap_or(0);
+        if w.queue.len() >= WIRE_QUEUE || mine >= PER_SOURCE {
+            drop(w);
+            count_dropped();
+            return false;
+        }
+        let was_empty = w.queue.is_empty();
+        w.queue.push_back((work, iface.to_string()));
+        *w.by_source.entry(src).or_insert(0) += 1;
+        drop(w);
+        if was_empty {
+            // The owner may be waiting for work: it looks at this queue when woken (a full
+            // channel means it is busy, and looks anyway).
+            let _ = self.wake.try_send(Work::Wake);
+        }
+        true
+    }
+
+    fn pop(&self) -> Option<(ControlWork, String)> {
+        let mut w = self.waiting.lock().unwrap();
+        let (work, iface) = w.queue.pop_front()?;
+        let src = source(&work);
+        if let Some(n) = w.by_source.get_mut(&src) {
+            *n -= 1;
+            if *n == 0 {
+                w.by_source.remove(&src);
+            }
+        }
+        Some((work, iface))
+    }
+}
+
+/// The source MAC of a handed-over request.
+fn source(w: &ControlWork) -> Mac {
+    let mut m = [0u8; 6];
+    if let Some(b) = w.frame.get(field::SRC_BYTES) {
+        m.copy_from_slice(b);
+    }
+    m
+}
+
+/// Is it a Query Config force set (whose effect the last one decides)?
+fn force_set(w: &ControlWork) -> bool {
+    w.frame.get(field::COMMAND) == Some(&CMD_QUERY_CONFIG)
+        && w.frame
+            .get(config_wire::field::VER_CCMD)
+            .is_some_and(|b| b & CCMD_MASK == CCMD_FORCE_SET)
+}
+
+/// A flood of sets must not flood the log: one line a second at most.
+fn count_dropped() {
+    let dropped = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = crate::pinned::unix_now();
+    if DROP_LOGGED.swap(now, Ordering::Relaxed) != now {
+        log::warn!(
+            "control plane busy: {dropped} state-changing requests dropped so far \
+             (initiators retransmit)"
+        );
+    }
 }
 
 impl Owner {
     pub(crate) fn spawn(shared: Arc<Shared>) -> Result<Owner> {
         let (tx, rx) = sync_channel(QUEUE);
+        let wire = Initiators {
+            waiting: Arc::default(),
+            wake: tx.clone(),
+        };
+        let w = wire.clone();
         let thread = std::thread::Builder::new()
             .name("aoe-owner".into())
-            .spawn(move || run(&shared, rx))?;
+            .spawn(move || run(&shared, rx, &w))?;
         Ok(Owner {
             tx,
+            wire,
             thread: Some(thread),
         })
     }
 
-    /// A handle for queue workers and the control socket.
+    /// A handle for the control socket (operators) and the daemon.
     pub fn sender(&self) -> SyncSender<Work> {
         self.tx.clone()
+    }
+
+    /// A handle for queue workers (initiators' requests).
+    pub fn initiators(&self) -> Initiators {
+        self.wire.clone()
     }
 
     /// Hand over without blocking; false when the queue is full or the owner gone.
     pub fn offer(tx: &SyncSender<Work>, work: Work) -> bool {
         match tx.try_send(work) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                // A flood of sets must not flood the log: one line a second at most.
-                let dropped = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
-                let now = crate::pinned::unix_now();
-                if DROP_LOGGED.swap(now, Ordering::Relaxed) != now {
-                    log::warn!(
-                        "control plane busy: {dropped} state-changing requests dropped so far \
-                         (initiators retransmit)"
-                    );
-                }
-                false
-            }
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
         }
     }
 
@@ -109,13 +220,28 @@ impl Drop for Owner {
     }
 }
 
-fn run(shared: &Shared, rx: Receiver<Work>) {
+fn run(shared: &Shared, rx: Receiver<Work>, wire: &Initiators) {
     // One send-only socket per interface, for the replies the owner sends itself.
     let mut senders: HashMap<String, RawSocket> = HashMap::new();
-    while let Ok(work) = rx.recv() {
+    loop {
+        // The daemon's and operators' work first, then one initiator's request at a time.
+        let work = match rx.try_recv() {
+            Ok(w) => w,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                if let Some((w, iface)) = wire.pop() {
+                    initiator(shared, w, &iface, &mut senders);
+                    continue;
+                }
+                match rx.recv() {
+                    Ok(w) => w,
+                    Err(_) => break,
+                }
+            }
+        };
         match work {
             Work::Stop => break,
-            Work::Initiator(w, iface) => initiator(shared, w, &iface, &mut senders),
+            Work::Wake => {}
             Work::Admin(req, reply) => {
                 let _ = reply.send(admin(shared, &req));
             }
