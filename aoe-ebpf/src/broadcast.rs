@@ -26,10 +26,11 @@ pub fn granted(src: &[u8; 6], shelf: u16) -> bool {
         || GRANTS.get_ptr(&GrantKey::new(*src, shelf)).is_some()
 }
 
-/// Take the cost of a broadcast answered by up to `exports` exports from this CPU's
-/// budget; false when it does not hold that much.
+/// Can this CPU's budget pay for a broadcast answered by up to `exports` exports? Refills
+/// it first; `spend` then takes the cost, once the frame reached a socket (nothing is spent
+/// on a frame user space never sees).
 #[inline(always)]
-pub fn spend(exports: u32) -> bool {
+pub fn affordable(exports: u32) -> bool {
     let Some(b) = BUDGET.get_ptr_mut(0) else {
         return false;
     };
@@ -41,16 +42,25 @@ pub fn spend(exports: u32) -> bool {
     // The first time, `last_ns` is 0: a full budget.
     let elapsed = now.wrapping_sub(b.last_ns);
     b.last_ns = now;
-    let credit = if elapsed >= cap {
+    b.credit_ns = if elapsed >= cap {
         cap
     } else {
         (b.credit_ns + elapsed).min(cap)
     };
-    let cost = u64::from(exports) * BROADCAST_NS_PER_REPLY;
-    if credit < cost {
-        b.credit_ns = credit;
-        return false;
+    b.credit_ns >= cost(exports)
+}
+
+/// Take the cost `affordable` checked (in the same run of the program, on the same CPU).
+#[inline(always)]
+pub fn spend(exports: u32) {
+    if let Some(b) = BUDGET.get_ptr_mut(0) {
+        // SAFETY: as in `affordable`.
+        let b = unsafe { &mut *b };
+        b.credit_ns = b.credit_ns.saturating_sub(cost(exports));
     }
-    b.credit_ns = credit - cost;
-    true
+}
+
+#[inline(always)]
+fn cost(exports: u32) -> u64 {
+    u64::from(exports) * BROADCAST_NS_PER_REPLY
 }

@@ -102,11 +102,15 @@ fn classify<const VLAN_METADATA: bool>(ctx: &XdpContext) -> u32 {
                 count(counter::DROP_ACL);
                 return xdp_action::XDP_DROP;
             }
-            if !broadcast::spend(settings.export_count) {
+            if !broadcast::affordable(settings.export_count) {
                 count(counter::DROP_BROADCAST_BUDGET);
                 return xdp_action::XDP_DROP;
             }
-            return redirect(ctx);
+            let action = redirect(ctx);
+            if action == xdp_action::XDP_REDIRECT {
+                broadcast::spend(settings.export_count);
+            }
+            return action;
         }
         let single = settings.single;
         if (shelf != SHELF_BROADCAST && shelf != single.shelf)
