@@ -26,7 +26,10 @@ const STRANGER: Mac = [0x02, 0x5e, 0, 0, 0, 0x5e];
 
 /// A count from the daemon's exit line (the last field ends the line).
 fn exit_count(log: &str, name: &str) -> u64 {
-    let line = log.lines().find(|l| l.contains(": stopped;")).unwrap_or(log);
+    let line = log
+        .lines()
+        .find(|l| l.contains(": stopped;"))
+        .unwrap_or(log);
     common::exit_count(&format!("{line},"), name)
 }
 
@@ -180,9 +183,10 @@ fn broadcasts_beyond_the_budget_are_dropped() {
 
 /// p50 and p99 of a listed initiator's 2-sector random reads (depth 1), alone and while an
 /// unlisted host floods broadcast config queries as fast as one thread sends them, with
-/// `exports` exports all listing it. The binary is $AOE_CTL (the one before a change, then
-/// the one after, in one run for figures that compare).
-fn latency_under_flood(exports: usize) -> [(f64, f64); 2] {
+/// `exports` exports all listing it; None when the bench got no answer. The binary is
+/// $AOE_CTL (the one before a change, then the one after, in one run for figures that
+/// compare).
+fn latency_under_flood(exports: usize) -> [Option<(f64, f64)>; 2] {
     let lab = Lab::new().unwrap();
     let _peer = lab.start_peer(&lab.initiator_if).unwrap();
     let me = client(&lab).mac();
@@ -223,15 +227,20 @@ fn latency_under_flood(exports: usize) -> [(f64, f64); 2] {
                 ],
             )
             .unwrap();
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            eprintln!("bench failed: {}", err.lines().last().unwrap_or(""));
+            return None;
+        }
         let v = bench_json(&o.stdout);
-        (num(&v, "p50_us"), num(&v, "p99_us"))
+        Some((num(&v, "p50_us"), num(&v, "p99_us")))
     };
     let quiet = bench(&lab);
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let flood = {
         let (stop, sent) = (stop.clone(), sent.clone());
-        let mut f = client(&lab);
+        let f = client(&lab);
         std::thread::spawn(move || {
             let to = Addr {
                 src: STRANGER,
@@ -254,14 +263,19 @@ fn latency_under_flood(exports: usize) -> [(f64, f64); 2] {
     stop.store(true, Ordering::Relaxed);
     flood.join().unwrap();
     let log = target.stop().unwrap();
+    let show = |r: Option<(f64, f64)>| match r {
+        Some((p50, p99)) => format!("p50 {p50:.1} p99 {p99:.1} us"),
+        None => "no answer".into(),
+    };
+    let counts = log
+        .lines()
+        .find_map(|l| l.split_once(": stopped; "))
+        .map_or("", |(_, c)| c);
     eprintln!(
-        "{exports} exports: quiet p50 {:.1} p99 {:.1} us; flood of {} broadcasts: p50 {:.1} p99 {:.1} us; {}",
-        quiet.0,
-        quiet.1,
+        "{exports} exports: quiet {}; flood of {} broadcasts: {}; {counts}",
+        show(quiet),
         sent.load(Ordering::Relaxed),
-        flooded.0,
-        flooded.1,
-        log.lines().last().unwrap_or("")
+        show(flooded),
     );
     [quiet, flooded]
 }
