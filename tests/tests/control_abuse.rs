@@ -66,7 +66,7 @@ fn acl_add_gets_through_a_flood_of_config_sets() {
             while !stop.load(Ordering::Relaxed) {
                 i = i.wrapping_add(1);
                 // Every other frame from the one flooding host, the rest from spoofed ones.
-                let src: Mac = if i % 2 == 0 {
+                let src: Mac = if i.is_multiple_of(2) {
                     [0x02, 0xf1, 0, 0, 0, 1]
                 } else {
                     [0x02, 0xf2, 0, 0, (i >> 9) as u8 & 0x0f, (i >> 1) as u8]

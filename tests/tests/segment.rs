@@ -344,7 +344,7 @@ fn on_a_vlan_subinterface(path: &[&str]) {
             .unwrap()
             .unwrap()
     };
-    let (mut tagged_client, mut port) = (client(&initiator_vlan), client(&lab.initiator_if));
+    let (mut tagged_client, port) = (client(&initiator_vlan), client(&lab.initiator_if));
     let to = |c: &Client| Addr {
         src: c.mac(),
         dst: target_mac,

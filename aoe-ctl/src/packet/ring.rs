@@ -294,7 +294,7 @@ impl RingSocket {
         };
         let tagged = status & libc::TP_STATUS_VLAN_VALID != 0 && tci & 0x0fff != 0;
         sll.sll_ifindex == self.iface.index as i32
-            && sll.sll_pkttype <= libc::PACKET_MULTICAST as u8
+            && sll.sll_pkttype <= libc::PACKET_MULTICAST
             && !tagged
             && src0.is_some_and(|b| b & 1 == 0)
     }
