@@ -18,7 +18,7 @@ use aoe_ctl::initiator::client::Client;
 use aoe_ctl::initiator::frames::{self, Addr, BROADCAST_MAC};
 use aoe_ctl::net::format_mac;
 use aoe_integration::{Lab, Proc};
-use common::{bench_json, num};
+use common::{bench_json, exit_count, num};
 
 const A: Mac = [0x02, 0xaa, 0, 0, 0, 0x0a];
 const B: Mac = [0x02, 0xbb, 0, 0, 0, 0x0b];
