@@ -24,15 +24,6 @@ const A: Mac = [0x02, 0xaa, 0, 0, 0, 0x0a];
 const B: Mac = [0x02, 0xbb, 0, 0, 0, 0x0b];
 const STRANGER: Mac = [0x02, 0x5e, 0, 0, 0, 0x5e];
 
-/// A count from the daemon's exit line (the last field ends the line).
-fn exit_count(log: &str, name: &str) -> u64 {
-    let line = log
-        .lines()
-        .find(|l| l.contains(": stopped;"))
-        .unwrap_or(log);
-    common::exit_count(&format!("{line},"), name)
-}
-
 /// A daemon with one export per `(shelf, slot, allow)`, each on an image of its own.
 fn daemon(lab: &Lab, exports: &[(u16, u8, Vec<Mac>)]) -> Proc {
     let mut body = String::new();
