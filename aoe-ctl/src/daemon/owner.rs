@@ -464,3 +464,72 @@ fn edit(name: &str, lists: &mut Lists, req: &AdminRequest) -> Result<()> {
         AdminRequest::Resize { .. } => bail!("a resize is not an edit of the lists"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::initiator::frames::{self, Addr};
+    use crate::serve::backend::MemBackend;
+    use crate::serve::export::ExportOptions;
+    use crate::serve::reply::{Responder, CONTROL_REPLY_MAX};
+    use aoe_common::wire::config::ConfigCommand;
+
+    fn set(ex: &Arc<Export>, src: Mac, command: ConfigCommand, s: &[u8]) -> ControlWork {
+        let mut frame = vec![0u8; CONTROL_REPLY_MAX];
+        let to = Addr {
+            src,
+            dst: [2, 0, 0, 0, 0, 1],
+            shelf: ex.shelf,
+            slot: ex.slot,
+        };
+        let len = frames::config(&mut frame, &to, 7, command, s);
+        ControlWork {
+            export: ex.clone(),
+            frame,
+            len,
+            responder: Responder {
+                mac: [2, 0, 0, 0, 0, 1],
+                max_sectors: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn one_source_waits_at_most_per_source_and_its_force_sets_coalesce() {
+        let (tx, rx) = sync_channel(4);
+        let wire = Initiators {
+            waiting: Arc::default(),
+            wake: tx,
+        };
+        let ex = |slot| {
+            Arc::new(Export::new(
+                ExportOptions::new(1, slot),
+                Box::new(MemBackend::new(8)),
+            ))
+        };
+        let (e2, e3) = (ex(2), ex(3));
+        let (a, b) = ([2, 0xa, 0, 0, 0, 1], [2, 0xb, 0, 0, 0, 1]);
+        // Force sets from one source to one export: one waits, the last one.
+        for s in [&b"one"[..], b"two", b"three"] {
+            assert!(wire.offer(set(&e2, a, ConfigCommand::ForceSet, s), "eth0"));
+        }
+        assert!(
+            matches!(rx.try_recv(), Ok(Work::Wake)),
+            "the owner was woken"
+        );
+        assert_eq!(wire.waiting.lock().unwrap().queue.len(), 1);
+        // Other requests of that source count against its share; another source has its own.
+        for _ in 0..PER_SOURCE - 1 {
+            assert!(wire.offer(set(&e3, a, ConfigCommand::SetIfEmpty, b"x"), "eth0"));
+        }
+        assert!(!wire.offer(set(&e3, a, ConfigCommand::SetIfEmpty, b"x"), "eth0"));
+        assert!(wire.offer(set(&e3, b, ConfigCommand::SetIfEmpty, b"y"), "eth0"));
+        // In arrival order; the coalesced set kept its place and carries the last string.
+        let (first, _) = wire.pop().unwrap();
+        assert_eq!(&first.frame[32..first.len], b"three");
+        // Once its requests are taken, the source may queue again.
+        while wire.pop().is_some() {}
+        assert!(wire.waiting.lock().unwrap().by_source.is_empty());
+        assert!(wire.offer(set(&e3, a, ConfigCommand::SetIfEmpty, b"x"), "eth0"));
+    }
+}
