@@ -233,6 +233,12 @@ impl Served {
             .spawn_live(&["daemon", "--config", cfg.to_str().unwrap()])
             .expect("daemon starts");
         assert!(lab.target_has_xdp().unwrap(), "served over XDP");
+        // The device-bound native program, which NIC drivers run (not the generic one).
+        assert!(
+            target.first_line.contains("xdp native"),
+            "{}",
+            target.first_line
+        );
         let links = [lab.initiator_if.clone(), second_i];
         let macs = [0, 1].map(|n| {
             client(&lab, &links[n])

@@ -196,6 +196,17 @@ impl KernelCache {
         })
     }
 
+    /// Make every slot stale.
+    fn forget_all(&self) {
+        for i in 0..self.slots {
+            // SAFETY: a slot of our mapping, through an atomic.
+            unsafe { atomic(addr_of!((*self.slot(i)).gen)) }.fetch_add(1, Ordering::SeqCst);
+        }
+        self.stats
+            .invalidations
+            .fetch_add(u64::from(self.slots), Ordering::Relaxed);
+    }
+
     /// Sectors `[sector, sector + count)` of the file were written: bump the generation of
     /// every slot of a block they touch in this export.
     fn written(&self, sector: u64, count: u64) {
@@ -425,6 +436,15 @@ impl CacheLink {
     pub fn fill(&self, lba: u64, ticket: u64, data: &[u8]) {
         if let Some(c) = &self.own {
             c.fill(lba, ticket, data);
+        }
+    }
+
+    /// The file changed size behind the target's back: every cache of it forgets all.
+    pub fn forget_all(&self) {
+        for c in self.file.caches.read().unwrap().iter() {
+            if let Some(c) = c.upgrade() {
+                c.forget_all();
+            }
         }
     }
 
