@@ -216,3 +216,61 @@ fn ceiling_answers_every_request_in_the_kernel_with_no_storage() {
     let d = lab.discover(&["--wait-ms", "300"]).unwrap();
     assert!(!String::from_utf8_lossy(&d.stdout).contains("e1.2"));
 }
+
+#[test]
+fn echo_answers_through_the_af_xdp_path_with_no_storage() {
+    for mtu in [1500, 9000] {
+        let lab = Lab::with(LabOptions { mtu, queues: 1 }).unwrap();
+        let echo = lab.start_echo(1 << 20).unwrap();
+        let _peer = lab.start_peer(&lab.initiator_if).unwrap();
+        assert!(
+            echo.first_line.contains("AF_XDP") && echo.first_line.contains("no storage"),
+            "{}",
+            echo.first_line
+        );
+        // Query Config from the product's classifier (in the kernel), IDENTIFY from the echo.
+        let d = lab.discover(&[]).unwrap();
+        let out = String::from_utf8_lossy(&d.stdout);
+        assert!(out.contains("e1.2  0.537GB"), "{out}");
+        assert!(out.contains("bufcnt 64"), "{out}");
+        // Reads come back whole (a full frame: 17 sectors at MTU 9000, a chain of
+        // descriptors), writes are acknowledged.
+        for pattern in ["randread", "randwrite", "seqread", "seqwrite"] {
+            let (ok, r, err) = bench(
+                &lab,
+                &["--pattern", pattern, "--depth", "16", "--duration", "0.5"],
+            );
+            assert!(ok, "MTU {mtu} {pattern}: {r} {err}");
+            assert!(num(&r, "ios") > 0.0, "{r}");
+            assert_eq!(num(&r, "errors"), 0.0, "{r}");
+            let per = if mtu == 9000 { 17.0 } else { 2.0 };
+            assert_eq!(num(&r, "sectors_per_io"), per, "{r}");
+        }
+        // Nothing is kept: a written pattern does not read back.
+        let (ok, r, _) = bench(
+            &lab,
+            &[
+                "--pattern",
+                "seqwrite",
+                "--depth",
+                "4",
+                "--duration",
+                "0.3",
+                "--span",
+                "64",
+                "--verify",
+            ],
+        );
+        assert!(!ok, "the echo kept data? {r}");
+        assert!(num(&r, "verify_errors") > 0.0, "{r}");
+        // It went through user space: the echo counted the frames it answered.
+        let log = echo.stop().unwrap();
+        let replies: u64 = log
+            .split("frames, ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(replies > 1000, "{log}");
+    }
+}
