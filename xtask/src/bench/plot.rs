@@ -13,8 +13,9 @@ use super::{Results, TARGETS};
 const GREY: RGBColor = RGBColor(0x9e, 0x9e, 0x9e);
 const BLUE: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const ORANGE: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
-/// In TARGETS order: vblade, aoe-ctl, ceiling.
-const COLORS: [RGBColor; 3] = [GREY, BLUE, ORANGE];
+const GREEN: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
+/// In TARGETS order: ceiling, floor, aoe-ctl, vblade.
+const COLORS: [RGBColor; 4] = [ORANGE, GREEN, BLUE, GREY];
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
@@ -26,7 +27,7 @@ struct Series<'a> {
 }
 
 pub fn svg(results: &Results, path: &Path) -> Result<()> {
-    let labels: Vec<String> = results.iter().map(|(r, _)| r.label()).collect();
+    let labels: Vec<String> = results.rows.iter().map(|(r, _)| r.label()).collect();
     let series = |value: fn(&super::Figures) -> f64| -> Vec<Series> {
         TARGETS
             .iter()
@@ -34,7 +35,7 @@ pub fn svg(results: &Results, path: &Path) -> Result<()> {
             .map(|(t, name)| Series {
                 name,
                 color: COLORS[t],
-                values: results.iter().map(|(_, f)| value(&f[t])).collect(),
+                values: results.rows.iter().map(|(_, f)| value(&f[t])).collect(),
             })
             .collect()
     };
@@ -50,7 +51,7 @@ pub fn svg(results: &Results, path: &Path) -> Result<()> {
     )?;
     bars(
         &bottom,
-        "machine CPU µs per I/O (lower is better)",
+        "machine CPU µs per I/O (the ceiling's is the client's share; lower is better)",
         &labels,
         &series(|f| f.cpu_us_per_io),
         Scale::Linear,

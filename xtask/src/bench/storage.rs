@@ -480,7 +480,7 @@ impl Measure<'_> {
 
 /// Until `aoe-ctl discover` lists e1.2 (10 s at most): measuring starts with a target that
 /// answers, not with its start-up.
-fn wait_answers(lab: &Lab) -> Result<()> {
+pub fn wait_answers(lab: &Lab) -> Result<()> {
     let start = Instant::now();
     loop {
         let out = lab.discover(&["--wait-ms", "200"])?;
