@@ -14,6 +14,8 @@ use aoe_integration::{Lab, LabOptions, Proc};
 use serde::Deserialize;
 
 mod disk;
+mod peers;
+mod peers_report;
 mod plot;
 mod report;
 pub mod storage;
@@ -44,9 +46,14 @@ pub struct Options {
     /// Only the hot side-by-side matrix.
     #[arg(long, conflicts_with = "storage_only")]
     pub no_storage: bool,
-    /// Only the storage section (cold image on the disk, vblade, fio).
-    #[arg(long)]
+    /// Only the storage section (cold image on the disk, vblade, the NBD and iSCSI peers,
+    /// fio).
+    #[arg(long, conflicts_with = "peers_only")]
     pub storage_only: bool,
+    /// Only the peers' table of the storage section (aoe-ctl beside NBD, iSCSI, vblade and
+    /// the disk, 4 KiB random at depth 16, MTU 9000).
+    #[arg(long, conflicts_with = "no_storage")]
+    pub peers_only: bool,
 }
 
 /// One row of the matrix.
@@ -176,7 +183,7 @@ pub fn run(o: &Options) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     let doc = out.join("benchmarks.md");
     let mut hot_seqread = None;
-    if !o.storage_only {
+    if !o.storage_only && !o.peers_only {
         let results = hot(o)?;
         let table = report::markdown(&results, o);
         println!("\n{table}");
@@ -190,13 +197,24 @@ pub fn run(o: &Options) -> Result<()> {
             .find(|(r, _)| r.pattern == "seqread" && r.mtu == 9000)
             .map(|(_, f)| f[OURS].mbps);
     }
-    if !o.no_storage {
+    if !o.no_storage && !o.peers_only {
         let results = storage::run(o)?;
         let table = storage_report::markdown(&results, o, hot_seqread);
         println!("\n{table}");
         let svg = out.join("storage.svg");
         plot::storage_svg(&results, &svg)?;
         report::write_block(&doc, storage_report::STORAGE, &table)?;
+        println!("bench: wrote {} and {}", doc.display(), svg.display());
+    }
+    if !o.no_storage {
+        let (image, bytes) = storage::image(o)?;
+        let disk = disk::Disk::of(&image)?;
+        let results = peers::run(o, &image, &disk, bytes)?;
+        let table = peers_report::markdown(&results, o);
+        println!("\n{table}");
+        let svg = out.join("peers.svg");
+        plot::peers_svg(&results, &svg)?;
+        report::write_block(&doc, peers_report::PEERS, &table)?;
         println!("bench: wrote {} and {}", doc.display(), svg.display());
     }
     Ok(())

@@ -216,7 +216,7 @@ pub fn run(o: &Options) -> Result<()> {
         "--verify keeps a bit per request-sized block: use --span to cover at most 2^28 blocks"
     );
 
-    let tx = TxBatch::new(TX_FRAMES, ring.iface.mtu as usize + 14);
+    let tx = TxBatch::new(TX_FRAMES, ring.iface.mtu + 14);
     let mut e = Engine {
         ring,
         tx,

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use super::storage;
+use super::{peers, storage};
 use super::{Results, TARGETS};
 
 const GREY: RGBColor = RGBColor(0x9e, 0x9e, 0x9e);
@@ -113,6 +113,45 @@ pub fn storage_svg(r: &storage::Results, path: &Path) -> Result<()> {
         &labels,
         &two(amp(|m| &m.ours), amp(|m| &m.vblade)),
         Scale::Log10,
+    )?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// docs/peers.svg: each server's cold 4 KiB randread and durable randwrite IOPS (top) and
+/// CPU per I/O (bottom).
+pub fn peers_svg(r: &peers::Results, path: &Path) -> Result<()> {
+    let labels: Vec<String> = r.rows.iter().map(|m| m.peer.label.to_string()).collect();
+    let two = |value: fn(&peers::Sample) -> f64| {
+        vec![
+            Series {
+                name: "cold randread",
+                color: BLUE,
+                values: r.rows.iter().map(|m| value(&m.read)).collect(),
+            },
+            Series {
+                name: "durable randwrite",
+                color: ORANGE,
+                values: r.rows.iter().map(|m| value(&m.write)).collect(),
+            },
+        ]
+    };
+    let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (top, bottom) = root.split_vertically(380);
+    bars(
+        &top,
+        "IOPS (thousands), 4 KiB random, depth 16, MTU 9000, cold",
+        &labels,
+        &two(|s| s.iops / 1000.0),
+        Scale::Linear,
+    )?;
+    bars(
+        &bottom,
+        "machine CPU µs per I/O, client included (lower is better)",
+        &labels,
+        &two(|s| s.cpu_us_per_io),
+        Scale::Linear,
     )?;
     root.present().map_err(err)?;
     Ok(())
