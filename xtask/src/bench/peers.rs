@@ -719,3 +719,32 @@ fn sh(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_write_side_is_durable_and_reads_are_not_write_settings() {
+        for p in peers() {
+            let durable = match p.write {
+                Setup::AoeCtl(flags) => !flags.contains(&"--write-back"),
+                Setup::Vblade(flags) => flags.contains(&"-s"),
+                Setup::QemuNbd(flags) => flags
+                    .iter()
+                    .any(|f| *f == "--cache=directsync" || *f == "--cache=writethrough"),
+                Setup::Nbdkit { filter, params } => {
+                    filter == Some("fua") && params.contains(&"fuamode=force")
+                }
+                Setup::Tgt { write_cache, .. } => !write_cache,
+                Setup::Disk { dsync } => dsync,
+            };
+            assert!(durable, "{}: {:?}", p.label, p.write);
+            assert!(!p.write_setting.is_empty() && !p.read_setting.is_empty());
+        }
+        let protocols: Vec<&str> = peers().iter().map(|p| p.protocol).collect();
+        for want in ["AoE", "NBD", "iSCSI"] {
+            assert!(protocols.contains(&want), "{protocols:?}");
+        }
+    }
+}

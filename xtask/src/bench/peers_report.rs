@@ -178,3 +178,65 @@ pub fn goals(r: &Results) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::peers::peers;
+
+    fn sample(iops: f64, cpu: f64, flushes: u64) -> Sample {
+        Sample {
+            ios: (iops * 5.0) as u64,
+            iops,
+            p99_us: 1000.0,
+            cpu_us_per_io: cpu,
+            flushes,
+            timeouts: 0,
+        }
+    }
+
+    #[test]
+    fn aoe_ctl_is_held_against_the_best_peer_and_unflushed_writes_are_named() {
+        let rows = peers()
+            .into_iter()
+            .map(|peer| {
+                let (r, w) = match peer.label {
+                    "aoe-ctl default" => (45e3, 40e3),
+                    "aoe-ctl --direct" => (50e3, 41e3),
+                    "qemu-nbd" => (30e3, 33e3),
+                    "tgt" => (35e3, 20e3),
+                    _ => (10e3, 10e3),
+                };
+                let flushes = if peer.label == "nbdkit file" { 0 } else { 100 };
+                Measured {
+                    peer,
+                    read: sample(r, 10.0, 0),
+                    write: sample(w, 20.0, flushes),
+                }
+            })
+            .collect();
+        let r = Results {
+            rows,
+            disk: "vda".into(),
+            bytes: 1 << 30,
+            seconds: 1.0,
+            versions: String::new(),
+        };
+        let g = goals(&r).join("\n");
+        // Reads against tgt (the best peer there), writes against qemu-nbd.
+        assert!(g.contains("aoe-ctl default, cold randread: 45000 IOPS, 1.29× the best NBD/iSCSI peer (tgt, 35000; goal ≥ 1.3×: NOT met)"), "{g}");
+        assert!(g.contains("aoe-ctl --direct, durable randwrite: 41000 IOPS, 1.24× the best NBD/iSCSI peer (qemu-nbd, 33000"), "{g}");
+        assert!(
+            g.contains("CPU per I/O 10.0 vs 10.0 µs (goal lower: NOT met)"),
+            "{g}"
+        );
+        assert!(
+            g.contains("0.90× `--direct`'s (45000 vs 50000 IOPS; goal ≥ 0.9×: met)"),
+            "{g}"
+        );
+        assert!(
+            g.contains("nbdkit file: the disk completed no flush"),
+            "{g}"
+        );
+    }
+}

@@ -314,7 +314,86 @@ pub fn machine(targets: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::peers_report::PEERS;
     use crate::bench::storage_report::STORAGE;
+
+    fn fig(iops: f64, cpu: f64, p99: f64) -> Figures {
+        Figures {
+            sectors_per_io: 2,
+            ios: iops as u64,
+            iops,
+            mbps: iops / 1000.0,
+            p50_us: p99 / 2.0,
+            p99_us: p99,
+            timeouts: 0,
+            cpu_us_per_io: cpu,
+        }
+    }
+
+    fn row(pattern: &'static str, depth: u32) -> super::super::Row {
+        super::super::Row {
+            pattern,
+            depth,
+            mtu: 1500,
+        }
+    }
+
+    #[test]
+    fn a_target_within_half_the_ceiling_is_flagged_and_cpu_is_net_of_the_ceiling() {
+        assert!(client_bound(500.0, 300.0));
+        assert!(!client_bound(600.0, 300.0));
+        // ceiling, floor, aoe-ctl, vblade
+        let f = [
+            fig(900e3, 2.0, 10.0),
+            fig(500e3, 4.0, 10.0),
+            fig(450e3, 3.5, 10.0),
+            fig(300e3, 7.0, 10.0),
+        ];
+        assert_eq!(target_side(&f, OURS), 1.5);
+        assert_eq!(target_side(&f, VBLADE), 5.0);
+        let results = Results {
+            rows: vec![(row("randread", 16), f.clone())],
+            idle: Default::default(),
+        };
+        let g = goals(&results);
+        // 1.5x vblade: not met; CPU 0.3x: met; floor 1.67x vblade, so the floor clause
+        // applies: 0.9x the floor, met; the ceiling is exactly 2x: no flag.
+        assert!(
+            g[0].contains("1.50× vblade's IOPS (goal ≥ 2.0×: NOT met)"),
+            "{}",
+            g[0]
+        );
+        assert!(
+            g[0].contains("0.30× vblade's (goal ≤ 0.5×: met)"),
+            "{}",
+            g[0]
+        );
+        assert!(g[0].contains("≥ 0.85× the floor: 0.90× (met)"), "{}", g[0]);
+        assert!(!g[0].contains('†'), "{}", g[0]);
+        let mut f2 = f.clone();
+        f2[CEILING].iops = 800e3;
+        let results = Results {
+            rows: vec![(row("randread", 64), f2)],
+            idle: Default::default(),
+        };
+        assert!(goals(&results)[0].contains("† the ceiling is only 1.78× aoe-ctl"));
+        let table = markdown(
+            &results,
+            &Options {
+                duration: 1.0,
+                runs: 1,
+                out: None,
+                data_path: "xdp".into(),
+                storage_gib: 1,
+                storage_image: None,
+                no_storage: true,
+                storage_only: false,
+                peers_only: false,
+            },
+        );
+        assert!(table.contains("450000†"), "{table}");
+        assert!(table.contains("| 1.78× † |"), "{table}");
+    }
 
     #[test]
     fn each_block_replaces_only_its_own() {
@@ -322,7 +401,9 @@ mod tests {
         std::fs::write(&doc, "# B\n\nbefore\n").unwrap();
         write_block(&doc, HOT, "hot 1\n").unwrap();
         write_block(&doc, STORAGE, "cold 1\n").unwrap();
+        write_block(&doc, PEERS, "peers 1\n").unwrap();
         write_block(&doc, HOT, "hot 2\n").unwrap();
+        write_block(&doc, PEERS, "peers 2\n").unwrap();
         write_block(&doc, STORAGE, "cold 2\n").unwrap();
         let text = std::fs::read_to_string(&doc).unwrap();
         std::fs::remove_file(&doc).unwrap();
@@ -336,7 +417,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            !text.contains("hot 1") && !text.contains("cold 1"),
+            text.contains(&format!("{}\npeers 2\n{}", PEERS.0, PEERS.1)),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hot 1") && !text.contains("cold 1") && !text.contains("peers 1"),
             "{text}"
         );
     }

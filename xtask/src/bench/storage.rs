@@ -572,12 +572,15 @@ mod tests {
     fn parses_fio_json_after_notes() {
         let out = "note: both iodepth >= 1 and synchronous I/O engine are selected\n\
             {\"fio version\": \"fio-3.33\", \"jobs\": [{\"jobname\": \"limit\", \
-            \"read\": {\"io_bytes\": 1024000, \"iops\": 200.5, \"runtime\": 5000}, \
+            \"read\": {\"io_bytes\": 1024000, \"iops\": 200.5, \"runtime\": 5000, \
+            \"clat_ns\": {\"percentile\": {\"50.000000\": 1500, \"99.000000\": 64000}}}, \
             \"write\": {\"io_bytes\": 0, \"iops\": 0.0, \"runtime\": 0}}]}";
         let j = parse_fio(out).unwrap();
         assert_eq!(j.read.io_bytes, 1024000);
         assert_eq!(j.read.runtime, 5000);
         assert!((j.read.iops - 200.5).abs() < 1e-9);
+        assert_eq!(j.read.clat_us(99.0), 64.0);
+        assert_eq!(j.write.clat_us(99.0), 0.0, "no percentiles: 0");
         assert!(parse_fio("fio: no such file").is_err());
         assert!(parse_fio("{\"jobs\": []}").is_err());
     }
