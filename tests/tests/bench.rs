@@ -63,6 +63,37 @@ fn bench_reports_figures_and_verifies_what_it_wrote() {
     aoe_ctl::initiator::verify::pattern(0x5eed, 4000, &mut want);
     assert_eq!(&raw[4000 * 512..4002 * 512], &want[..]);
 
+    // --ios: one pass of exactly that many requests, long before the duration (in a region
+    // of its own: the checks below read the first one).
+    let (ok, p, err) = bench(
+        &lab,
+        &[
+            "--pattern",
+            "seqwrite",
+            "--depth",
+            "16",
+            "--duration",
+            "60",
+            "--ios",
+            "300",
+            "--offset",
+            "16384",
+            "--span",
+            "8192",
+            "--seed",
+            "9",
+            "--verify",
+        ],
+    );
+    assert!(ok, "{p} {err}");
+    assert_eq!(num(&p, "ios"), 300.0, "{p}");
+    assert_eq!(
+        num(&p, "verified_sectors"),
+        600.0,
+        "every block of the pass: {p}"
+    );
+    assert!(num(&p, "seconds") < 60.0, "{p}");
+
     // Random reads of that span match the pattern...
     let (ok, r, err) = bench(
         &lab,
@@ -117,6 +148,7 @@ fn bench_bad_input_gets_one_line_errors() {
             "does not fit",
         ),
         (vec!["--pattern", "sideways"], "invalid value"),
+        (vec!["--pattern", "randread", "--ios", "0"], "--ios"),
     ] {
         let out = lab.bench(&args).unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

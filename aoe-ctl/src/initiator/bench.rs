@@ -52,6 +52,8 @@ pub struct Options {
     pub pattern: Pattern,
     pub depth: usize,
     pub duration: Duration,
+    /// Stop issuing after this many requests (the duration still bounds the run).
+    pub ios: Option<u64>,
     /// Sectors per request (default: as many as one frame carries).
     pub sectors: Option<u8>,
     /// First sector the requests address.
@@ -173,6 +175,7 @@ pub fn run(o: &Options) -> Result<()> {
         "--depth must be 1 to {MAX_DEPTH}"
     );
     ensure!(!o.duration.is_zero(), "--duration must be more than 0");
+    ensure!(o.ios != Some(0), "--ios must be more than 0");
     let (target, sectors) = {
         let mut c = Client::open(&o.iface)?;
         let t = c.find(o.shelf, o.slot)?;
@@ -246,7 +249,12 @@ pub fn run(o: &Options) -> Result<()> {
     let mut rng = o.seed | 1;
     let mut cursor = 0u64;
     let random = o.pattern.random();
+    let mut left = o.ios.unwrap_or(u64::MAX);
     let mut next = || {
+        if left == 0 {
+            return None;
+        }
+        left -= 1;
         let b = if random {
             rng ^= rng << 13;
             rng ^= rng >> 7;
@@ -367,6 +375,9 @@ impl Engine {
         let mut t = Tally::default();
         let mut exhausted = false;
         let mut last_scan = Instant::now();
+        // Requests the kernel did not take, sent again first in the next round: a pass of
+        // `--ios` requests still covers every block it names.
+        let mut unsent: Vec<(u64, bool)> = Vec::new();
         loop {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
@@ -379,7 +390,7 @@ impl Engine {
                 let Some(i) = self.books.free.pop() else {
                     break;
                 };
-                let Some((lba, write)) = next() else {
+                let Some((lba, write)) = unsent.pop().or_else(|| next()) else {
                     self.books.free.push(i);
                     exhausted = true;
                     break;
@@ -401,10 +412,10 @@ impl Engine {
             for &i in &batch[..n] {
                 let slot = self.books.slots[i];
                 if !self.send(&slot)? {
-                    // The kernel takes nothing more: this LBA is dropped from the stream (a
-                    // random or sequential pattern loses nothing by it).
+                    // The kernel takes nothing more now: the request waits for a round.
                     self.books.slots[i].sent = None;
                     self.books.free.push(i);
+                    unsent.push((slot.lba, slot.write));
                     continue;
                 }
                 if self.duplicate {
