@@ -43,11 +43,6 @@ impl TxBatch {
         }
     }
 
-    /// Largest frame one entry holds.
-    pub fn max_frame(&self) -> usize {
-        self.stride
-    }
-
     /// Frames queued and not yet taken by the kernel.
     pub fn pending(&self) -> usize {
         self.queued - self.sent
