@@ -390,7 +390,7 @@ impl Engine {
                 let Some(i) = self.books.free.pop() else {
                     break;
                 };
-                let Some((lba, write)) = unsent.pop().or_else(|| next()) else {
+                let Some((lba, write)) = unsent.pop().or_else(&mut *next) else {
                     self.books.free.push(i);
                     exhausted = true;
                     break;
