@@ -3,6 +3,7 @@
 
 pub mod ceiling;
 pub mod echo;
+pub mod faultfs;
 pub mod flip;
 pub mod peer;
 

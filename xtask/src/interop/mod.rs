@@ -6,6 +6,7 @@
 
 mod assets;
 mod capture;
+mod fault;
 mod guest;
 mod ipxe;
 mod linux;
@@ -23,8 +24,9 @@ const MTUS: [u32; 2] = [1500, 9000];
 #[derive(Debug, Default, clap::Args)]
 pub struct Options {
     /// Run only this case: vblade-1500, aoe-ctl-1500, vblade-9000, aoe-ctl-9000, ipxe,
-    /// resize, scale-vblade, scale-aoe-ctl (ends with the corrupt control) or
-    /// discovery-4096.
+    /// resize, scale-vblade, scale-aoe-ctl (ends with the corrupt control), discovery-4096,
+    /// power-cut (ext4 through a power cut of the storage) or power-cut-write-back (its
+    /// control).
     #[arg(long)]
     pub only: Option<String>,
     /// Extra options for `aoe-ctl export` (e.g. "--buffers 64").
@@ -164,6 +166,7 @@ pub fn run(o: &Options) -> Result<bool> {
         }
     }
     scale_out(o, &assets, &mut broken_harness, &mut target_failures)?;
+    fault::cases(o, &assets, &mut broken_harness, &mut target_failures)?;
     if !broken_harness.is_empty() {
         bail!(
             "the harness is broken: the control (vblade) failed too, so no verdict on aoe-ctl: {}",
