@@ -137,7 +137,7 @@ fn run(cli: Cli) -> Result<()> {
                 "echo e{shelf}.{slot} on {iface}: AF_XDP, xdp {}, {} queue(s), no engine, no storage",
                 echo.mode, echo.queues
             );
-            until_signal()?;
+            until_signal(|| false)?;
             eprintln!("{}", echo.stop()?);
             Ok(())
         }
