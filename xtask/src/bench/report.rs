@@ -389,6 +389,7 @@ mod tests {
                 no_storage: true,
                 storage_only: false,
                 peers_only: false,
+                kernel_cache: false,
             },
         );
         assert!(table.contains("450000†"), "{table}");
