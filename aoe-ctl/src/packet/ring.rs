@@ -76,7 +76,8 @@ impl Drop for RingSocket {
 
 impl RingSocket {
     /// Open the rings on `ifname`, sized for frames of its MTU: `rx_slots` and `tx_slots`
-    /// frames (rounded up to whole blocks, at most `RING_BYTES` a ring).
+    /// frames (rounded up to whole blocks, at most `RING_BYTES` a ring). No tx ring when
+    /// `tx_slots` is 0: sends then go through `send`/`sendmmsg` on `raw_fd`.
     pub fn open(ifname: &str, rx_slots: usize, tx_slots: usize) -> Result<RingSocket> {
         Self::open_rings(ifname, rx_slots, tx_slots, 0, false)
     }
@@ -110,7 +111,8 @@ impl RingSocket {
         }
         let per_block = BLOCK as usize / slot;
         let blocks = |n: usize| n.min(RING_BYTES / slot).div_ceil(per_block).max(1);
-        let (rx_blocks, tx_blocks) = (blocks(rx_slots), blocks(tx_slots));
+        let tx_blocks = if tx_slots == 0 { 0 } else { blocks(tx_slots) };
+        let rx_blocks = blocks(rx_slots);
 
         let fd = if target {
             open_target(&iface)?
@@ -129,6 +131,9 @@ impl RingSocket {
             (libc::PACKET_RX_RING, rx_blocks),
             (libc::PACKET_TX_RING, tx_blocks),
         ] {
+            if nblocks == 0 {
+                continue;
+            }
             let req = libc::tpacket_req {
                 tp_block_size: BLOCK,
                 tp_block_nr: nblocks as u32,
@@ -358,6 +363,9 @@ impl TxRing {
 
     /// See `RingSocket::queue`.
     pub fn queue(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        if self.tx_slots == 0 {
+            return false;
+        }
         let index = self.tx_next;
         let status = status_of(self.header(index));
         if status.load(Ordering::Acquire) != libc::TP_STATUS_AVAILABLE {
