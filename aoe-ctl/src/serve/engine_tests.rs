@@ -533,7 +533,9 @@ fn garbage_never_panics() {
             r.buf[19] %= 5;
         }
         if let Route::One(idx, parsed) = r.engine.route(&r.buf[..len]) {
-            let _ = r.engine.handle_routed(idx, parsed, &mut r.buf, len, &[], false);
+            let _ = r
+                .engine
+                .handle_routed(idx, parsed, &mut r.buf, len, &[], false);
         }
     }
     // Random frames may legitimately have edited the mask list or reserved the export

@@ -353,4 +353,3 @@ fn reply(
     });
     queued.then_some(sent)
 }
-

@@ -789,7 +789,11 @@ mod tests {
             ring.pump(&mut done);
         }
         assert_eq!(done.len(), 1);
-        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
         assert!(b.iter().all(|&x| x == 0x42));
         std::fs::remove_file(p).unwrap();
     }
@@ -808,11 +812,19 @@ mod tests {
         let start = Instant::now();
         ring.wait(Some(fds[0]), Duration::from_secs(10));
         writer.join().unwrap();
-        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
         // Readable already: the next wait does not sleep either.
         let start = Instant::now();
         ring.wait(Some(fds[0]), Duration::from_secs(10));
-        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
         // SAFETY: closing the pipe.
         unsafe {
             libc::close(fds[0]);
