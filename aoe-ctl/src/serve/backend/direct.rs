@@ -7,7 +7,12 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::{byte_range, extent, Backend, BackendError, IoTarget, OpenOptions, Result, SECTOR};
+use std::sync::Arc;
+
+use super::{
+    byte_range, extent, Backend, BackendError, Image, ImageRef, IoTarget, OpenOptions, Result,
+    SECTOR,
+};
 
 /// Alignment of the bounce buffer: a page satisfies every device's O_DIRECT rule.
 const ALIGN: usize = 4096;
@@ -24,6 +29,7 @@ pub struct DirectBackend {
     mem_align: usize,
     write_back: bool,
     regular: bool,
+    image: Arc<Image>,
 }
 
 /// A page-aligned buffer of `MAX_IO` bytes.
@@ -61,6 +67,15 @@ thread_local! {
     static BOUNCE: RefCell<Bounce> = RefCell::new(Bounce::new());
 }
 
+/// Run `f` on this thread's page-aligned bounce buffer cut to `len` bytes (at most 255
+/// sectors: longer is refused).
+pub(super) fn with_bounce<R>(len: usize, f: impl FnOnce(&mut [u8]) -> Result<R>) -> Result<R> {
+    if len > MAX_IO {
+        return Err(BackendError::Unaligned { len, max: MAX_IO });
+    }
+    BOUNCE.with_borrow_mut(|b| f(b.slice(len)))
+}
+
 impl DirectBackend {
     pub fn open(path: &Path, opts: &OpenOptions) -> anyhow::Result<Self> {
         use anyhow::{bail, Context};
@@ -82,6 +97,7 @@ impl DirectBackend {
             mem_align: 0,
             write_back: opts.write_back,
             regular,
+            image: Image::new(path),
         };
         let b = DirectBackend {
             mem_align: super::dio_alignment(&b.file).map_or(ALIGN, |a| a.mem),
@@ -100,6 +116,7 @@ impl DirectBackend {
     }
 
     fn check(&self, lba: u64, len: usize) -> Result<u64> {
+        self.image.check()?;
         if len > MAX_IO || !len.is_multiple_of(SECTOR as usize) {
             return Err(BackendError::Unaligned { len, max: MAX_IO });
         }
@@ -143,15 +160,19 @@ impl Backend for DirectBackend {
 
     fn sync_range(&self, _lba: u64, _len: usize) -> Result<()> {
         // O_DIRECT bypasses the page cache, not the device's write cache.
-        self.file
-            .sync_data()
-            .map_err(BackendError::syscall("fdatasync"))
+        self.flush()
     }
 
     fn flush(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(BackendError::syscall("fdatasync"))
+        self.image.sync("fdatasync", || self.file.sync_data())
+    }
+
+    fn failed_closed(&self) -> bool {
+        self.image.failed()
+    }
+
+    fn sync_errors(&self) -> u64 {
+        self.image.sync_errors()
     }
 
     fn io_target(&self) -> Option<IoTarget> {
@@ -165,6 +186,7 @@ impl Backend for DirectBackend {
             regular: self.regular,
             // Already past the page cache.
             write_around: None,
+            image: ImageRef::new(&self.image),
         })
     }
 }

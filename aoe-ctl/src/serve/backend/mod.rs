@@ -4,6 +4,7 @@
 mod direct;
 mod error;
 mod fault;
+mod image;
 mod mem;
 mod mmap;
 mod ring;
@@ -14,6 +15,7 @@ use std::path::Path;
 
 pub use direct::DirectBackend;
 pub use error::{BackendError, Result};
+pub use image::{Image, ImageRef};
 pub use mem::MemBackend;
 pub use mmap::MmapBackend;
 pub use ring::{Done, IoRing, Kind};
@@ -43,6 +45,10 @@ pub trait Backend: Send + Sync {
     /// (`BackendError::FailedClosed`) until the export is reopened.
     fn failed_closed(&self) -> bool {
         false
+    }
+    /// Failed syncs of the image (each one failed the export closed).
+    fn sync_errors(&self) -> u64 {
+        0
     }
     /// The file behind the backend, for I/O in flight on a worker's ring (`IoRing`); None
     /// when it has none (memory, tests).
@@ -87,7 +93,8 @@ pub fn dio_alignment(file: &File) -> Option<DioAlign> {
 
 /// A second descriptor on the same file, opened O_DIRECT, for durable writes that would
 /// otherwise read a whole page from the disk into the cache first (a write smaller than a
-/// page, to a page not cached).
+/// page, to a page not cached). Used for every durable write of the file or for none
+/// (`IoTarget::around`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteAround {
     pub fd: std::os::fd::RawFd,
@@ -109,6 +116,19 @@ pub struct IoTarget {
     pub regular: bool,
     /// Where durable writes go past the page cache, when the file allows O_DIRECT.
     pub write_around: Option<WriteAround>,
+    /// What every queue shares about the file: write order, failed closed.
+    pub image: ImageRef,
+}
+
+impl IoTarget {
+    /// Where this file's durable writes go past the page cache: all of them, or none when
+    /// a whole-sector write may not be aligned enough for O_DIRECT (a 4Kn disk). One write
+    /// path per file: a buffered read-modify-write of a block beside an O_DIRECT write to
+    /// it can re-dirty the page with the old sector and put it back on disk.
+    pub fn around(&self) -> Option<WriteAround> {
+        self.write_around
+            .filter(|w| self.durable && w.align.offset as u64 <= SECTOR && w.align.offset > 0)
+    }
 }
 
 /// How to open an image.
