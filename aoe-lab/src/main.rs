@@ -1,9 +1,11 @@
-//! aoe-lab: the lab and benchmark instruments. Each command attaches its program, prints one
-//! line, and keeps it attached until SIGINT/SIGTERM (flip-bit does its one change and exits).
+//! aoe-lab: the lab and benchmark instruments. Each command attaches its program (or mounts
+//! its filesystem), prints one line, and keeps it until SIGINT/SIGTERM (flip-bit and faultctl
+//! do their one thing and exit).
 
 use anyhow::Result;
 use aoe_ctl::address::{parse_shelf, parse_slot};
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +50,30 @@ enum Cmd {
         skip_mib: u64,
         image: std::path::PathBuf,
     },
+    /// Mount a filesystem showing one file, MOUNTPOINT/NAME, whose writes stay in a volatile
+    /// cache until fsync'd into the backing file: `cut` on the control socket drops the
+    /// unsynced ones (a power cut); `fail` and `stall` make the disk fail (see faultctl).
+    Faultfs {
+        /// The file whose data the mount shows; it holds what survives a cut.
+        #[arg(long)]
+        backing: PathBuf,
+        /// The control socket (default: MOUNTPOINT.ctl).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// The file's name under the mountpoint (default: the backing file's name).
+        #[arg(long)]
+        name: Option<std::ffi::OsString>,
+        mountpoint: PathBuf,
+    },
+    /// Send one command to a faultfs control socket and print the answer: cut;
+    /// fail read|write|sync [at=BYTES] [len=BYTES] [errno=eio|enospc|N] [times=N];
+    /// stall ms=N; clear; stats.
+    Faultctl {
+        #[arg(long)]
+        control: PathBuf,
+        #[arg(required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
 }
 
 fn main() {
@@ -74,7 +100,7 @@ fn run(cli: Cli) -> Result<()> {
                 buffers,
             })?;
             println!("ceiling e{shelf}.{slot} on {iface}: {sectors} sectors answered in the kernel, no storage");
-            until_signal()
+            until_signal(|| false)
         }
         Cmd::FlipBit { skip_mib, image } => {
             let sector = aoe_lab::flip::flip(&image, skip_mib << 20)?;
@@ -84,13 +110,47 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Peer { iface } => {
             let _attached = aoe_lab::peer::attach(&iface)?;
             println!("pass program attached to {iface}");
-            until_signal()
+            until_signal(|| false)
+        }
+        Cmd::Faultfs {
+            backing,
+            control,
+            name,
+            mountpoint,
+        } => {
+            let control = control.unwrap_or_else(|| {
+                let mut c = mountpoint.clone().into_os_string();
+                c.push(".ctl");
+                c.into()
+            });
+            let m = aoe_lab::faultfs::mount(&aoe_lab::faultfs::Options {
+                backing: backing.clone(),
+                mountpoint,
+                control: control.clone(),
+                name,
+            })?;
+            println!(
+                "faultfs {} over {}, control {}",
+                m.file.display(),
+                backing.display(),
+                control.display()
+            );
+            until_signal(|| m.ended())?;
+            m.stop()
+        }
+        Cmd::Faultctl { control, command } => {
+            println!(
+                "{}",
+                aoe_lab::faultfs::control::ask(&control, &command.join(" "))?
+            );
+            Ok(())
         }
     }
 }
 
-/// Block until SIGINT or SIGTERM (what a command attached stays attached until then).
-fn until_signal() -> Result<()> {
+/// Block until SIGINT or SIGTERM (what a command attached stays attached until then), or
+/// until `ended` says there is nothing left to keep.
+fn until_signal(ended: impl Fn() -> bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -98,9 +158,13 @@ fn until_signal() -> Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = tick.tick() => if ended() { break },
+            }
         }
         Ok(())
     })

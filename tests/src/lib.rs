@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+mod faultfs;
 mod tap;
+pub use faultfs::{Cut, FaultFs, LoopDev, Stats as FaultStats};
 pub use tap::TapLab;
 
 /// The aoe-ctl binary under test: $AOE_CTL, else target/release/aoe-ctl.
@@ -155,14 +157,20 @@ pub fn spawn_lab_in(ns: &str, args: &[&str]) -> Result<Proc> {
     spawn_program(&aoe_lab(), ns, &[], args)
 }
 
-/// Start `program ARGS` in namespace `ns` and wait for its first line of output.
+/// Start `program ARGS` in namespace `ns` (the test's own namespaces when `ns` is empty)
+/// and wait for its first line of output.
 fn spawn_program(program: &Path, ns: &str, env: &[String], args: &[&str]) -> Result<Proc> {
     let shown = program
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "env"])
+    let mut cmd = Command::new("ip");
+    if ns.is_empty() {
+        cmd = Command::new("env");
+    } else {
+        cmd.args(["netns", "exec", ns, "env"]);
+    }
+    let mut child = cmd
         .args(env)
         .arg(program)
         .args(args)
