@@ -26,10 +26,6 @@ const ENTRIES: u32 = 512;
 /// Rounds of submit and reap in one `pump`: a completion can start more I/O (the rest of a
 /// read that missed the cache, a write an earlier one held back, an fdatasync).
 const ROUNDS: usize = 8;
-/// Pumps between looks for idle commits to close.
-const EVICT_EVERY: u64 = 1 << 12;
-/// Pumps a commit stays open with nothing to do.
-const IDLE_PUMPS: u64 = 1 << 16;
 
 /// What a request asks of the storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,14 +103,6 @@ struct Commit {
     syncing: bool,
     /// Durable writes and flushes queued, not yet waiting for an fdatasync.
     pending: usize,
-    /// The pump it last had work (for closing idle ones).
-    used: u64,
-}
-
-impl Commit {
-    fn idle(&self) -> bool {
-        self.waiting.is_empty() && !self.syncing && self.pending == 0
-    }
 }
 
 pub struct IoRing {
@@ -134,7 +122,6 @@ pub struct IoRing {
     ready: Vec<Done>,
     /// fdatasyncs issued.
     syncs: u64,
-    pumps: u64,
     /// io_uring_enter failures other than EINTR and EBUSY (logged the first time).
     enter_errors: u64,
 }
@@ -146,8 +133,8 @@ unsafe impl Send for IoRing {}
 /// The shared state of a target's image.
 fn image<'a>(t: &IoTarget) -> &'a Image {
     // SAFETY: the contract of `IoRing::queue` keeps the backend of every target this ring
-    // holds alive until its requests are done; a commit's target is used only while it has
-    // requests (`Commit::idle` ones are only dropped).
+    // holds alive until its requests are done; commits are dropped when the ring has no
+    // request left.
     unsafe { t.image.get() }
 }
 
@@ -174,7 +161,6 @@ impl IoRing {
             bounces: Vec::new(),
             ready: Vec::new(),
             syncs: 0,
-            pumps: 0,
             enter_errors: 0,
         })
     }
@@ -212,12 +198,8 @@ impl IoRing {
             return;
         }
         if kind == Kind::Flush || (kind == Kind::Write && target.durable) {
-            let pumps = self.pumps;
             match self.commit(&target) {
-                Ok(c) => {
-                    c.pending += 1;
-                    c.used = pumps;
-                }
+                Ok(c) => c.pending += 1,
                 Err(e) => {
                     self.ready.push(Done {
                         token,
@@ -248,7 +230,6 @@ impl IoRing {
     /// Submit what was queued (merged), collect what completed, start the fdatasyncs that
     /// waiting writes need; finished requests are appended to `done`.
     pub fn pump(&mut self, done: &mut Vec<Done>) {
-        self.pumps += 1;
         self.submit_staged();
         for _ in 0..ROUNDS {
             self.unblock();
@@ -262,12 +243,12 @@ impl IoRing {
                 break;
             }
         }
-        if self.pumps.is_multiple_of(EVICT_EVERY) {
-            let now = self.pumps;
-            self.commits
-                .retain(|_, c| !c.idle() || now - c.used < IDLE_PUMPS);
-        }
         self.in_flight -= self.ready.len();
+        if self.in_flight == 0 && !self.commits.is_empty() {
+            // Nothing left: close the descriptors, so a removed export's image is not held
+            // open (a few microseconds to open again, against an fdatasync's hundreds).
+            self.commits.clear();
+        }
         done.append(&mut self.ready);
     }
 
@@ -285,7 +266,6 @@ impl IoRing {
                     waiting: Vec::new(),
                     syncing: false,
                     pending: 0,
-                    used: 0,
                 })
             }
         })
@@ -596,7 +576,6 @@ impl IoRing {
                 continue;
             }
             c.syncing = true;
-            c.used = self.pumps;
             let fd = c.file.as_raw_fd();
             let members = c
                 .waiting
