@@ -229,6 +229,17 @@ impl Export {
         self.access.set_lists(s.lists);
     }
 
+    /// Every I/O fails until the export is reopened: a sync of its image failed (the
+    /// kernel may have dropped the pages that failed), or its mapping cannot be trusted.
+    pub fn failed_closed(&self) -> bool {
+        self.backend.failed_closed()
+    }
+
+    /// Syncs of the image that failed.
+    pub fn sync_errors(&self) -> u64 {
+        self.backend.sync_errors()
+    }
+
     /// Count a backend failure by reason and log it, at most once a second per export (a
     /// failing disk under load must not flood the log).
     pub fn storage_failed(&self, e: &BackendError) {
