@@ -101,7 +101,8 @@ impl Hook {
     }
 
     /// A request's storage I/O, done now through the overlay: `data` are its buffers, in
-    /// order (a write's payload, or where a read's sectors go).
+    /// order (a write's payload, or where a read's sectors go). None for a write once the
+    /// overlay is merged back: it goes the export's own way.
     ///
     /// # Safety
     /// Every buffer in `data` is valid for its length, and nobody else touches it during
@@ -111,31 +112,37 @@ impl Hook {
         kind: Kind,
         lba: u64,
         data: &[(*mut u8, usize)],
-    ) -> Result<(), BackendError> {
-        let o = self.overlay()?;
+    ) -> Option<Result<(), BackendError>> {
+        let o = match self.overlay() {
+            Ok(o) => o,
+            Err(e) => return Some(Err(e)),
+        };
         let total: usize = data.iter().map(|d| d.1).sum();
         // SAFETY: the caller's promise.
         let part = |&(p, n): &(*mut u8, usize)| unsafe { std::slice::from_raw_parts_mut(p, n) };
-        match kind {
+        Some(match kind {
             Kind::Flush => o.flush(),
             Kind::Write => {
                 let mut all = Vec::with_capacity(total);
                 data.iter().for_each(|d| all.extend_from_slice(part(d)));
-                o.write(lba, &all)
+                return o
+                    .write(lba, &all)
+                    .map(|taken| taken.then_some(()))
+                    .transpose();
             }
             Kind::Read if data.len() == 1 => o.read(lba, part(&data[0])),
             Kind::Read => {
                 let mut all = vec![0u8; total];
-                o.read(lba, &mut all)?;
-                let mut at = 0;
-                for d in data {
-                    let out = part(d);
-                    out.copy_from_slice(&all[at..at + out.len()]);
-                    at += out.len();
-                }
-                Ok(())
+                o.read(lba, &mut all).map(|()| {
+                    let mut at = 0;
+                    for d in data {
+                        let out = part(d);
+                        out.copy_from_slice(&all[at..at + out.len()]);
+                        at += out.len();
+                    }
+                })
             }
-        }
+        })
     }
 
     /// `io` for the synchronous engine's slices.
@@ -143,9 +150,16 @@ impl Hook {
         self.overlay()?.read(lba, buf)
     }
 
-    pub fn write(&self, lba: u64, parts: &[&[u8]]) -> Result<(), BackendError> {
+    /// None once the overlay is merged back (see `io`).
+    pub fn write(&self, lba: u64, parts: &[&[u8]]) -> Option<Result<(), BackendError>> {
         let all: Vec<u8> = parts.concat();
-        self.overlay()?.write(lba, &all)
+        match self.overlay() {
+            Ok(o) => o
+                .write(lba, &all)
+                .map(|taken| taken.then_some(()))
+                .transpose(),
+            Err(e) => Some(Err(e)),
+        }
     }
 
     pub fn flush(&self) -> Result<(), BackendError> {
