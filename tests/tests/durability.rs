@@ -268,3 +268,111 @@ fn a_sync_error_fails_the_export_closed_until_it_is_reopened() {
     );
     drop(d);
 }
+
+/// Wait until the daemon's log holds `what`.
+fn wait_log(d: &Proc, what: &str, within: Duration) {
+    let until = Instant::now() + within;
+    while !d.log.lock().unwrap().contains(what) {
+        assert!(
+            Instant::now() < until,
+            "no {what:?} in the log:\n{}",
+            d.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of an export's series in the metrics text.
+fn series(text: &str, name: &str, export: &str) -> Option<f64> {
+    let key = format!("{name}{{export=\"{export}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The AF_PACKET worker stops on a send error (the link went down) while a read waits for a
+/// disk that hangs: it waits for that read before its buffers go (the kernel would write
+/// the late read into freed heap memory of a daemon that keeps serving), and says so.
+#[test]
+fn the_afpacket_worker_waits_for_io_in_flight_when_it_stops_on_an_error() {
+    let lab = Lab::new().expect("lab (root needed)");
+    let (da, db) = (Dir::new("drain-a"), Dir::new("drain-b"));
+    let (fa, fb) = (da.mount(4 << 20), db.mount(4 << 20));
+    let config = lab.dir.join("exports.toml");
+    let mut body = format!("mode = \"afpacket\"\nmetrics = \"{METRICS}\"\n");
+    for (slot, fs) in [(2, &fa), (3, &fb)] {
+        body += &format!(
+            "\n[[export]]\nshelf = 1\nslot = {slot}\ninterfaces = [\"{}\"]\npath = \"{}\"\n",
+            lab.target_if,
+            fs.file.display()
+        );
+    }
+    std::fs::write(&config, body).unwrap();
+    let _peer = lab.start_peer(&lab.initiator_if).unwrap();
+    let d = daemon(&lab, &config);
+    let ifname = lab.initiator_if.clone();
+    let mut c = Lab::in_ns(&lab.initiator_ns, move || Client::open(&ifname))
+        .unwrap()
+        .expect("raw socket in the initiator namespace");
+    let t = c.find(1, 2).expect("e1.2 answers");
+    c.find(1, 3).expect("e1.3 answers");
+    // Both disks hang; one read waits on each.
+    fa.stall(120_000).unwrap();
+    fb.stall(120_000).unwrap();
+    let mut b = vec![0u8; 9216];
+    for slot in [2, 3] {
+        let to = Addr {
+            src: t.addr.src,
+            dst: t.addr.dst,
+            shelf: 1,
+            slot,
+        };
+        let n = frames::read(&mut b, &to, 0x100 + u32::from(slot), 64, 2);
+        c.sock.send(&b[..n]).unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics(&lab);
+        let waiting = |e| series(&m, "aoe_storage_requests_in_flight", e);
+        if waiting("e1.2") == Some(1.0) && waiting("e1.3") == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the reads never reached the disks:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The link goes down; e1.2's disk comes back, its reply cannot be sent: the worker
+    // stops on that error with e1.3's read still in flight.
+    let ip = |args: &[&str]| {
+        let s = std::process::Command::new("ip")
+            .args(["-n", &lab.target_ns])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(s.success(), "ip {args:?}");
+    };
+    ip(&["link", "set", &lab.target_if, "down"]);
+    fa.clear().unwrap();
+    wait_log(
+        &d,
+        "AF_PACKET worker: sending from the tx ring",
+        Duration::from_secs(30),
+    );
+    // It is still waiting: nothing freed yet. The disk comes back, and the wait ends.
+    assert!(
+        !d.log.lock().unwrap().contains("waited for"),
+        "{}",
+        d.log.lock().unwrap()
+    );
+    fb.clear().unwrap();
+    wait_log(
+        &d,
+        "waited for 1 storage requests in flight at exit",
+        Duration::from_secs(30),
+    );
+    ip(&["link", "set", &lab.target_if, "up"]);
+    let log = d.stop().unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+}
