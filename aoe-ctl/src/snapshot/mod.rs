@@ -10,7 +10,6 @@
 //! the overlay (synchronous I/O under the overlay's lock).
 
 mod client;
-mod overlay;
 mod reflink;
 mod serve;
 mod take;
@@ -23,11 +22,11 @@ use serde::{Deserialize, Serialize};
 use crate::serve::backend::{BackendError, Kind};
 
 pub use client::run;
-pub use overlay::{log_path, recover};
+pub use crate::serve::backend::{log_path, recover};
 pub use serve::answer;
 pub use take::take;
 
-use overlay::Overlay;
+use crate::serve::backend::Overlay;
 
 /// How to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

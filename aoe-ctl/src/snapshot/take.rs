@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::overlay::Overlay;
+use crate::serve::backend::Overlay;
 use super::{reflink, Method, Outcome, Phase};
 use crate::serve::backend::SECTOR;
 use crate::serve::export::Export;

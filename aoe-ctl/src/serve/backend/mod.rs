@@ -7,6 +7,7 @@ mod fault;
 mod image;
 mod mem;
 mod mmap;
+mod overlay;
 mod ring;
 
 use std::fs::File;
@@ -18,6 +19,7 @@ pub use error::{BackendError, Result};
 pub use image::{Image, ImageRef};
 pub use mem::MemBackend;
 pub use mmap::MmapBackend;
+pub use overlay::{log_path, recover, Overlay};
 pub use ring::{Done, IoRing, Kind};
 
 /// Bytes per sector.
