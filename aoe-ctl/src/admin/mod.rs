@@ -3,6 +3,7 @@
 //! (`crate::daemon::control`), since only the daemon writes export state.
 
 pub mod access;
+pub mod snapshot;
 pub mod stats;
 pub mod status;
 

@@ -13,6 +13,7 @@ pub mod metrics_http;
 pub mod netlink;
 pub mod notify;
 pub mod owner;
+pub mod snapshot;
 pub mod spec;
 pub mod state;
 
@@ -104,7 +105,7 @@ impl Node {
 
     fn open_export(&self, spec: &ExportSpec) -> Result<Arc<Export>> {
         // A snapshot's overlay a crash left holds acknowledged writes: into the image first.
-        if let Some(n) = crate::snapshot::recover(&spec.path).with_context(|| spec.name())? {
+        if let Some(n) = crate::serve::backend::recover(&spec.path).with_context(|| spec.name())? {
             log::warn!(
                 "{}: replayed {n} writes from the overlay of a snapshot that did not finish",
                 spec.name()

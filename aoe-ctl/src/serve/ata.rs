@@ -235,7 +235,7 @@ fn run(
     }
 }
 
-/// A request counted in a gauge while it lives (SeqCst: `crate::snapshot::take`'s barrier).
+/// A request counted in a gauge while it lives (SeqCst: `crate::daemon::snapshot::take`'s barrier).
 struct Counted<'a>(&'a std::sync::atomic::AtomicU64);
 
 impl<'a> Counted<'a> {

@@ -101,7 +101,7 @@ pub struct Export {
     pub access: Access,
     pub stats: ExportStats,
     /// Where storage requests go while `aoe-ctl snapshot` runs.
-    pub snapshot: crate::snapshot::Hook,
+    pub snapshot: super::backend::SnapshotHook,
     config: RwLock<Vec<u8>>,
     serial: [u8; 20],
     /// Unix second of the last storage error logged, and errors not logged since.

@@ -72,7 +72,7 @@ impl<H> InFlight<H> {
             return Err(p);
         };
         let (kind, offset) = (p.io.kind, p.io.lba * SECTOR);
-        // Counted before the snapshot flag is read: `crate::snapshot::take`'s barrier.
+        // Counted before the snapshot flag is read: `crate::daemon::snapshot::take`'s barrier.
         let counted = &p.export.stats.storage_in_flight;
         counted.fetch_add(1, Ordering::SeqCst);
         if p.export.snapshot.active() {

@@ -8,6 +8,7 @@ mod image;
 mod mem;
 mod mmap;
 mod overlay;
+mod overlay_hook;
 mod ring;
 
 use std::fs::File;
@@ -20,6 +21,7 @@ pub use image::{Image, ImageRef};
 pub use mem::MemBackend;
 pub use mmap::MmapBackend;
 pub use overlay::{log_path, recover, Overlay};
+pub use overlay_hook::SnapshotHook;
 pub use ring::{Done, IoRing, Kind};
 
 /// Bytes per sector.

@@ -1,80 +1,15 @@
-//! `aoe-ctl snapshot`: a crash-consistent point-in-time copy of an export while initiators
-//! keep reading and writing. Where the image's filesystem can reflink (XFS, btrfs) the copy
-//! is one FICLONE: instant, and atomic with respect to writes (the clone takes the inode's
-//! locks and writes dirty pages back first). Elsewhere the export's writes go to a
-//! copy-on-write overlay (`overlay.rs`) while the frozen image is copied, and are merged
-//! back afterwards. docs/operations.md says what a snapshot guarantees and costs.
-//!
-//! The queue workers see a snapshot through the export's `Hook`: one atomic load per
-//! storage request, and only while a snapshot runs do requests take the slow path through
-//! the overlay (synchronous I/O under the overlay's lock).
-
-mod client;
-mod reflink;
-mod serve;
-mod take;
+//! An export's snapshot state, as its queue workers see it: one atomic load per storage
+//! request, and only while a snapshot runs (`crate::daemon::snapshot`) do requests take
+//! the slow path through the overlay (synchronous I/O under the overlay's lock).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-use crate::serve::backend::{BackendError, Kind};
-
-pub use client::run;
-pub use crate::serve::backend::{log_path, recover};
-pub use serve::answer;
-pub use take::take;
-
-use crate::serve::backend::Overlay;
-
-/// How to copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    /// Reflink where the filesystem can, else the overlay.
-    Auto,
-    /// Only a reflink: fail where the filesystem cannot.
-    Reflink,
-    /// The overlay, even where a reflink would do (slower; for tests and odd filesystems).
-    Overlay,
-}
-
-/// One line the daemon sends while a snapshot runs, and the last one.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "line", rename_all = "snake_case")]
-pub enum Line {
-    Progress { phase: Phase, done: u64, total: u64 },
-    Done(Outcome),
-    Error { error: String },
-    NotServed,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Waiting for the storage I/O in flight at the snapshot point.
-    Barrier,
-    /// Copying the frozen image: bytes copied of the export's.
-    Copy,
-    /// Merging the overlay back: bytes merged of the log's.
-    Merge,
-}
-
-/// What a finished snapshot did.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Outcome {
-    /// "reflink" or "overlay".
-    pub method: String,
-    pub bytes: u64,
-    /// Bytes written into the overlay while the copy ran (and merged back).
-    pub overlaid: u64,
-    pub seconds: f64,
-}
+use super::{BackendError, Kind, Overlay};
 
 /// An export's snapshot state, as its queue workers see it.
 #[derive(Default)]
-pub struct Hook {
+pub struct SnapshotHook {
     /// Storage requests take the overlay; read by every request (SeqCst: see `take`).
     active: AtomicBool,
     /// A snapshot is running (at most one per export).
@@ -82,7 +17,29 @@ pub struct Hook {
     overlay: Mutex<Option<Arc<Overlay>>>,
 }
 
-impl Hook {
+impl SnapshotHook {
+    /// Start a snapshot; false when one is running already (at most one per export).
+    pub fn begin(&self) -> bool {
+        !self.running.swap(true, Ordering::SeqCst)
+    }
+
+    /// The snapshot started with `begin` is over.
+    pub fn end(&self) {
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// Send the export's storage requests to `o` from now on (SeqCst: the snapshot point
+    /// reads the in-flight gauge after this).
+    pub fn divert(&self, o: Arc<Overlay>) {
+        *self.overlay.lock().unwrap() = Some(o);
+        self.active.store(true, Ordering::SeqCst);
+    }
+
+    /// Storage requests take the export's own way again (the overlay is merged back).
+    pub fn restore(&self) {
+        self.active.store(false, Ordering::SeqCst);
+    }
+
     /// Must storage requests go through `io` now?
     #[inline]
     pub fn active(&self) -> bool {
