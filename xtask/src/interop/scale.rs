@@ -155,24 +155,47 @@ impl Node {
     }
 
     /// `handled_user` of each interface, from `aoe-ctl stats --json`.
+    /// Frames each interface's workers took, live from the daemon (`stats --prometheus`
+    /// asks it over its control socket; the pins lag by the daemon's 500 ms tick), once
+    /// they stopped moving: the guest waits for the acknowledgement, so nothing new comes.
+    fn settled_handled(&self) -> Result<BTreeMap<String, u64>> {
+        let mut last = self.handled()?;
+        let give_up = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = self.handled()?;
+            if now == last {
+                return Ok(now);
+            }
+            if std::time::Instant::now() > give_up {
+                bail!("the counters of {} never settled: {now:?}", self.name);
+            }
+            last = now;
+        }
+    }
+
     fn handled(&self) -> Result<BTreeMap<String, u64>> {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns, "env"])
             .args(self.env())
             .arg(aoe_ctl())
-            .args(["stats", "--json"])
+            .args(["stats", "--prometheus"])
             .output()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("aoe-ctl stats --json on {}", self.name))?;
-        Ok(v["interfaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| {
-                Some((
-                    i["interface"].as_str()?.to_string(),
-                    i["handled_user"].as_u64()?,
-                ))
+        if !out.status.success() {
+            bail!(
+                "aoe-ctl stats --prometheus on {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        // aoe_worker_frames_total{interface="n0"} 1234
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("aoe_worker_frames_total{interface=\""))
+            .filter_map(|l| {
+                let (iface, rest) = l.split_once('"')?;
+                let v = rest.rsplit(' ').next()?.parse::<f64>().ok()?;
+                Some((iface.to_string(), v as u64))
             })
             .collect())
     }
@@ -330,7 +353,7 @@ impl Host {
                 ip(&["-n", &n.ns, "link", "set", "n1", up])?;
             }
             "stats" if target != Target::Vblade => {
-                let s = self.seg.node(MULTIPATH)?.handled()?;
+                let s = self.seg.node(MULTIPATH)?.settled_handled()?;
                 self.stats.push((arg.to_string(), s));
             }
             "flip" => {
