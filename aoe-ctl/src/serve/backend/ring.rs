@@ -79,8 +79,6 @@ struct Op {
     /// (RWF_NOWAIT): the requests the page cache holds are answered at once, and only the
     /// rest wait for the disk, so a hit merged with a miss never waits for the miss.
     nowait: bool,
-    /// A NOWAIT read of the requests left after a first one found a miss.
-    retry: bool,
     /// A write's place in its image's write order (`Image::enter`).
     ticket: Option<u64>,
 }
@@ -470,7 +468,6 @@ impl IoRing {
         op.fd = fd;
         op.at = at;
         op.nowait = kind == Kind::Read && !direct && op.members.len() > 1;
-        op.retry = false;
         op.kind = Some(OpKind::Io { kind, target });
         let clear = if kind == Kind::Write {
             let (ticket, clear) = image(&target).enter(at, at + end as u64);
@@ -627,7 +624,6 @@ impl IoRing {
         let bounce = op.bounce.take();
         let ticket = op.ticket.take();
         let nowait = std::mem::take(&mut op.nowait);
-        let retry = std::mem::take(&mut op.retry);
         let (fd, at) = (op.fd, op.at);
         match kind {
             OpKind::Sync { image: id } => self.synced(id, &members, res),
@@ -654,7 +650,7 @@ impl IoRing {
                 }
                 let all = members.last().map_or(0, |m| m.end);
                 if nowait && (res == -libc::EAGAIN || (res >= 0 && got < all)) {
-                    self.read_rest(target, (fd, at), &members, &iov, got, retry);
+                    self.read_rest(target, (fd, at), &members, &iov, got);
                 } else {
                     let call = if kind == Kind::Read { "read" } else { "write" };
                     for m in &members {
@@ -689,10 +685,9 @@ impl IoRing {
     }
 
     /// A read tried without waiting got only the first `got` bytes from the page cache:
-    /// answer the requests it covered, read the first one it did not (waiting for the
-    /// disk), and try the ones after that again without waiting. A retry that finds a miss
-    /// straight away (a cold run: its pages are being read ahead) reads all it has in one
-    /// read that waits, so a cold sequential run costs four operations, not two a request.
+    /// answer the requests it covered, and read the rest in one read that waits for the
+    /// disk. Never more than two operations for a run: a cold sequential run costs one
+    /// refused try (which starts the readahead) and the read it always was.
     fn read_rest(
         &mut self,
         target: IoTarget,
@@ -700,29 +695,20 @@ impl IoRing {
         members: &[Member],
         iov: &[libc::iovec],
         got: usize,
-        retry: bool,
     ) {
         let k = members.iter().position(|m| m.end > got).unwrap_or(0);
         for m in &members[..k] {
             self.done(m.token, Ok(()));
         }
-        if retry && k == 0 {
-            return self.read_op(target, fd, at, members, iov, (0, 0), false);
-        }
-        let (end0, iov0) = match k {
+        let base = match k {
             0 => (0, 0),
             _ => (members[k - 1].end, members[k - 1].iov_end),
         };
-        self.read_op(target, fd, at, &members[k..=k], iov, (end0, iov0), false);
-        if k + 1 < members.len() {
-            let rest = &members[k + 1..];
-            let base = (members[k].end, members[k].iov_end);
-            self.read_op(target, fd, at, rest, iov, base, rest.len() > 1);
-        }
+        self.read_op(target, fd, at, &members[k..], iov, base);
     }
 
-    /// A read of `members` (whose ends count from `base` in the op they came from).
-    #[allow(clippy::too_many_arguments)]
+    /// A read, waiting for the disk, of `members` (whose ends count from `base` in the op
+    /// they came from).
     fn read_op(
         &mut self,
         target: IoTarget,
@@ -731,7 +717,6 @@ impl IoRing {
         members: &[Member],
         iov: &[libc::iovec],
         base: (usize, usize),
-        nowait: bool,
     ) {
         let slot = self.slot();
         let op = &mut self.ops[slot];
@@ -746,8 +731,7 @@ impl IoRing {
             .extend_from_slice(&iov[base.1..members.last().map_or(base.1, |m| m.iov_end)]);
         op.fd = fd;
         op.at = at + base.0 as u64;
-        op.nowait = nowait;
-        op.retry = nowait;
+        op.nowait = false;
         op.ticket = None;
         op.kind = Some(OpKind::Io {
             kind: Kind::Read,
@@ -1124,8 +1108,6 @@ mod tests {
         let layouts = [
             // The hit (the last KiB of page 0), then two misses.
             (0u64, [3072u64, 4096, 5120], 0usize),
-            // A miss (the last KiB of page 0), then the hit, then another.
-            (4096, [3072, 4096, 5120], 1),
         ];
         for (hot, at, hit) in layouts {
             // Everything back to the disk only, then the hot page read back alone (no
