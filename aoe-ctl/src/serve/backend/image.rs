@@ -29,6 +29,8 @@ pub struct Image {
     id: u64,
     path: PathBuf,
     failed: AtomicBool,
+    /// Its filesystem refused a read with RWF_NOWAIT (tmpfs, FUSE, NFS: no FMODE_NOWAIT).
+    no_nowait: AtomicBool,
     sync_errors: AtomicU64,
     writes: Mutex<Writes>,
     /// Syncs of the synchronous path, one at a time: the first to see an error marks the
@@ -50,6 +52,7 @@ impl Image {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             path: path.to_owned(),
             failed: AtomicBool::new(false),
+            no_nowait: AtomicBool::new(false),
             sync_errors: AtomicU64::new(0),
             writes: Mutex::new(Writes::default()),
             sync_lock: Mutex::new(()),
@@ -74,6 +77,16 @@ impl Image {
             return Err(SYNC_FAILED);
         }
         Ok(())
+    }
+
+    /// May reads be tried without waiting for the disk (RWF_NOWAIT)?
+    pub fn nowait_reads(&self) -> bool {
+        !self.no_nowait.load(Ordering::Relaxed)
+    }
+
+    /// The filesystem refused RWF_NOWAIT: reads wait from now on.
+    pub fn no_nowait_reads(&self) {
+        self.no_nowait.store(true, Ordering::Relaxed);
     }
 
     /// Failed syncs so far (a counter for `stats` and the metrics).

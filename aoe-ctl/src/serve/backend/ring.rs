@@ -44,6 +44,7 @@ pub struct Done {
 }
 
 /// A request's I/O as queued, before merging.
+#[derive(Clone, Copy)]
 struct Queued {
     token: u32,
     target: IoTarget,
@@ -230,8 +231,8 @@ impl IoRing {
     /// Submit what was queued (merged), collect what completed, start the fdatasyncs that
     /// waiting writes need; finished requests are appended to `done`.
     pub fn pump(&mut self, done: &mut Vec<Done>) {
-        self.submit_staged();
         for _ in 0..ROUNDS {
+            self.submit_staged();
             self.unblock();
             self.start_syncs();
             // Entries left in the queue by a refused enter go now, whatever else happens.
@@ -239,7 +240,7 @@ impl IoRing {
             if queued || self.ring.submission().taskrun() {
                 self.enter();
             }
-            if self.reap() == 0 && self.ring.submission().is_empty() {
+            if self.reap() == 0 && self.ring.submission().is_empty() && self.staged.is_empty() {
                 break;
             }
         }
@@ -300,27 +301,11 @@ impl IoRing {
         let mut staged = std::mem::take(&mut self.staged);
         // Stable: requests for the same sectors keep their arrival order.
         staged.sort_by_key(|q| (q.target.fd, q.kind as u8, q.offset));
-        // Files with overlapping writes in this batch (a retransmit beside the original):
-        // their writes are not merged and take their tickets in arrival order.
-        let mut overlapping: Vec<RawFd> = Vec::new();
-        let mut reach: Option<(RawFd, u64)> = None;
-        for q in staged.iter().filter(|q| q.kind == Kind::Write) {
-            let end = q.offset + q.len as u64;
-            reach = match reach {
-                Some((fd, r)) if fd == q.target.fd => {
-                    if q.offset < r && !overlapping.contains(&fd) {
-                        overlapping.push(fd);
-                    }
-                    Some((fd, r.max(end)))
-                }
-                _ => Some((q.target.fd, end)),
-            };
-        }
+        let later = defer_overlaps(&mut staged, &self.staged_iov);
         // A write past the end of a regular file would grow it back after someone shrank it
         // under us, leaving zeros where data was: such writes fail instead. One fstat per
         // file and batch (a shrink between it and the write can still slip through).
         let mut sizes: Vec<(RawFd, u64)> = Vec::new();
-        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
         let mut i = 0;
         while i < staged.len() {
             let first = &staged[i];
@@ -372,13 +357,10 @@ impl IoRing {
                 i += 1;
                 continue;
             }
-            let alone = first.kind == Kind::Write && overlapping.contains(&target.fd);
             // The run of requests that continue each other.
             let mut j = i + 1;
             let mut bytes = first.len;
-            let mut arrival = first.arrival;
-            while !alone
-                && j < staged.len()
+            while j < staged.len()
                 && j - i < MAX_MERGE
                 && staged[j].target.fd == target.fd
                 && staged[j].kind == first.kind
@@ -387,20 +369,21 @@ impl IoRing {
                 && !past(&staged[j])
             {
                 bytes += staged[j].len;
-                arrival = arrival.min(staged[j].arrival);
                 j += 1;
             }
-            runs.push((arrival, i, j));
-            i = j;
-        }
-        // Overlapping writes take their tickets in the order they arrived.
-        runs.sort_by_key(|r| r.0);
-        for &(_, i, j) in &runs {
             self.submit_io(&staged[i..j]);
+            i = j;
         }
         staged.clear();
         self.staged = staged;
         self.staged_iov.clear();
+        // The held-back writes, in arrival order, for the next batch.
+        for (mut q, iov) in later {
+            q.iov = (self.staged_iov.len(), iov.len());
+            q.arrival = self.staged.len();
+            self.staged_iov.extend_from_slice(&iov);
+            self.staged.push(q);
+        }
     }
 
     /// One read or write for `run` (requests in file order, each continuing the last).
@@ -467,7 +450,8 @@ impl IoRing {
         }
         op.fd = fd;
         op.at = at;
-        op.nowait = kind == Kind::Read && !direct && op.members.len() > 1;
+        op.nowait =
+            kind == Kind::Read && !direct && op.members.len() > 1 && image(&target).nowait_reads();
         op.kind = Some(OpKind::Io { kind, target });
         let clear = if kind == Kind::Write {
             let (ticket, clear) = image(&target).enter(at, at + end as u64);
@@ -649,7 +633,12 @@ impl IoRing {
                     }
                 }
                 let all = members.last().map_or(0, |m| m.end);
-                if nowait && (res == -libc::EAGAIN || (res >= 0 && got < all)) {
+                if nowait && res == -libc::EOPNOTSUPP {
+                    // A filesystem without FMODE_NOWAIT refuses the flag outright.
+                    image(&target).no_nowait_reads();
+                }
+                let refused = [-libc::EAGAIN, -libc::EOPNOTSUPP].contains(&res);
+                if nowait && (refused || (res >= 0 && got < all)) {
                     self.read_rest(target, (fd, at), &members, &iov, got);
                 } else {
                     let call = if kind == Kind::Read { "read" } else { "write" };
@@ -819,6 +808,59 @@ impl IoRing {
             }
         }
     }
+}
+
+/// Take out of a batch (sorted by file, kind and offset) every write that overlaps one
+/// that arrived before it in the batch (a retransmit beside the original): held back to the
+/// next batch, it takes a later ticket in the image's write order and so lands after it,
+/// while the rest of the batch merges as usual. Returned in arrival order, with their
+/// buffers (from `iov`).
+fn defer_overlaps(
+    staged: &mut Vec<Queued>,
+    iov: &[libc::iovec],
+) -> Vec<(Queued, Vec<libc::iovec>)> {
+    let writes = |q: &&Queued| q.kind == Kind::Write;
+    // Cheap look first: in file order, does any write start before the previous ones end?
+    let mut reach: Option<(RawFd, u64)> = None;
+    let mut any = false;
+    for q in staged.iter().filter(writes) {
+        let end = q.offset + q.len as u64;
+        reach = match reach {
+            Some((fd, r)) if fd == q.target.fd => {
+                any |= q.offset < r;
+                Some((fd, r.max(end)))
+            }
+            _ => Some((q.target.fd, end)),
+        };
+    }
+    if !any {
+        return Vec::new();
+    }
+    let overlaps = |a: &Queued, b: &Queued| {
+        a.target.fd == b.target.fd
+            && a.offset < b.offset + b.len as u64
+            && b.offset < a.offset + a.len as u64
+    };
+    let held: Vec<bool> = staged
+        .iter()
+        .map(|q| {
+            q.kind == Kind::Write
+                && staged
+                    .iter()
+                    .filter(writes)
+                    .any(|w| w.arrival < q.arrival && overlaps(w, q))
+        })
+        .collect();
+    let mut later: Vec<(Queued, Vec<libc::iovec>)> = staged
+        .iter()
+        .zip(&held)
+        .filter(|(_, &h)| h)
+        .map(|(q, _)| (*q, iov[q.iov.0..q.iov.0 + q.iov.1].to_vec()))
+        .collect();
+    let mut h = held.iter();
+    staged.retain(|_| !h.next().copied().unwrap_or(false));
+    later.sort_by_key(|(q, _)| q.arrival);
+    later
 }
 
 /// The size of the file open at `fd` (0 when it cannot be read: every write then fails).
@@ -1331,6 +1373,22 @@ mod tests {
             "the earlier write landed last"
         );
         std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn entries_a_refused_enter_left_queued_go_with_the_next_pump() {
+        let mut ring = IoRing::new().unwrap();
+        // What an io_uring_enter that failed (EBUSY, EAGAIN, ENOMEM) leaves behind: an
+        // entry in the submission queue, with nothing staged to submit after it.
+        let nop = opcode::Nop::new().build().user_data(u64::MAX);
+        // SAFETY: a nop points at nothing.
+        unsafe { ring.ring.submission().push(&nop).unwrap() };
+        let mut done = Vec::new();
+        ring.pump(&mut done);
+        assert!(
+            ring.ring.submission().is_empty(),
+            "the entry is still waiting to be submitted"
+        );
     }
 
     #[test]
