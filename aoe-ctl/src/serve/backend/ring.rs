@@ -231,18 +231,21 @@ impl IoRing {
     /// Submit what was queued (merged), collect what completed, start the fdatasyncs that
     /// waiting writes need; finished requests are appended to `done`.
     pub fn pump(&mut self, done: &mut Vec<Done>) {
-        for _ in 0..ROUNDS {
+        for round in 0..ROUNDS {
             self.submit_staged();
             self.unblock();
             self.start_syncs();
             // Entries left in the queue by a refused enter go now, whatever else happens.
             let queued = !self.ring.submission().is_empty();
+            // After the first round, only for what completions started (one syscall more
+            // only when there is something to submit).
+            if round > 0 && !queued {
+                break;
+            }
             if queued || self.ring.submission().taskrun() {
                 self.enter();
             }
-            if self.reap() == 0 && self.ring.submission().is_empty() && self.staged.is_empty() {
-                break;
-            }
+            self.reap();
         }
         self.in_flight -= self.ready.len();
         if self.in_flight == 0 && !self.commits.is_empty() {
