@@ -159,6 +159,15 @@ pub enum Cmd {
         #[command(subcommand)]
         action: ReservationAction,
     },
+    /// Serve an export at its backing store's size now, after the file or device grew
+    /// (`truncate -s`, `losetup -c`, `lvextend`), and announce it. The daemon also looks by
+    /// itself every second and on IDENTIFY; an export with a length keeps it, and a store
+    /// that shrank is never followed (the command then fails, saying so).
+    Resize {
+        /// The export, as eSHELF.SLOT (e.g. e1.2).
+        #[arg(long, value_parser = parse_target)]
+        target: (u16, u8),
+    },
     /// A crash-consistent point-in-time copy of a served export into a new file, while
     /// initiators keep reading and writing: a reflink where the filesystem can (XFS,
     /// btrfs), else a copy with writes held in an overlay meanwhile (progress on stderr).

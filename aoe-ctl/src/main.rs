@@ -142,6 +142,7 @@ fn run(cli: Cli) -> Result<()> {
                 admin::access::edit(target, admin::access::Edit::AclDel(mac))
             }
         },
+        Cmd::Resize { target } => admin::resize::run(target),
         Cmd::Snapshot {
             target,
             method,

@@ -19,7 +19,7 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Columns of `ExportRecord::stats`, as `ExportStats` counts them.
-pub const STAT_NAMES: [&str; 18] = [
+pub const STAT_NAMES: [&str; 19] = [
     "frames",
     "reads",
     "writes",
@@ -38,6 +38,7 @@ pub const STAT_NAMES: [&str; 18] = [
     "errors_storage_sigbus",
     "errors_storage_concurrent_fault",
     "errors_storage_failed_closed",
+    "errors_storage_shrunk",
 ];
 
 /// Export option flags in `ExportRecord::flags`.
@@ -77,7 +78,11 @@ pub struct ExportRecord {
     /// Its row in EXPORT_COUNTERS.
     pub row: u32,
     pub offset: u64,
+    /// Served (range checks, IDENTIFY).
     pub sectors: u64,
+    /// What the backing store held from the offset at the last look: less than `sectors`
+    /// when it shrank under the export.
+    pub store_sectors: u64,
     /// Unix seconds.
     pub started: u64,
     pub stats: [u64; STAT_NAMES.len()],
@@ -90,7 +95,7 @@ unsafe impl aya::Pod for IfaceInfo {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ExportRecord {}
 const _: () = assert!(std::mem::size_of::<IfaceInfo>() == 64);
-const _: () = assert!(std::mem::size_of::<ExportRecord>() == 40 + 8 * STAT_NAMES.len() + 256);
+const _: () = assert!(std::mem::size_of::<ExportRecord>() == 48 + 8 * STAT_NAMES.len() + 256);
 
 /// `<bpffs>/aoe`.
 pub fn root() -> PathBuf {

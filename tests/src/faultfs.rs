@@ -100,6 +100,14 @@ impl FaultFs {
     /// Cut the power: what was not synced is dropped and every later request fails; then
     /// unmount. `backing` holds what survived; mount again to serve it.
     pub fn cut(&mut self) -> Result<Cut> {
+        let cut = self.cut_power()?;
+        self.unmount()?;
+        Ok(cut)
+    }
+
+    /// Cut the power and leave the dead mount in place: a loop device on the file holds it
+    /// open, so the cut comes first, then the detach, then `unmount`.
+    pub fn cut_power(&mut self) -> Result<Cut> {
         let a = pairs(&self.ask("cut")?)?;
         let get = |k: &str| {
             a.iter()
@@ -107,12 +115,10 @@ impl FaultFs {
                 .map(|p| p.1)
                 .ok_or_else(|| anyhow!("cut answered no {k}"))
         };
-        let cut = Cut {
+        Ok(Cut {
             dropped_writes: get("dropped_writes")?,
             dropped_pages: get("dropped_pages")?,
-        };
-        self.unmount()?;
-        Ok(cut)
+        })
     }
 
     /// Unmount and stop the process (what a drop does, with errors said).

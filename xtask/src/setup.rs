@@ -24,6 +24,11 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     // tests/snapshot.rs: the reflink path on an XFS loop image
     "xfsprogs",
+    // the fault lab: losetup and umount (faultfs itself needs only the kernel's FUSE: as
+    // root it mounts /dev/fuse with mount(2), no fusermount); ethtool reads the per-queue
+    // XDP counters of tests/failing_disk.rs
+    "mount",
+    "ethtool",
     // the storage section of `cargo xtask bench`: the disk's limit
     "fio",
     // interop: initiators we did not write, and the tools that judge them

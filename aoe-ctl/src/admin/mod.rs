@@ -1,8 +1,9 @@
 //! Commands for a second process while a target runs: `status` and `stats` read the pinned
-//! maps (`crate::pinned`); `acl` and `reservation` ask the daemon over its control socket
-//! (`crate::daemon::control`), since only the daemon writes export state.
+//! maps (`crate::pinned`); `acl`, `reservation` and `resize` ask the daemon over its control
+//! socket (`crate::daemon::control`), since only the daemon writes export state.
 
 pub mod access;
+pub mod resize;
 pub mod snapshot;
 pub mod stats;
 pub mod status;

@@ -25,6 +25,7 @@ pub fn run(as_json: bool) -> Result<()> {
                         "target": format!("e{}.{}", r.shelf, r.slot),
                         "path": pinned::text(&r.path),
                         "sectors": r.sectors,
+                        "store_sectors": r.store_sectors,
                         "offset": r.offset,
                         "buffers": r.buffers,
                         "read_only": r.flags & FLAG_READ_ONLY != 0,
@@ -77,8 +78,13 @@ pub fn run(as_json: bool) -> Result<()> {
             if r.offset != 0 {
                 opts.push(format!("offset {}", r.offset));
             }
+            // Both sizes when they differ: the store shrank under the export.
+            let store = match r.store_sectors {
+                s if s < r.sectors => format!(" (store shrank to {s}: I/O past it fails)"),
+                _ => String::new(),
+            };
             println!(
-                "  e{}.{}  {}  {} sectors, {} buffers{}{}, up {}",
+                "  e{}.{}  {}  {} sectors{store}, {} buffers{}{}, up {}",
                 r.shelf,
                 r.slot,
                 pinned::text(&r.path),

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics_http::Asker;
 use super::owner::{Owner, Work};
+use super::resize::Resizer;
 
 /// Where control sockets live when `AOE_RUN_DIR` does not say.
 pub const DEFAULT_RUN_DIR: &str = "/run/aoe";
@@ -50,6 +51,11 @@ pub enum AdminRequest {
         dest: String,
         method: crate::daemon::snapshot::Method,
     },
+    /// `aoe-ctl resize`: look at the export's backing store and follow its size now,
+    /// answered by the daemon's thread (which announces a change), not the owner.
+    Resize {
+        target: String,
+    },
 }
 
 impl AdminRequest {
@@ -63,6 +69,7 @@ impl AdminRequest {
             AdminRequest::ReservationClear { .. } => "reservation clear".into(),
             AdminRequest::Metrics => "metrics".into(),
             AdminRequest::Snapshot { dest, .. } => format!("snapshot {dest}"),
+            AdminRequest::Resize { .. } => "resize".into(),
         }
     }
 
@@ -73,7 +80,8 @@ impl AdminRequest {
             | AdminRequest::AclDel { target, .. }
             | AdminRequest::ReservationShow { target }
             | AdminRequest::ReservationClear { target }
-            | AdminRequest::Snapshot { target, .. } => target,
+            | AdminRequest::Snapshot { target, .. }
+            | AdminRequest::Resize { target } => target,
             AdminRequest::Metrics => "",
         }
     }
@@ -92,6 +100,9 @@ pub struct AdminReply {
     /// The answer to `AdminRequest::Metrics`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Vec<crate::prometheus::Family>>,
+    /// The answer to `AdminRequest::Resize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<super::resize::SizeReport>,
 }
 
 impl AdminReply {
@@ -131,6 +142,7 @@ pub struct ControlSocket {
     path: PathBuf,
     listener: tokio::net::UnixListener,
     metrics: Option<Asker>,
+    resizer: Option<Resizer>,
 }
 
 impl ControlSocket {
@@ -166,12 +178,19 @@ impl ControlSocket {
             path,
             listener,
             metrics: None,
+            resizer: None,
         })
     }
 
     /// Answer `AdminRequest::Metrics` through `asker`.
     pub fn with_metrics(mut self, asker: Asker) -> Self {
         self.metrics = Some(asker);
+        self
+    }
+
+    /// Answer `AdminRequest::Resize` through `resizer`.
+    pub fn with_resizer(mut self, resizer: Resizer) -> Self {
+        self.resizer = Some(resizer);
         self
     }
 
@@ -188,8 +207,9 @@ impl ControlSocket {
         };
         let owner = owner.clone();
         let metrics = self.metrics.clone();
+        let resizer = self.resizer.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, owner, metrics).await {
+            if let Err(e) = answer(stream, owner, metrics, resizer).await {
                 log::warn!("control socket: {e:#}");
             }
         });
@@ -206,6 +226,7 @@ async fn answer(
     stream: tokio::net::UnixStream,
     owner: SyncSender<Work>,
     metrics: Option<Asker>,
+    resizer: Option<Resizer>,
 ) -> Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let uid = stream.peer_cred()?.uid();
@@ -243,6 +264,10 @@ async fn answer(
                     },
                     Err(e) => AdminReply::error(format!("{e:#}")),
                 },
+            },
+            Ok(AdminRequest::Resize { target }) => match &resizer {
+                None => AdminReply::error("this aoe-ctl resizes nothing".into()),
+                Some(r) => super::resize::ask(r, target).await,
             },
             Ok(req) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -322,9 +347,15 @@ pub fn metrics_of_all() -> Result<Vec<Vec<crate::prometheus::Family>>> {
 /// processes, one per interface): an edit must reach them all. The list comes from the
 /// first; any daemon that fails or does not answer makes the command fail, naming it.
 pub fn request(req: &AdminRequest) -> Result<Vec<String>> {
+    let first = request_all(req)?.into_iter().next();
+    Ok(first.map(|r| r.macs).unwrap_or_default())
+}
+
+/// `request`, with the answer of every daemon serving the target (at least one).
+pub fn request_all(req: &AdminRequest) -> Result<Vec<AdminReply>> {
     let dir = run_dir();
     let sockets = sockets(&dir)?;
-    let mut list = None;
+    let mut answers = Vec::new();
     let mut failures = Vec::new();
     for path in sockets {
         let reply = match ask(&path, req) {
@@ -342,21 +373,20 @@ pub fn request(req: &AdminRequest) -> Result<Vec<String>> {
         if reply.not_served {
             continue;
         }
-        match reply.error {
-            Some(e) => failures.push(e),
-            None => {
-                list.get_or_insert(reply.macs);
-            }
+        match &reply.error {
+            Some(e) => failures.push(e.clone()),
+            None => answers.push(reply),
         }
     }
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
     }
-    list.ok_or_else(|| {
-        anyhow!(
+    if answers.is_empty() {
+        bail!(
             "{} is not served by any running aoe-ctl (no daemon in {} answered for it)",
             req.target(),
             dir.display()
-        )
-    })
+        );
+    }
+    Ok(answers)
 }

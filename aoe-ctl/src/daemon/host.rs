@@ -441,6 +441,17 @@ impl Host {
         announce(&self.iface, &self.exports, self.max_sectors);
     }
 
+    /// Announce those of `exports` served here again (their size changed), so initiators
+    /// that do not have the device open identify it anew.
+    pub fn announce_some(&self, exports: &[Arc<Export>]) {
+        let here: Vec<Arc<Export>> = exports
+            .iter()
+            .filter(|e| self.exports.iter().any(|o| Arc::ptr_eq(o, e)))
+            .cloned()
+            .collect();
+        announce(&self.iface, &here, self.max_sectors);
+    }
+
     pub fn exports(&self) -> &[Arc<Export>] {
         &self.exports
     }
@@ -515,7 +526,8 @@ impl Host {
                     buffers: u32::from(ex.buffers),
                     row: rows.get(&ex.key()).copied().unwrap_or(u32::MAX),
                     offset: ex.offset,
-                    sectors: ex.backend.sectors(),
+                    sectors: ex.sectors(),
+                    store_sectors: ex.store_sectors(),
                     started: ex.started,
                     stats: ex.stats.snapshot(),
                     path: [0; 256],

@@ -140,7 +140,17 @@ impl Node {
             Kind::Info,
             "An export served, and its options.",
         );
-        let mut size = Family::new("aoe_export_size_bytes", Kind::Gauge, "The export's size.");
+        let mut size = Family::new(
+            "aoe_export_size_bytes",
+            Kind::Gauge,
+            "The export's size, as initiators are told.",
+        );
+        let mut store = Family::new(
+            "aoe_export_store_bytes",
+            Kind::Gauge,
+            "What the backing store holds for the export: less than aoe_export_size_bytes \
+             when it shrank under it (I/O past its end fails).",
+        );
         let mut frames = Family::new(
             "aoe_frames_total",
             Kind::Counter,
@@ -217,7 +227,8 @@ impl Node {
                 ],
                 1.0,
             );
-            size.push(&[("export", e)], (ex.backend.sectors() * 512) as f64);
+            size.push(&[("export", e)], (ex.sectors() * 512) as f64);
+            store.push(&[("export", e)], (ex.store_sectors() * 512) as f64);
             let s = &ex.stats;
             let get = |c: &std::sync::atomic::AtomicU64| {
                 c.load(std::sync::atomic::Ordering::Relaxed) as f64
@@ -256,6 +267,7 @@ impl Node {
         vec![
             info,
             size,
+            store,
             frames,
             requests,
             bytes_read,

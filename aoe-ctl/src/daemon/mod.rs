@@ -13,6 +13,7 @@ pub mod metrics_http;
 pub mod netlink;
 pub mod notify;
 pub mod owner;
+pub mod resize;
 pub mod snapshot;
 pub mod spec;
 pub mod state;
@@ -412,8 +413,9 @@ pub fn run(
             node.stop();
             return Err(e);
         }
+        let (resizer, mut resizes) = tokio::sync::mpsc::channel(16);
         let control = match ControlSocket::bind() {
-            Ok(c) => c.with_metrics(asker.clone()),
+            Ok(c) => c.with_metrics(asker.clone()).with_resizer(resizer),
             Err(e) => {
                 node.stop();
                 return Err(e);
@@ -427,6 +429,8 @@ pub fn run(
         let mut notifier = notify::Notifier::from_env();
         notifier.ready(&node);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // How soon a store that grew or shrank is noticed without anyone saying so.
+        let mut watch = tokio::time::interval(Duration::from_secs(1));
         let mut watchdog = tokio::time::interval(notifier.period());
         loop {
             tokio::select! {
@@ -445,16 +449,24 @@ pub fn run(
                                 notifier.refused(&node, &format!("{e:#}"));
                             }
                         }
+                        node.follow_sizes();
                     }
-                    None => eprintln!("SIGHUP: no config file to reload (aoe-ctl export)"),
+                    None => {
+                        eprintln!("SIGHUP: no config file to reload (aoe-ctl export); the export's size is looked at");
+                        node.follow_sizes();
+                    }
                 },
                 _ = control.serve_next(&owner) => {},
                 _ = serve_metrics(&metrics, &asker) => {},
                 Some(reply) = asks.recv() => {
                     let _ = reply.send(node.metrics());
                 }
+                Some((target, reply)) = resizes.recv() => {
+                    let _ = reply.send(node.resize(&target));
+                }
                 events = links::next(&links) => events.into_iter().for_each(|e| node.link_event(e)),
                 _ = tick.tick() => node.publish(),
+                _ = watch.tick() => node.follow_sizes(),
                 _ = watchdog.tick() => notifier.watchdog(&node),
             }
         }

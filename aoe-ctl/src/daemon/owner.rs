@@ -334,5 +334,7 @@ fn edit(name: &str, lists: &mut Lists, req: &AdminRequest) -> Result<()> {
             Ok(())
         }
         AdminRequest::Snapshot { .. } => bail!("a snapshot is not an edit of the lists"),
+        // Answered by the daemon's thread (`control::answer`), never here.
+        AdminRequest::Resize { .. } => bail!("a resize is not an edit of the lists"),
     }
 }

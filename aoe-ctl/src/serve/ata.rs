@@ -210,8 +210,12 @@ fn run(
             else {
                 return Err(AtaFailure::TooLong);
             };
+            // An initiator identifies the device when it first sees it and when it is told
+            // to revalidate: the store is looked at now (one syscall, on a command no
+            // initiator sends per I/O), so a grown store needs nothing from the operator.
+            ex.refresh_size_now();
             Identity {
-                sectors: ex.backend.sectors(),
+                sectors: ex.sectors(),
                 serial: ex.serial(),
                 firmware: FIRMWARE_STRING,
                 model: MODEL,
@@ -273,10 +277,26 @@ pub fn payload<'a>(
     (need == 0).then_some(n)
 }
 
+/// Within what the export serves (else IDNF), and within what its store holds (else the
+/// store shrank under it: a storage failure, counted as `shrunk`).
 fn in_range(ex: &Export, req: &AtaRequest) -> Result<(), AtaFailure> {
-    let end = req.lba.checked_add(req.count as u64);
-    match end {
-        Some(end) if end <= ex.backend.sectors() => Ok(()),
+    match req.lba.checked_add(req.count as u64) {
+        Some(end) if end <= ex.usable_sectors() => Ok(()),
+        Some(end) if end <= ex.sectors() => {
+            // The store was short at the last look; a file rewritten in place (truncated,
+            // then written) is whole again a moment later. Looked at again, on this path
+            // only: a request past the end of a store that is still short costs one more
+            // syscall, a whole one no error.
+            ex.refresh_size_now();
+            if end <= ex.usable_sectors() {
+                return Ok(());
+            }
+            Err(AtaFailure::Storage(BackendError::Shrunk {
+                lba: req.lba,
+                count: req.count,
+                store: ex.store_sectors(),
+            }))
+        }
         _ => Err(AtaFailure::OutOfRange),
     }
 }

@@ -753,6 +753,143 @@ fn storage_errors_become_ata_errors_and_are_counted() {
     assert_eq!(counted(io), 2);
 }
 
+/// A store whose size the test sets, followed as a file backend follows its file: grown to,
+/// never shrunk to.
+struct Resizable {
+    data: Mutex<Vec<u8>>,
+    store: AtomicUsize,
+    served: AtomicUsize,
+}
+
+impl Resizable {
+    fn new(sectors: usize) -> Resizable {
+        Resizable {
+            data: Mutex::new(vec![0; 1 << 20]),
+            store: AtomicUsize::new(sectors),
+            served: AtomicUsize::new(sectors),
+        }
+    }
+}
+
+impl super::backend::Backend for Arc<Resizable> {
+    fn sectors(&self) -> u64 {
+        self.served.load(Ordering::SeqCst) as u64
+    }
+    fn refresh(&self) -> std::io::Result<super::backend::Extent> {
+        let store = self.store.load(Ordering::SeqCst) as u64;
+        self.served.fetch_max(store as usize, Ordering::SeqCst);
+        Ok(super::backend::Extent {
+            served: self.sectors(),
+            store,
+            fixed: false,
+        })
+    }
+    fn read_at(&self, lba: u64, buf: &mut [u8]) -> super::backend::Result<()> {
+        let r = super::backend::byte_range(self.sectors(), lba, buf.len())?;
+        buf.copy_from_slice(&self.data.lock().unwrap()[r]);
+        Ok(())
+    }
+    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> super::backend::Result<()> {
+        let n = parts.iter().map(|p| p.len()).sum();
+        let r = super::backend::byte_range(self.sectors(), lba, n)?;
+        let mut d = self.data.lock().unwrap();
+        let mut at = r.start;
+        for p in parts {
+            d[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        Ok(())
+    }
+    fn sync_range(&self, _: u64, _: usize) -> super::backend::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> super::backend::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_grown_store_is_served_after_identify_and_a_shrunk_one_fails_past_its_end() {
+    use super::export::STORAGE_REASONS;
+    let backend = Arc::new(Resizable::new(64));
+    let ex = Arc::new(Export::new(
+        ExportOptions::new(1, 2),
+        Box::new(backend.clone()),
+    ));
+    let engine = Engine::new(vec![ex.clone()], TARGET, 2);
+    let mut buf = vec![0u8; 3840];
+    let a = from(HOST_A);
+    let mut send = |build: &dyn Fn(&mut [u8]) -> usize| {
+        let n = build(&mut buf);
+        match engine.handle(0, &mut buf, n) {
+            Verdict::Reply(m) => buf[..m].to_vec(),
+            v => panic!("{v:?}"),
+        }
+    };
+    let identified = |rep: &[u8]| identify::parse(rep[36..548].try_into().unwrap()).sectors;
+    let fail = (STATUS_DRDY | STATUS_ERR, ERROR_IDNF);
+    assert_eq!(identified(&send(&|b| frames::identify(b, &a, 1))), 64);
+    assert_eq!(ata_status(&send(&|b| frames::read(b, &a, 2, 100, 1))), fail);
+
+    // The store grows: the next IDENTIFY (an initiator's revalidate) looks and reports it,
+    // and the new sectors are served.
+    backend.store.store(128, Ordering::SeqCst);
+    assert_eq!(identified(&send(&|b| frames::identify(b, &a, 3))), 128);
+    let rep = send(&|b| frames::write(b, &a, 4, 127, &[9; 512]));
+    assert_eq!(ata_status(&rep), (STATUS_DRDY, 0));
+    let rep = send(&|b| frames::read(b, &a, 5, 127, 1));
+    assert_eq!(
+        (ata_status(&rep), &rep[36..548]),
+        ((STATUS_DRDY, 0), &[9; 512][..])
+    );
+    assert_eq!(
+        ex.unannounced(),
+        Some(128),
+        "a change for the daemon to announce"
+    );
+    assert_eq!(ex.unannounced(), None);
+
+    // It shrinks: the size initiators know stays, what lies past the store's end fails as a
+    // storage error (UNC on a read, ABRT on a write), counted as `shrunk`; before it, all
+    // is well; past the served size, IDNF as ever.
+    backend.store.store(32, Ordering::SeqCst);
+    let r = ex.refresh_size().unwrap();
+    assert!(r.shrunk(), "{r:?}");
+    assert_eq!((ex.sectors(), ex.store_sectors()), (128, 32));
+    assert_eq!(identified(&send(&|b| frames::identify(b, &a, 6))), 128);
+    let rep = send(&|b| frames::read(b, &a, 7, 40, 1));
+    assert_eq!(
+        ata_status(&rep),
+        (STATUS_DRDY | STATUS_ERR, aoe_common::wire::ata::ERROR_UNC)
+    );
+    let rep = send(&|b| frames::write(b, &a, 8, 31, &[1; 1024]));
+    assert_eq!(ata_status(&rep), (STATUS_DRDY | STATUS_ERR, ERROR_ABRT));
+    assert_eq!(
+        ata_status(&send(&|b| frames::read(b, &a, 9, 30, 2))),
+        (STATUS_DRDY, 0)
+    );
+    assert_eq!(
+        ata_status(&send(&|b| frames::read(b, &a, 10, 128, 1))),
+        fail
+    );
+    let shrunk = STORAGE_REASONS.iter().position(|r| *r == "shrunk").unwrap();
+    assert_eq!(ex.stats.storage_errors[shrunk].load(Ordering::Relaxed), 2);
+    assert_eq!(
+        ex.unannounced(),
+        None,
+        "a shrink is not announced: nothing changed"
+    );
+
+    // Grown back: served again.
+    backend.store.store(128, Ordering::SeqCst);
+    assert!(!ex.refresh_size().unwrap().shrunk());
+    let rep = send(&|b| frames::read(b, &a, 11, 127, 1));
+    assert_eq!(
+        (ata_status(&rep), &rep[36..548]),
+        ((STATUS_DRDY, 0), &[9; 512][..])
+    );
+}
+
 /// A backend whose writes wait until the test lets them go: a write in the middle of its
 /// copy, for as long as the test likes.
 struct HeldWrites {

@@ -2,13 +2,12 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use aoe_common::wire::Mac;
 
 use super::access::{Access, Lists};
-use super::backend::Backend;
-use super::backend::BackendError;
+use super::backend::{Backend, BackendError, Extent};
 use super::latency::Histogram;
 
 /// Per-export counters (relaxed atomics; read by `stats`).
@@ -36,7 +35,7 @@ pub struct ExportStats {
 }
 
 /// The reasons backend failures are counted by (`BackendError::reason`).
-pub const STORAGE_REASONS: [&str; 8] = [
+pub const STORAGE_REASONS: [&str; 9] = [
     "out_of_range",
     "unaligned",
     "io",
@@ -45,6 +44,7 @@ pub const STORAGE_REASONS: [&str; 8] = [
     "sigbus",
     "concurrent_fault",
     "failed_closed",
+    "shrunk",
 ];
 
 impl ExportStats {
@@ -107,6 +107,37 @@ pub struct Export {
     /// Unix second of the last storage error logged, and errors not logged since.
     last_logged: AtomicU64,
     unlogged: AtomicU64,
+    size: Size,
+}
+
+/// What the export serves against what its store holds, refreshed by a look at the store
+/// (`Export::refresh_size`), never per request.
+#[derive(Debug)]
+struct Size {
+    /// Sectors a request may reach without more checks: the served size, or less when the
+    /// store shrank under it.
+    usable: AtomicU64,
+    /// Sectors the store held from the offset at the last look.
+    store: AtomicU64,
+    /// Served sectors initiators were last told of (the daemon announces a change).
+    announced: AtomicU64,
+    /// One look at a time; the last look could not measure the store.
+    looking: Mutex<bool>,
+}
+
+/// What a look at the store found, in sectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resized {
+    /// Served before the look.
+    pub before: u64,
+    pub now: Extent,
+}
+
+impl Resized {
+    /// The store holds less than is served: what lies past its end fails.
+    pub fn shrunk(&self) -> bool {
+        self.now.store < self.now.served
+    }
 }
 
 /// An export's config string and access lists: what initiators and `aoe-ctl acl` change.
@@ -159,7 +190,8 @@ impl Export {
     /// `MAX_MASKS` MACs, a string of at most `CONFIG_STRING_MAX` bytes.
     pub fn new(opts: ExportOptions, backend: Box<dyn Backend>) -> Self {
         let mut serial = [b' '; 20];
-        let s = format!("AOE{}.{}-{:x}", opts.shelf, opts.slot, backend.sectors());
+        let sectors = backend.sectors();
+        let s = format!("AOE{}.{}-{:x}", opts.shelf, opts.slot, sectors);
         let n = s.len().min(20);
         serial[..n].copy_from_slice(&s.as_bytes()[..n]);
         Export {
@@ -180,7 +212,121 @@ impl Export {
             serial,
             last_logged: AtomicU64::new(0),
             unlogged: AtomicU64::new(0),
+            size: Size {
+                usable: AtomicU64::new(sectors),
+                store: AtomicU64::new(sectors),
+                announced: AtomicU64::new(sectors),
+                looking: Mutex::new(false),
+            },
         }
+    }
+
+    /// Sectors served: range checks and IDENTIFY.
+    pub fn sectors(&self) -> u64 {
+        self.backend.sectors()
+    }
+
+    /// Sectors a request may reach without more checks (one load: every request asks). Less
+    /// than `sectors` while the store holds less than is served.
+    #[inline]
+    pub fn usable_sectors(&self) -> u64 {
+        self.size.usable.load(Ordering::Acquire)
+    }
+
+    /// Sectors the store held from the offset at the last look.
+    pub fn store_sectors(&self) -> u64 {
+        self.size.store.load(Ordering::Relaxed)
+    }
+
+    /// Look at the store's size and follow it (`Backend::refresh`): a store that grew is
+    /// served at its new size, unless the export has a length of its own; one that shrank
+    /// is not followed, what lies past its end fails. Changes are logged.
+    pub fn refresh_size(&self) -> std::io::Result<Resized> {
+        let mut failed = self.size.looking.lock().unwrap();
+        self.look(&mut failed)
+    }
+
+    /// `refresh_size` unless another look is under way (that one will do): for the queue
+    /// workers, which must not wait.
+    pub fn refresh_size_now(&self) {
+        if let Ok(mut failed) = self.size.looking.try_lock() {
+            let _ = self.look(&mut failed);
+        }
+    }
+
+    fn look(&self, failed: &mut bool) -> std::io::Result<Resized> {
+        let before = Extent {
+            served: self.sectors(),
+            store: self.store_sectors(),
+            fixed: false,
+        };
+        let now = match self.backend.refresh() {
+            Ok(e) => e,
+            Err(e) => {
+                if !std::mem::replace(failed, true) {
+                    log::warn!(
+                        "{}: cannot measure {} ({e}); still serving {} sectors",
+                        self.name(),
+                        self.path.display(),
+                        before.served
+                    );
+                }
+                return Err(e);
+            }
+        };
+        *failed = false;
+        let now = Extent {
+            served: self.sectors(),
+            ..now
+        };
+        self.size.store.store(now.store, Ordering::Relaxed);
+        // After the backend grew: a request passing this check finds the backend as large.
+        self.size
+            .usable
+            .store(now.served.min(now.store), Ordering::Release);
+        let r = Resized {
+            before: before.served,
+            now,
+        };
+        if now.served != before.served {
+            log::info!(
+                "{}: {} grew: served at {} sectors ({} MiB) instead of {}",
+                self.name(),
+                self.path.display(),
+                now.served,
+                now.served >> 11,
+                before.served
+            );
+        }
+        let was_short = before.store < before.served;
+        if r.shrunk() && (!was_short || now.store != before.store) {
+            log::error!(
+                "{}: {} shrank to {} sectors, below the {} served: not followed (the \
+                 initiator's filesystem would lose its end); reads and writes past sector {} \
+                 fail until it holds {} sectors again",
+                self.name(),
+                self.path.display(),
+                now.store,
+                now.served,
+                now.store,
+                now.served
+            );
+        } else if !r.shrunk() && was_short {
+            log::info!(
+                "{}: {} holds all {} served sectors again",
+                self.name(),
+                self.path.display(),
+                now.served
+            );
+        }
+        Ok(r)
+    }
+
+    /// The served size, when initiators have not been told of it yet (then they are taken
+    /// to have been: the caller announces it).
+    pub fn unannounced(&self) -> Option<u64> {
+        let now = self.sectors();
+        (self.size.announced.swap(now, Ordering::Relaxed) != now).then_some(now)
     }
 
     pub fn key(&self) -> aoe_common::maps::ExportKey {

@@ -24,6 +24,9 @@ const SCALE_MODULES: &[&str] = &[
     "dm-mod",
 ];
 const SCALE_INIT: &str = include_str!("scale-init.sh");
+/// The resize guest's (resize-init.sh): the plain guest's modules, e2fsprogs from the scale-out
+/// userland.
+const RESIZE_INIT: &str = include_str!("resize-init.sh");
 /// Debian packages whose programs the scale-out guest runs, and the programs (with the names
 /// they are also called by: lvm dispatches on its name).
 const SCALE_PACKAGES: &[&str] = &["mdadm", "lvm2", "libdevmapper-event1.02.1", "e2fsprogs"];
@@ -45,6 +48,8 @@ pub struct Assets {
     pub initramfs: PathBuf,
     /// The scale-out guest's initramfs (scale-init.sh, md, LVM, e2fsprogs).
     pub scale_initramfs: PathBuf,
+    /// The resize guest's initramfs (resize-init.sh, e2fsprogs).
+    pub resize_initramfs: PathBuf,
     pub ipxe: PathBuf,
     pub ipxe_version: String,
 }
@@ -141,6 +146,15 @@ pub fn prepare() -> Result<Assets> {
         Some(&userland),
         &scale_initramfs,
     )?;
+    let resize_initramfs = cache().join(format!("initramfs-resize-{version}.cpio"));
+    build_initramfs(
+        &modules,
+        &version,
+        MODULES,
+        RESIZE_INIT,
+        Some(&userland),
+        &resize_initramfs,
+    )?;
 
     let ipxe_root = cache().join("ipxe");
     let ipxe_version = fetch("ipxe", &ipxe_root)?;
@@ -149,6 +163,7 @@ pub fn prepare() -> Result<Assets> {
         kernel_package: format!("{kernel_package} {kernel_version}"),
         initramfs,
         scale_initramfs,
+        resize_initramfs,
         ipxe: ipxe_root.join("boot/ipxe.lkrn"),
         ipxe_version,
     })

@@ -6,10 +6,12 @@
 
 mod assets;
 mod capture;
+mod fault;
 mod guest;
 mod ipxe;
 mod linux;
 mod many;
+mod resize;
 mod scale;
 mod target;
 
@@ -22,7 +24,9 @@ const MTUS: [u32; 2] = [1500, 9000];
 #[derive(Debug, Default, clap::Args)]
 pub struct Options {
     /// Run only this case: vblade-1500, aoe-ctl-1500, vblade-9000, aoe-ctl-9000, ipxe,
-    /// scale-vblade, scale-aoe-ctl (ends with the corrupt control) or discovery-4096.
+    /// resize, scale-vblade, scale-aoe-ctl (ends with the corrupt control), discovery-4096,
+    /// power-cut (ext4 through a power cut of the storage) or power-cut-write-back (its
+    /// control).
     #[arg(long)]
     pub only: Option<String>,
     /// Extra options for `aoe-ctl export` (e.g. "--buffers 64").
@@ -137,7 +141,32 @@ pub fn run(o: &Options) -> Result<bool> {
         }
         Some(Err(e)) => target_failures.push(format!("iPXE: {e:#}")),
     }
+    if o.wants("resize") {
+        match resize::run(&assets) {
+            Ok(r) => {
+                println!(
+                    "interop: grow e1.2 under a mounted ext4 ({} -> {} -> {} MiB) vs aoe-ctl: {}  ({:.0} s)",
+                    resize::START_MB,
+                    resize::GROW1_MB,
+                    resize::GROW2_MB,
+                    if r.failures.is_empty() { "PASS" } else { "FAIL" },
+                    r.seconds
+                );
+                for n in &r.notes {
+                    println!("interop:     {n}");
+                }
+                for f in &r.failures {
+                    println!("interop:     {f}");
+                }
+                if let Some(f) = r.failures.first() {
+                    target_failures.push(format!("resize: {f}"));
+                }
+            }
+            Err(e) => target_failures.push(format!("resize: {e:#}")),
+        }
+    }
     scale_out(o, &assets, &mut broken_harness, &mut target_failures)?;
+    fault::cases(o, &assets, &mut broken_harness, &mut target_failures)?;
     if !broken_harness.is_empty() {
         bail!(
             "the harness is broken: the control (vblade) failed too, so no verdict on aoe-ctl: {}",

@@ -7,11 +7,12 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{
-    byte_range, extent, Backend, BackendError, Image, ImageRef, IoTarget, OpenOptions, Result,
-    SECTOR,
+    byte_range, extent, Backend, BackendError, Extent, Follow, Image, ImageRef, IoTarget,
+    OpenOptions, Result, SECTOR,
 };
 
 /// Alignment of the bounce buffer: a page satisfies every device's O_DIRECT rule.
@@ -21,7 +22,9 @@ const MAX_IO: usize = 255 * SECTOR as usize;
 
 pub struct DirectBackend {
     file: File,
-    sectors: u64,
+    /// Sectors served: grows with the store (`refresh`), never shrinks.
+    sectors: AtomicU64,
+    follow: Follow,
     /// Byte offset in the file where the exported data starts.
     data_offset: u64,
     /// The memory alignment O_DIRECT needs here (statx STATX_DIOALIGN; a page when the
@@ -92,7 +95,8 @@ impl DirectBackend {
         let regular = file.metadata().is_ok_and(|m| m.is_file());
         let b = DirectBackend {
             file,
-            sectors,
+            sectors: AtomicU64::new(sectors),
+            follow: Follow::of(opts),
             data_offset: opts.offset * SECTOR,
             mem_align: 0,
             write_back: opts.write_back,
@@ -120,14 +124,21 @@ impl DirectBackend {
         if len > MAX_IO || !len.is_multiple_of(SECTOR as usize) {
             return Err(BackendError::Unaligned { len, max: MAX_IO });
         }
-        let r = byte_range(self.sectors, lba, len)?;
+        let r = byte_range(self.sectors(), lba, len)?;
         Ok(self.data_offset + r.start as u64)
     }
 }
 
 impl Backend for DirectBackend {
     fn sectors(&self) -> u64 {
-        self.sectors
+        self.sectors.load(Ordering::Acquire)
+    }
+
+    fn refresh(&self) -> std::io::Result<Extent> {
+        let e = self.follow.extent(&self.file, self.sectors())?;
+        // The largest wins: two looks at once never take the size back.
+        self.sectors.fetch_max(e.served, Ordering::AcqRel);
+        Ok(e)
     }
 
     fn read_at(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
@@ -331,5 +342,28 @@ mod tests {
         assert_eq!(e.reason(), "out_of_range", "past the length: {e}");
         let e = b.read_at(0, &mut [0u8; 100]).unwrap_err();
         assert_eq!(e.reason(), "unaligned", "not whole sectors: {e}");
+        // Without a length it follows the file when it grows, and keeps its size when the
+        // file shrinks.
+        let opts = OpenOptions {
+            offset: 8,
+            direct: true,
+            ..Default::default()
+        };
+        let b = DirectBackend::open(&path, &opts).unwrap();
+        assert_eq!(b.sectors(), 56);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(128 * 512).unwrap();
+        let e = b.read_at(100, &mut [0u8; 512]).unwrap_err();
+        assert_eq!(e.reason(), "out_of_range", "before a look: {e}");
+        let e = b.refresh().unwrap();
+        assert_eq!((e.served, e.store, e.fixed), (120, 120, false));
+        b.write_at(119, &[5u8; 512]).unwrap();
+        let mut back = [0u8; 512];
+        b.read_at(119, &mut back).unwrap();
+        assert_eq!(back, [5u8; 512]);
+        file.set_len(64 * 512).unwrap();
+        let e = b.refresh().unwrap();
+        assert_eq!((e.served, e.store), (120, 56));
+        assert_eq!(b.sectors(), 120);
     }
 }

@@ -27,11 +27,13 @@ pub enum BackendError {
     ConcurrentFault,
     #[error("failed closed ({why}): every I/O fails until the export is reopened")]
     FailedClosed { why: &'static str },
+    #[error("sector {lba} + {count} is past the end of the backing store, which shrank to {store} sectors (not followed: the export still serves its old size)")]
+    Shrunk { lba: u64, count: usize, store: u64 },
 }
 
 impl BackendError {
     /// Short stable label for counters and logs: "out_of_range", "unaligned", "io",
-    /// "no_space", "short", "sigbus", "concurrent_fault", "failed_closed".
+    /// "no_space", "short", "sigbus", "concurrent_fault", "failed_closed", "shrunk".
     pub fn reason(&self) -> &'static str {
         match self {
             BackendError::OutOfRange { .. } => "out_of_range",
@@ -44,6 +46,7 @@ impl BackendError {
             BackendError::Sigbus => "sigbus",
             BackendError::ConcurrentFault => "concurrent_fault",
             BackendError::FailedClosed { .. } => "failed_closed",
+            BackendError::Shrunk { .. } => "shrunk",
         }
     }
 

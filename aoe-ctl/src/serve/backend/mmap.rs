@@ -1,22 +1,34 @@
 //! A file or block device mapped shared into memory (memmap2): reads are one copy from the
 //! mapping into the reply frame, writes one copy from the request frame into the page cache.
+//!
+//! An export that runs to the end of its store grows with it (`refresh`). The mapping covers
+//! address space past the end of the file for that (a page there faults only if touched,
+//! and range checks stop every access at the served size), so most growth is one store to
+//! `sectors`. Growth past it maps the file anew and publishes the new base; the old mapping
+//! stays until the backend drops, since a copy on another thread may still be using it.
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::{
-    byte_range, extent, fault, Backend, BackendError, Image, ImageRef, IoTarget, OpenOptions,
-    Result, SECTOR,
+    byte_range, extent, fault, Backend, BackendError, Extent, Follow, Image, ImageRef, IoTarget,
+    OpenOptions, Result, SECTOR,
 };
 
 pub struct MmapBackend {
-    map: MmapRaw,
-    sectors: u64,
+    /// Where the exported data starts in the newest mapping. Stored before `sectors` grows,
+    /// so a base loaded after `sectors` covers at least that many.
+    base: AtomicPtr<u8>,
+    /// Sectors served (never more than the mapping at `base` covers).
+    sectors: AtomicU64,
+    /// Every mapping made, newest last, and how many bytes the newest covers.
+    maps: Mutex<(Vec<MmapRaw>, u64)>,
+    follow: Follow,
     file: File,
     path: PathBuf,
     /// Byte offset in the file where the mapping's data starts.
@@ -36,6 +48,52 @@ const FAILED_CLOSED: BackendError = BackendError::FailedClosed {
     why: "mapping the file back after SIGBUS failed",
 };
 
+/// Bytes mapped for an export of `bytes` that follows its store: as much again, at least
+/// 1 GiB and at most 1 TiB more, so that growing seldom needs a new mapping. It costs
+/// address space only (4,096 exports of 1 MiB reserve 4 TiB of the 128 TiB there are).
+fn reserve(bytes: u64) -> u64 {
+    bytes.saturating_add(bytes.clamp(1 << 30, 1 << 40))
+}
+
+/// `len` bytes of `file` from byte `offset`, shared, with MADV_RANDOM: a fault on a shared
+/// mapping otherwise reads a whole `read_ahead_kb` window around the page (read-around),
+/// megabytes per random sector on an image bigger than RAM.
+fn map(file: &File, offset: u64, len: u64, read_only: bool) -> io::Result<MmapRaw> {
+    let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
+    let mut mo = MmapOptions::new();
+    mo.offset(offset).len(len);
+    let map = if read_only {
+        mo.map_raw_read_only(file)
+    } else {
+        mo.map_raw(file)
+    }?;
+    map.advise(memmap2::Advice::Random)?;
+    Ok(map)
+}
+
+/// msync(MS_SYNC) of `len` bytes at `addr` in one of our mappings (rounded to its page).
+fn msync(addr: usize, len: usize) -> io::Result<()> {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    let page = *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => 4096,
+    });
+    let start = addr - addr % page;
+    // SAFETY: start..addr + len lies in a mapping of this backend, which outlives the call.
+    let r = unsafe {
+        libc::msync(
+            start as *mut libc::c_void,
+            len + (addr - start),
+            libc::MS_SYNC,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl MmapBackend {
     /// Open a regular file, sparse file or block device.
     pub fn open(path: &Path, opts: &OpenOptions) -> anyhow::Result<Self> {
@@ -53,30 +111,31 @@ impl MmapBackend {
         use anyhow::Context;
         let sectors = extent(&file, path, opts)?;
         let regular = file.metadata().is_ok_and(|m| m.is_file());
-        let mut mo = MmapOptions::new();
-        mo.offset(opts.offset * SECTOR)
-            .len((sectors * SECTOR) as usize);
-        let map = if opts.read_only {
-            mo.map_raw_read_only(&file)
+        let data_offset = opts.offset * SECTOR;
+        let bytes = sectors * SECTOR;
+        // An export with a length never grows: it needs no room.
+        let room = if opts.length.is_some() {
+            bytes
         } else {
-            mo.map_raw(&file)
-        }
-        .with_context(|| format!("cannot map {}", path.display()))?;
-        // A fault on a shared mapping reads a whole `read_ahead_kb` window around the page
-        // (read-around): megabytes per random sector on an image bigger than RAM.
-        map.advise(memmap2::Advice::Random)
-            .with_context(|| format!("madvise(MADV_RANDOM) on {}", path.display()))?;
+            reserve(bytes)
+        };
+        let m = map(&file, data_offset, room, opts.read_only)
+            .or_else(|_| map(&file, data_offset, bytes, opts.read_only))
+            .with_context(|| format!("cannot map {}", path.display()))?;
+        let mapped = m.len() as u64;
         let around = if opts.write_back || opts.read_only {
             None
         } else {
             open_direct(&file)
         };
         Ok(MmapBackend {
-            map,
-            sectors,
+            base: AtomicPtr::new(m.as_mut_ptr()),
+            sectors: AtomicU64::new(sectors),
+            maps: Mutex::new((vec![m], mapped)),
+            follow: Follow::of(opts),
             file,
             path: path.to_owned(),
-            data_offset: opts.offset * SECTOR,
+            data_offset,
             read_only: opts.read_only,
             write_back: opts.write_back,
             regular,
@@ -84,6 +143,13 @@ impl MmapBackend {
             image: Image::new(path),
             failed: AtomicBool::new(false),
         })
+    }
+
+    /// The base of the newest mapping and the sectors it serves, consistent: the base is
+    /// loaded after the count, and was published before it.
+    fn view(&self) -> (usize, u64) {
+        let sectors = self.sectors.load(Ordering::Acquire);
+        (self.base.load(Ordering::Acquire) as usize, sectors)
     }
 
     /// `FailedClosed` once a restore or a sync has failed.
@@ -99,7 +165,7 @@ impl MmapBackend {
     fn write_around(&self, around: &File, lba: u64, parts: &[&[u8]]) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let r = byte_range(self.sectors, lba, len)?;
+        let r = byte_range(self.view().1, lba, len)?;
         self.open_for_io()?;
         let at = self.data_offset + r.start as u64;
         // As the mapping would fault, never grow a file someone shrank under us.
@@ -122,12 +188,13 @@ impl MmapBackend {
         })
     }
 
-    /// Copy under SIGBUS protection (see `fault`); `r` is the byte range in the mapping.
-    fn guarded(&self, r: &std::ops::Range<usize>, copy: impl FnOnce()) -> Result<()> {
+    /// Copy under SIGBUS protection (see `fault`); `r` is the byte range in the mapping
+    /// whose data starts at `base`.
+    fn guarded(&self, base: usize, r: &std::ops::Range<usize>, copy: impl FnOnce()) -> Result<()> {
         self.open_for_io()?;
-        let base = self.map.as_ptr() as usize;
         let copied = fault::guarded(base + r.start, base + r.end, copy, |page, size| {
-            self.remap(page, size).map_err(|e| self.fail_closed(e))
+            self.remap(base, page, size)
+                .map_err(|e| self.fail_closed(e))
         });
         // Checked again after the copy: a restore that failed on another thread while this
         // copy ran no longer announces its stand-in, which this copy may have touched.
@@ -147,10 +214,10 @@ impl MmapBackend {
         FAILED_CLOSED
     }
 
-    /// Put the file's page back at `page` after a fault replaced it.
-    fn remap(&self, page: usize, size: usize) -> io::Result<()> {
+    /// Put the file's page back at `page` of the mapping whose data starts at `base`, after
+    /// a fault replaced it.
+    fn remap(&self, base: usize, page: usize, size: usize) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        let base = self.map.as_ptr() as usize;
         let file_offset = (self.data_offset as i64) - (base as i64 - page as i64);
         let prot = if self.read_only {
             libc::PROT_READ
@@ -200,15 +267,39 @@ fn file_size(file: &File) -> u64 {
 
 impl Backend for MmapBackend {
     fn sectors(&self) -> u64 {
-        self.sectors
+        self.sectors.load(Ordering::Acquire)
+    }
+
+    fn refresh(&self) -> io::Result<Extent> {
+        let mut maps = self.maps.lock().unwrap();
+        let served = self.sectors.load(Ordering::Acquire);
+        let e = self.follow.extent(&self.file, served)?;
+        if e.served > served {
+            let bytes = e.served * SECTOR;
+            if bytes > maps.1 {
+                let m = map(&self.file, self.data_offset, reserve(bytes), self.read_only)
+                    .or_else(|_| map(&self.file, self.data_offset, bytes, self.read_only))?;
+                self.base.store(m.as_mut_ptr(), Ordering::Release);
+                maps.1 = m.len() as u64;
+                maps.0.push(m);
+            }
+            self.sectors.store(e.served, Ordering::Release);
+        }
+        Ok(e)
     }
 
     fn read_at(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
-        let r = byte_range(self.sectors, lba, buf.len())?;
-        // SAFETY: r lies inside the mapping (checked above). Concurrent writers to the same
-        // sectors race as they would on a disk; the initiator orders its own requests.
-        self.guarded(&r, || unsafe {
-            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(r.start), buf.as_mut_ptr(), r.len())
+        let (base, sectors) = self.view();
+        let r = byte_range(sectors, lba, buf.len())?;
+        // SAFETY: r lies inside the mapping at base (checked above). Concurrent writers to
+        // the same sectors race as they would on a disk; the initiator orders its own
+        // requests.
+        self.guarded(base, &r, || unsafe {
+            std::ptr::copy_nonoverlapping(
+                (base as *const u8).add(r.start),
+                buf.as_mut_ptr(),
+                r.len(),
+            )
         })
     }
 
@@ -216,19 +307,16 @@ impl Backend for MmapBackend {
         if let Some((around, _)) = &self.around {
             return self.write_around(around, lba, parts);
         }
-        let r = byte_range(self.sectors, lba, parts.iter().map(|p| p.len()).sum())?;
-        self.guarded(&r, || {
+        let (base, sectors) = self.view();
+        let r = byte_range(sectors, lba, parts.iter().map(|p| p.len()).sum())?;
+        self.guarded(base, &r, || {
             let mut at = r.start;
             for p in parts {
-                // SAFETY: the parts add up to r, which lies inside the mapping (checked
-                // above); as in read_at for concurrent writers. A read-only mapping never
-                // gets here (the engine refuses writes to read-only exports first).
+                // SAFETY: the parts add up to r, which lies inside the mapping at base
+                // (checked above); as in read_at for concurrent writers. A read-only mapping
+                // never gets here (the engine refuses writes to read-only exports first).
                 unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        p.as_ptr(),
-                        self.map.as_mut_ptr().add(at),
-                        p.len(),
-                    )
+                    std::ptr::copy_nonoverlapping(p.as_ptr(), (base as *mut u8).add(at), p.len())
                 };
                 at += p.len();
             }
@@ -236,19 +324,21 @@ impl Backend for MmapBackend {
     }
 
     fn sync_range(&self, lba: u64, len: usize) -> Result<()> {
-        let r = byte_range(self.sectors, lba, len)?;
+        let (base, sectors) = self.view();
+        let r = byte_range(sectors, lba, len)?;
         self.open_for_io()?;
         if self.around.is_some() {
             // Written past the cache: the device's cache is what is left to flush.
             return self.image.sync("fdatasync", || self.file.sync_data());
         }
-        self.image
-            .sync("msync", || self.map.flush_range(r.start, r.len()))
+        self.image.sync("msync", || msync(base + r.start, r.len()))
     }
 
     fn flush(&self) -> Result<()> {
+        let (base, sectors) = self.view();
         self.open_for_io()?;
-        self.image.sync("msync", || self.map.flush())
+        self.image
+            .sync("msync", || msync(base, (sectors * SECTOR) as usize))
     }
 
     fn failed_closed(&self) -> bool {
@@ -482,5 +572,87 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("smaller than one"));
+    }
+
+    fn set_len(p: &Path, bytes: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_grown_file_is_followed_within_and_past_the_mapping() {
+        let (_d, p) = image(1 << 20);
+        let b = MmapBackend::open(&p, &OpenOptions::default()).unwrap();
+        b.write_at(3, &[3u8; 512]).unwrap();
+        let first = b.base.load(Ordering::Acquire);
+        let at = |bytes: u64| bytes / SECTOR - 1;
+        // Within the room mapped past the end: no new mapping.
+        set_len(&p, 2 << 20);
+        assert_eq!(b.sectors(), 2048, "not followed before a look");
+        assert!(b.read_at(at(2 << 20), &mut [0u8; 512]).is_err());
+        let e = b.refresh().unwrap();
+        assert_eq!((e.served, e.store, e.fixed), (4096, 4096, false));
+        assert_eq!(b.base.load(Ordering::Acquire), first);
+        b.write_at(at(2 << 20), &[7u8; 512]).unwrap();
+        b.sync_range(at(2 << 20), 512).unwrap();
+        // Past it (1 MiB + 1 GiB mapped): a new mapping, the old one kept.
+        let big = (1 << 20) + (1 << 30) + (1 << 20);
+        set_len(&p, big);
+        assert_eq!(b.refresh().unwrap().served, big / SECTOR);
+        assert_ne!(b.base.load(Ordering::Acquire), first);
+        assert_eq!(b.maps.lock().unwrap().0.len(), 2);
+        b.write_at(at(big), &[9u8; 512]).unwrap();
+        b.flush().unwrap();
+        let mut one = [0u8; 512];
+        for (lba, want) in [(3, 3u8), (at(2 << 20), 7), (at(big), 9)] {
+            b.read_at(lba, &mut one).unwrap();
+            assert_eq!(one, [want; 512], "sector {lba}");
+        }
+        use std::os::unix::fs::FileExt;
+        File::open(&p)
+            .unwrap()
+            .read_exact_at(&mut one, big - 512)
+            .unwrap();
+        assert_eq!(one, [9u8; 512], "in the file");
+    }
+
+    #[test]
+    fn a_length_is_kept_and_a_shrink_not_followed() {
+        let (_d, p) = image(1 << 20);
+        let fixed = MmapBackend::open(
+            &p,
+            &OpenOptions {
+                offset: 8,
+                length: Some(64),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let follows = MmapBackend::open(
+            &p,
+            &OpenOptions {
+                offset: 8,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        set_len(&p, 2 << 20);
+        let e = fixed.refresh().unwrap();
+        assert_eq!((e.served, e.store, e.fixed), (64, 4096 - 8, true));
+        assert_eq!(fixed.sectors(), 64);
+        assert_eq!(follows.refresh().unwrap().served, 4096 - 8);
+        // Shrunk below what is served: the size stays, the store says how much is left.
+        set_len(&p, 16 * 512);
+        let e = follows.refresh().unwrap();
+        assert_eq!((e.served, e.store), (4096 - 8, 8));
+        assert_eq!(follows.sectors(), 4096 - 8);
+        let e = fixed.refresh().unwrap();
+        assert_eq!((e.served, e.store), (64, 8));
+        assert!(follows.read_at(100, &mut [0u8; 512]).is_err());
+        follows.read_at(7, &mut [0u8; 512]).unwrap();
     }
 }

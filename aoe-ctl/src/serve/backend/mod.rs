@@ -27,10 +27,33 @@ pub use ring::{Done, IoRing, Kind};
 /// Bytes per sector.
 pub const SECTOR: u64 = 512;
 
+/// What a look at the backing store found (`Backend::refresh`), in sectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Served to initiators (range checks, IDENTIFY): it grows with the store, never shrinks.
+    pub served: u64,
+    /// What the store holds from the export's offset (more than is served when the export has
+    /// a length of its own and the store is larger).
+    pub store: u64,
+    /// The export has a length of its own: it keeps it whatever the store does.
+    pub fixed: bool,
+}
+
 /// A device of whole sectors.
 pub trait Backend: Send + Sync {
-    /// Capacity in sectors.
+    /// Capacity in sectors (one load: this is on every request's path).
     fn sectors(&self) -> u64;
+    /// Look at the store's size again: a syscall, never made per request. An export that
+    /// runs to the end of its store grows to it; one with a length of its own keeps it; a
+    /// store that shrank is never followed (what lies past its end fails instead).
+    fn refresh(&self) -> std::io::Result<Extent> {
+        let s = self.sectors();
+        Ok(Extent {
+            served: s,
+            store: s,
+            fixed: true,
+        })
+    }
     /// Copy `buf.len()` bytes from sector `lba` into `buf`.
     fn read_at(&self, lba: u64, buf: &mut [u8]) -> Result<()>;
     /// Copy `buf` to sector `lba`. When this returns Ok the data is visible to every later
@@ -161,11 +184,9 @@ pub fn open(path: &Path, opts: &OpenOptions) -> anyhow::Result<Box<dyn Backend>>
 
 /// The sectors of `file` that `opts.offset` and `opts.length` export, checked against its
 /// size (seeking to the end measures block devices too: their metadata length is 0).
-fn extent(mut file: &File, path: &Path, opts: &OpenOptions) -> anyhow::Result<u64> {
+fn extent(file: &File, path: &Path, opts: &OpenOptions) -> anyhow::Result<u64> {
     use anyhow::{bail, Context};
-    let bytes = file
-        .seek(SeekFrom::End(0))
-        .with_context(|| format!("cannot measure {}", path.display()))?;
+    let bytes = measure(file).with_context(|| format!("cannot measure {}", path.display()))?;
     let total = bytes / SECTOR;
     if total == 0 {
         bail!("{} is smaller than one 512-byte sector", path.display());
@@ -191,6 +212,45 @@ fn extent(mut file: &File, path: &Path, opts: &OpenOptions) -> anyhow::Result<u6
         Some(l) => l,
         None => available,
     })
+}
+
+/// How an export's extent follows its store: from `offset`, `length` sectors or to the end.
+#[derive(Debug, Clone, Copy)]
+struct Follow {
+    offset: u64,
+    length: Option<u64>,
+}
+
+impl Follow {
+    fn of(opts: &OpenOptions) -> Follow {
+        Follow {
+            offset: opts.offset,
+            length: opts.length,
+        }
+    }
+
+    /// The store of `file` now, against `served` sectors served now.
+    fn extent(&self, file: &File, served: u64) -> std::io::Result<Extent> {
+        let available = (measure(file)? / SECTOR).saturating_sub(self.offset);
+        Ok(match self.length {
+            Some(_) => Extent {
+                served,
+                store: available,
+                fixed: true,
+            },
+            None => Extent {
+                served: served.max(available),
+                store: available,
+                fixed: false,
+            },
+        })
+    }
+}
+
+/// The size of `file` in bytes. Seeking to the end measures block devices too (their
+/// metadata length is 0), and a grown loop device (`losetup -c`) or LV at once.
+fn measure(mut file: &File) -> std::io::Result<u64> {
+    file.seek(SeekFrom::End(0))
 }
 
 /// The byte range of `len` bytes at sector `lba`, if it lies inside a device of `sectors`.
