@@ -226,6 +226,10 @@ pub enum Cmd {
         /// Seconds to run (fractions allowed).
         #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
         duration: f64,
+        /// Stop after this many requests, or at the duration if that comes first: a
+        /// sequential pass of N requests covers N request-sized blocks whatever the speed.
+        #[arg(long)]
+        ios: Option<u64>,
         /// Sectors per request (default: as many as one frame carries).
         #[arg(long)]
         sectors: Option<u8>,

@@ -1,4 +1,5 @@
-//! The entry point `aoe_classifier`.
+//! The entry points: `aoe_classifier` (generic, for skb mode) and `aoe_classifier_native`
+//! (the same, and the VLAN metadata check that only a device-bound program can make).
 
 use aoe_common::{
     maps::{counter, export_counter, ExportEntry, ExportKey, MAX_MASKS},
@@ -10,16 +11,26 @@ use aoe_common::{
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use crate::{
-    config_reply,
+    broadcast, config_reply,
     maps::{count, count_export, EXPORTS, SETTINGS, XSKS},
-    packet,
+    packet, vlan,
 };
 
 // `frags`: jumbo frames arrive as several buffers; the AoE headers are always in the first.
 #[xdp(frags)]
 pub fn aoe_classifier(ctx: XdpContext) -> u32 {
+    run::<false>(&ctx)
+}
+
+#[xdp(frags)]
+pub fn aoe_classifier_native(ctx: XdpContext) -> u32 {
+    run::<true>(&ctx)
+}
+
+#[inline(always)]
+fn run<const VLAN_METADATA: bool>(ctx: &XdpContext) -> u32 {
     count(counter::SEEN);
-    let action = classify(&ctx);
+    let action = classify::<VLAN_METADATA>(ctx);
     if action == xdp_action::XDP_PASS {
         count(counter::PASSED);
     }
@@ -27,7 +38,7 @@ pub fn aoe_classifier(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> u32 {
+fn classify<const VLAN_METADATA: bool>(ctx: &XdpContext) -> u32 {
     let Some(hdr) = packet::bytes_at::<HEADER_LEN>(ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
@@ -39,6 +50,29 @@ fn classify(ctx: &XdpContext) -> u32 {
     let ver_flags = hdr[field::VER_FLAGS];
     if ver_flags & FLAG_RESPONSE != 0 {
         return xdp_action::XDP_PASS;
+    }
+    let Some(settings) = SETTINGS.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // For another host (its MAC, or another VLAN's frame): the stack has it, and marks it so.
+    let d = field::DST;
+    let m = &settings.mac;
+    let to_us = hdr[d] & 1 != 0 // a group address: broadcast or multicast
+        || (hdr[d] == m[0]
+            && hdr[d + 1] == m[1]
+            && hdr[d + 2] == m[2]
+            && hdr[d + 3] == m[3]
+            && hdr[d + 4] == m[4]
+            && hdr[d + 5] == m[5]);
+    if !to_us || (VLAN_METADATA && vlan::metadata_vid(ctx) != 0) {
+        count(counter::PASS_OTHER_HOST);
+        return xdp_action::XDP_PASS;
+    }
+    // A reply to a group address would go to every host of the group (a 60-byte read from
+    // ff:ff:ff:ff:ff:ff would broadcast its sectors): no source may be one.
+    if hdr[field::SRC] & 1 != 0 {
+        count(counter::DROP_GROUP_SOURCE);
+        return xdp_action::XDP_DROP;
     }
     let shelf = u16::from_be_bytes([hdr[field::MAJOR], hdr[field::MAJOR + 1]]);
     let slot = hdr[field::MINOR];
@@ -53,9 +87,6 @@ fn classify(ctx: &XdpContext) -> u32 {
     ];
 
     let key = if shelf == SHELF_BROADCAST || slot == SLOT_BROADCAST {
-        let Some(settings) = SETTINGS.get(0) else {
-            return xdp_action::XDP_PASS;
-        };
         if settings.export_count == 0 {
             return xdp_action::XDP_PASS;
         }
@@ -65,8 +96,21 @@ fn classify(ctx: &XdpContext) -> u32 {
             return xdp_action::XDP_DROP;
         }
         if settings.export_count > 1 {
-            // Several exports may match: user space answers for each.
-            return redirect(ctx);
+            // Several exports may match: user space answers for each, if any of them would
+            // (the union of their mask lists), and as far as the budget goes.
+            if !broadcast::granted(&src, shelf) {
+                count(counter::DROP_ACL);
+                return xdp_action::XDP_DROP;
+            }
+            if !broadcast::affordable(settings.export_count) {
+                count(counter::DROP_BROADCAST_BUDGET);
+                return xdp_action::XDP_DROP;
+            }
+            let action = redirect(ctx);
+            if action == xdp_action::XDP_REDIRECT {
+                broadcast::spend(settings.export_count);
+            }
+            return action;
         }
         let single = settings.single;
         if (shelf != SHELF_BROADCAST && shelf != single.shelf)

@@ -1,8 +1,10 @@
 //! The maps this program shares with aoe-ctl (types from aoe-common).
 
 use aoe_common::maps::{
-    counter, export_counter, ExportEntry, ExportKey, Settings, MAX_EXPORTS, MAX_QUEUES,
+    counter, export_counter, Budget, ExportEntry, ExportKey, GrantKey, Settings, MAX_EXPORTS,
+    MAX_GRANTS, MAX_QUEUES,
 };
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, XskMap},
@@ -24,6 +26,16 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static EXPORT_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(MAX_EXPORTS * export_counter::COUNT, 0);
+
+/// Who may have a broadcast answered, when several exports share the interface (see
+/// `GrantKey`). Allocated as entries are added: most tables hold a few.
+#[map]
+pub static GRANTS: HashMap<GrantKey, u32> =
+    HashMap::with_max_entries(MAX_GRANTS, BPF_F_NO_PREALLOC);
+
+/// The broadcast budget of each CPU (see `aoe_common::maps::Budget`).
+#[map]
+pub static BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
 
 /// One AF_XDP socket per rx queue.
 #[map]

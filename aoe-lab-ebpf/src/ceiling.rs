@@ -7,6 +7,10 @@
 //! buffer of a short frame has too little tailroom (it sits in a small page-pool fragment)
 //! and 256 bytes of headroom, so it cannot grow that much. `bpf_skb_change_tail` grows an
 //! skb by any amount.
+//!
+//! On a veth the reply goes straight to the peer's ingress (`bpf_redirect_peer`), not out
+//! through a second veth transmit and the peer's XDP program: the ceiling is there to show
+//! what the client can drive, so its own answer should cost as little as it can.
 
 use aoe_common::wire::{
     ata::{self as a, field as ata, ERROR_ABRT, STATUS_DRDY, STATUS_ERR},
@@ -16,7 +20,9 @@ use aoe_common::wire::{
 use aoe_lab_ebpf::CeilingEntry;
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::{bpf_redirect, bpf_skb_change_tail, bpf_skb_store_bytes},
+    helpers::generated::{
+        bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail, bpf_skb_store_bytes,
+    },
     macros::{classifier, map},
     maps::Array,
     programs::TcContext,
@@ -68,7 +74,7 @@ fn answer(ctx: &TcContext) -> Option<i32> {
         store(ctx, 0, &entry.config_reply)?;
         store(ctx, field::DST, &src)?;
         store(ctx, field::TAG, &tag)?;
-        return Some(reflect(ctx));
+        return Some(reflect(ctx, entry));
     }
     if command != CMD_ATA || broadcast {
         // Never execute an ATA command sent to everyone; anything else is not ours to fake.
@@ -119,7 +125,7 @@ fn answer(ctx: &TcContext) -> Option<i32> {
         // Whatever the request carried after its headers is not part of the reply.
         store(ctx, ata::DATA, &[0u8; MIN_FRAME_LEN - ata::DATA])?;
     }
-    Some(reflect(ctx))
+    Some(reflect(ctx, entry))
 }
 
 /// Make the frame exactly `len` bytes long.
@@ -145,9 +151,16 @@ fn store<const N: usize>(ctx: &TcContext, offset: usize, bytes: &[u8; N]) -> Opt
     (r == 0).then_some(())
 }
 
-/// Send the frame back out of the interface it came in on.
+/// Send the frame back: into the veth peer's ingress, or out of the interface it came in on.
 #[inline(always)]
-fn reflect(ctx: &TcContext) -> i32 {
+fn reflect(ctx: &TcContext, entry: &CeilingEntry) -> i32 {
     // SAFETY: reading a field of our own context; helper call with it.
-    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+    unsafe {
+        let ifindex = (*ctx.skb.skb).ifindex;
+        if entry.peer != 0 {
+            bpf_redirect_peer(ifindex, 0) as i32
+        } else {
+            bpf_redirect(ifindex, 0) as i32
+        }
+    }
 }

@@ -21,7 +21,9 @@ pub struct CeilingEntry {
     pub max_sectors: u8,
     /// Our MAC: the source of every reply.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1 on a veth: replies go straight into the peer's ingress (`bpf_redirect_peer`).
+    pub peer: u8,
+    pub _pad: u8,
     /// A complete Query Config reply of 60 bytes (destination MAC and tag filled in per frame).
     pub config_reply: [u8; aoe_common::wire::MIN_FRAME_LEN],
     /// IDENTIFY DEVICE data.

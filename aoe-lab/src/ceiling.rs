@@ -34,7 +34,8 @@ pub fn attach(o: &Options) -> Result<Ebpf> {
         slot: o.slot,
         max_sectors: max_sectors as u8,
         mac: iface.mac,
-        _pad: [0; 2],
+        peer: u8::from(driver(&o.iface).as_deref() == Some("veth")),
+        _pad: 0,
         config_reply: [0; 60],
         identify: [0; SECTOR_SIZE],
         zeros: [0; SECTOR_SIZE],
@@ -85,4 +86,43 @@ pub fn attach(o: &Options) -> Result<Ebpf> {
     prog.attach(&o.iface, TcAttachType::Ingress)
         .with_context(|| format!("attaching the ceiling to {}", o.iface))?;
     Ok(bpf)
+}
+
+/// The name of `iface`'s driver (ETHTOOL_GDRVINFO), if it says.
+fn driver(iface: &str) -> Option<String> {
+    /// `struct ethtool_drvinfo` of linux/ethtool.h.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 32 * 4 + 12 + 4 * 5],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 32 * 4 + 12 + 4 * 5],
+    };
+    // SAFETY: ifreq is plain old data.
+    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+    if iface.len() >= r.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in r.ifr_name.iter_mut().zip(iface.bytes()) {
+        *d = s as libc::c_char;
+    }
+    r.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCETHTOOL with a valid ethtool_drvinfo buffer; the descriptor is ours.
+    let ok = unsafe {
+        let ok = libc::ioctl(fd, libc::SIOCETHTOOL, &mut r) >= 0;
+        libc::close(fd);
+        ok
+    };
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    ok.then(|| String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }

@@ -2,6 +2,7 @@
 //! the classifier alone; the programs here come from aoe-lab-ebpf, a separate object.
 
 pub mod ceiling;
+pub mod echo;
 pub mod faultfs;
 pub mod flip;
 pub mod peer;

@@ -36,6 +36,23 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         buffers: u16,
     },
+    /// Benchmark floor of the socket path: the product's classifier and AF_XDP sockets (UMEM,
+    /// rings, batching as the target's), answering every ATA request for SHELF/SLOT with a
+    /// reply of the right size and nothing behind it: no engine, no storage.
+    Echo {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_parser = parse_shelf)]
+        shelf: u16,
+        #[arg(long, value_parser = parse_slot)]
+        slot: u8,
+        /// The size to pretend, in sectors.
+        #[arg(long, default_value_t = 1 << 21)]
+        sectors: u64,
+        /// Buffer count advertised to initiators.
+        #[arg(long, default_value_t = 64)]
+        buffers: u16,
+    },
     /// Attach an XDP_PASS program to a veth peer, so that native-mode XDP_TX replies from the
     /// other end are delivered (real NICs need no such thing).
     Peer {
@@ -101,6 +118,28 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             println!("ceiling e{shelf}.{slot} on {iface}: {sectors} sectors answered in the kernel, no storage");
             until_signal(|| false)
+        }
+        Cmd::Echo {
+            iface,
+            shelf,
+            slot,
+            sectors,
+            buffers,
+        } => {
+            let echo = aoe_lab::echo::start(&aoe_lab::echo::Options {
+                iface: iface.clone(),
+                shelf,
+                slot,
+                sectors,
+                buffers,
+            })?;
+            println!(
+                "echo e{shelf}.{slot} on {iface}: AF_XDP, xdp {}, {} queue(s), no engine, no storage",
+                echo.mode, echo.queues
+            );
+            until_signal(|| false)?;
+            eprintln!("{}", echo.stop()?);
+            Ok(())
         }
         Cmd::FlipBit { skip_mib, image } => {
             let sector = aoe_lab::flip::flip(&image, skip_mib << 20)?;

@@ -453,6 +453,25 @@ impl Lab {
         )
     }
 
+    /// The AF_XDP floor (`aoe-lab echo`: the product's classifier and sockets, no engine, no
+    /// storage) answering as e1.2 with `sectors` on the target side.
+    pub fn start_echo(&self, sectors: u64) -> Result<Proc> {
+        spawn_lab_in(
+            &self.target_ns,
+            &[
+                "echo",
+                "--iface",
+                &self.target_if,
+                "--shelf",
+                "1",
+                "--slot",
+                "2",
+                "--sectors",
+                &sectors.to_string(),
+            ],
+        )
+    }
+
     /// `aoe-ctl bench` of e1.2 from the initiator side with `args`.
     pub fn bench(&self, args: &[&str]) -> Result<Output> {
         self.bench_via(&self.initiator_if, args)

@@ -63,6 +63,37 @@ fn bench_reports_figures_and_verifies_what_it_wrote() {
     aoe_ctl::initiator::verify::pattern(0x5eed, 4000, &mut want);
     assert_eq!(&raw[4000 * 512..4002 * 512], &want[..]);
 
+    // --ios: one pass of exactly that many requests, long before the duration (in a region
+    // of its own: the checks below read the first one).
+    let (ok, p, err) = bench(
+        &lab,
+        &[
+            "--pattern",
+            "seqwrite",
+            "--depth",
+            "16",
+            "--duration",
+            "60",
+            "--ios",
+            "300",
+            "--offset",
+            "16384",
+            "--span",
+            "8192",
+            "--seed",
+            "9",
+            "--verify",
+        ],
+    );
+    assert!(ok, "{p} {err}");
+    assert_eq!(num(&p, "ios"), 300.0, "{p}");
+    assert_eq!(
+        num(&p, "verified_sectors"),
+        600.0,
+        "every block of the pass: {p}"
+    );
+    assert!(num(&p, "seconds") < 60.0, "{p}");
+
     // Random reads of that span match the pattern...
     let (ok, r, err) = bench(
         &lab,
@@ -117,6 +148,7 @@ fn bench_bad_input_gets_one_line_errors() {
             "does not fit",
         ),
         (vec!["--pattern", "sideways"], "invalid value"),
+        (vec!["--pattern", "randread", "--ios", "0"], "--ios"),
     ] {
         let out = lab.bench(&args).unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -215,4 +247,62 @@ fn ceiling_answers_every_request_in_the_kernel_with_no_storage() {
     // Gone with its process: nothing answers any more.
     let d = lab.discover(&["--wait-ms", "300"]).unwrap();
     assert!(!String::from_utf8_lossy(&d.stdout).contains("e1.2"));
+}
+
+#[test]
+fn echo_answers_through_the_af_xdp_path_with_no_storage() {
+    for mtu in [1500, 9000] {
+        let lab = Lab::with(LabOptions { mtu, queues: 1 }).unwrap();
+        let echo = lab.start_echo(1 << 20).unwrap();
+        let _peer = lab.start_peer(&lab.initiator_if).unwrap();
+        assert!(
+            echo.first_line.contains("AF_XDP") && echo.first_line.contains("no storage"),
+            "{}",
+            echo.first_line
+        );
+        // Query Config from the product's classifier (in the kernel), IDENTIFY from the echo.
+        let d = lab.discover(&[]).unwrap();
+        let out = String::from_utf8_lossy(&d.stdout);
+        assert!(out.contains("e1.2  0.537GB"), "{out}");
+        assert!(out.contains("bufcnt 64"), "{out}");
+        // Reads come back whole (a full frame: 17 sectors at MTU 9000, a chain of
+        // descriptors), writes are acknowledged.
+        for pattern in ["randread", "randwrite", "seqread", "seqwrite"] {
+            let (ok, r, err) = bench(
+                &lab,
+                &["--pattern", pattern, "--depth", "16", "--duration", "0.5"],
+            );
+            assert!(ok, "MTU {mtu} {pattern}: {r} {err}");
+            assert!(num(&r, "ios") > 0.0, "{r}");
+            assert_eq!(num(&r, "errors"), 0.0, "{r}");
+            let per = if mtu == 9000 { 17.0 } else { 2.0 };
+            assert_eq!(num(&r, "sectors_per_io"), per, "{r}");
+        }
+        // Nothing is kept: a written pattern does not read back.
+        let (ok, r, _) = bench(
+            &lab,
+            &[
+                "--pattern",
+                "seqwrite",
+                "--depth",
+                "4",
+                "--duration",
+                "0.3",
+                "--span",
+                "64",
+                "--verify",
+            ],
+        );
+        assert!(!ok, "the echo kept data? {r}");
+        assert!(num(&r, "verify_errors") > 0.0, "{r}");
+        // It went through user space: the echo counted the frames it answered.
+        let log = echo.stop().unwrap();
+        let replies: u64 = log
+            .split("frames, ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(replies > 1000, "{log}");
+    }
 }

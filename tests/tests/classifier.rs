@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use aoe_common::maps::counter;
-use aoe_common::maps::PROG_CLASSIFIER;
+use aoe_common::maps::{PROG_CLASSIFIER, PROG_CLASSIFIER_NATIVE};
 use aoe_common::wire::config::{ConfigCommand, ConfigRepr};
 use aoe_common::wire::mask::{Directive, DCMD_ADD};
 use aoe_ctl::initiator::frames::{self, Addr, BROADCAST_MAC};
@@ -243,7 +243,9 @@ fn longest_config_string_left_to_user_space_or_answered() {
 fn the_product_object_holds_the_classifier_alone() {
     // The lab's programs (ceiling, veth peer pass) live in aoe-lab's own object.
     let bpf = aya::Ebpf::load(OBJECT).expect("parse the embedded object (root needed)");
-    let programs: Vec<&str> = bpf.programs().map(|(name, _)| name).collect();
-    assert_eq!(programs, [PROG_CLASSIFIER]);
+    let mut programs: Vec<&str> = bpf.programs().map(|(name, _)| name).collect();
+    programs.sort();
+    // The classifier, twice: generic, and with the VLAN check for a device-bound load.
+    assert_eq!(programs, [PROG_CLASSIFIER, PROG_CLASSIFIER_NATIVE]);
     assert!(bpf.map("CEILING").is_none());
 }

@@ -70,14 +70,18 @@ fn four_initiators_for_a_minute_then_a_reservation() {
 
     // Each fills its own region with its own pattern...
     for (k, iface) in ifs.iter().enumerate() {
+        // One pass over the region (two sectors a request), however slow durable
+        // (fdatasync'd) writes are on a loaded machine.
+        let ios = (REGION / 2).to_string();
         let mut args = vec![
             "--pattern",
             "seqwrite",
             "--depth",
             "16",
             "--duration",
-            // Long enough to cover the region with durable (fdatasync'd) writes.
-            "2",
+            "120",
+            "--ios",
+            &ios,
         ];
         let extra = region_args(k);
         args.extend(extra.iter().map(String::as_str));

@@ -23,7 +23,18 @@ fn duplicated_and_reordered_requests_are_harmless() {
         "8192",
         "--json",
     ];
-    let mut args = vec!["--pattern", "seqwrite", "--depth", "32", "--duration", "1"];
+    // One pass over the span (4,096 two-sector requests), however slow durable writes are
+    // on a loaded machine.
+    let mut args = vec![
+        "--pattern",
+        "seqwrite",
+        "--depth",
+        "32",
+        "--duration",
+        "120",
+        "--ios",
+        "4096",
+    ];
     args.extend_from_slice(&chaos);
     let w = lab.bench(&args).unwrap();
     let wj = json(&w.stdout);

@@ -1,7 +1,8 @@
-//! `cargo xtask bench`: the same client (`aoe-ctl bench`), in one run, against `aoe-ctl
-//! export`, Debian's vblade 25 and the in-kernel ceiling, over a matrix of patterns, depths
-//! and MTUs on a hot image; then the storage section (`storage.rs`): cold rows on an image
-//! on the machine's disk against vblade and fio. Prints the tables, and writes each (with the
+//! `cargo xtask bench`: the same client (`aoe-ctl bench`), in one run, against the in-kernel
+//! ceiling, the AF_XDP floor (`aoe-lab echo`), `aoe-ctl export` and Debian's vblade 25, over
+//! a matrix of patterns, depths and MTUs on a hot image; then the storage section
+//! (`storage.rs`): cold rows on an image on the machine's disk against vblade, the NBD and
+//! iSCSI peers (`peers.rs`) and fio. Prints the tables, and writes each (with the
 //! machine, the command and the goals) into docs/benchmarks.md between its markers, and the
 //! plots into docs/benchmarks.svg and docs/storage.svg.
 //! Figures, not a test: nothing here asserts a timing.
@@ -13,6 +14,8 @@ use aoe_integration::{Lab, LabOptions, Proc};
 use serde::Deserialize;
 
 mod disk;
+mod peers;
+mod peers_report;
 mod plot;
 mod report;
 pub mod storage;
@@ -43,9 +46,14 @@ pub struct Options {
     /// Only the hot side-by-side matrix.
     #[arg(long, conflicts_with = "storage_only")]
     pub no_storage: bool,
-    /// Only the storage section (cold image on the disk, vblade, fio).
-    #[arg(long)]
+    /// Only the storage section (cold image on the disk, vblade, the NBD and iSCSI peers,
+    /// fio).
+    #[arg(long, conflicts_with = "peers_only")]
     pub storage_only: bool,
+    /// Only the peers' table of the storage section (aoe-ctl beside NBD, iSCSI, vblade and
+    /// the disk, 4 KiB random at depth 16, MTU 9000).
+    #[arg(long, conflicts_with = "no_storage")]
+    pub peers_only: bool,
 }
 
 /// One row of the matrix.
@@ -115,11 +123,14 @@ pub const ROWS: &[Row] = &[
     },
 ];
 
-/// The targets, in table order.
-pub const TARGETS: [&str; 3] = ["vblade", "aoe-ctl", "ceiling"];
-pub const VBLADE: usize = 0;
-pub const OURS: usize = 1;
-pub const CEILING: usize = 2;
+/// The targets, in table order: the in-kernel ceiling (what the client drives when the
+/// answer costs next to nothing), the AF_XDP floor (the target's socket path with nothing
+/// behind it), the target, and vblade.
+pub const TARGETS: [&str; 4] = ["ceiling", "floor", "aoe-ctl", "vblade"];
+pub const CEILING: usize = 0;
+pub const FLOOR: usize = 1;
+pub const OURS: usize = 2;
+pub const VBLADE: usize = 3;
 
 /// Image size: large enough that random I/O is spread, small enough to stay in page cache.
 const IMAGE_BYTES: u64 = 256 << 20;
@@ -136,13 +147,24 @@ pub struct Figures {
     pub mbps: f64,
     pub p50_us: f64,
     pub p99_us: f64,
-    pub p999_us: f64,
     pub timeouts: u64,
     pub cpu_us_per_io: f64,
 }
 
-/// Every row with the figures of each target.
-pub type Results = Vec<(Row, [Figures; 3])>;
+/// Every row with the figures of each target (TARGETS order), and what each target burnt
+/// while idle.
+pub struct Results {
+    pub rows: Vec<(Row, [Figures; 4])>,
+    pub idle: [Idle; 4],
+}
+
+/// CPU time a target's process took while nothing was asked of it (its start-up over).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Idle {
+    /// Share of one core, in percent: the median over the runs and MTUs.
+    pub percent: f64,
+    pub seconds: f64,
+}
 
 pub fn run(o: &Options) -> Result<()> {
     if o.duration.is_nan() || o.duration <= 0.0 {
@@ -161,7 +183,7 @@ pub fn run(o: &Options) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     let doc = out.join("benchmarks.md");
     let mut hot_seqread = None;
-    if !o.storage_only {
+    if !o.storage_only && !o.peers_only {
         let results = hot(o)?;
         let table = report::markdown(&results, o);
         println!("\n{table}");
@@ -170,11 +192,12 @@ pub fn run(o: &Options) -> Result<()> {
         report::write_block(&doc, report::HOT, &table)?;
         println!("bench: wrote {} and {}", doc.display(), svg.display());
         hot_seqread = results
+            .rows
             .iter()
             .find(|(r, _)| r.pattern == "seqread" && r.mtu == 9000)
             .map(|(_, f)| f[OURS].mbps);
     }
-    if !o.no_storage {
+    if !o.no_storage && !o.peers_only {
         let results = storage::run(o)?;
         let table = storage_report::markdown(&results, o, hot_seqread);
         println!("\n{table}");
@@ -183,12 +206,26 @@ pub fn run(o: &Options) -> Result<()> {
         report::write_block(&doc, storage_report::STORAGE, &table)?;
         println!("bench: wrote {} and {}", doc.display(), svg.display());
     }
+    if !o.no_storage {
+        let (image, bytes) = storage::image(o)?;
+        let disk = disk::Disk::of(&image)?;
+        let results = peers::run(o, &image, &disk, bytes)?;
+        let table = peers_report::markdown(&results, o);
+        println!("\n{table}");
+        let svg = out.join("peers.svg");
+        plot::peers_svg(&results, &svg)?;
+        report::write_block(&doc, peers_report::PEERS, &table)?;
+        println!("bench: wrote {} and {}", doc.display(), svg.display());
+    }
     Ok(())
 }
 
 /// The hot matrix: every row against every target, `runs` times, medians.
 fn hot(o: &Options) -> Result<Results> {
-    let mut results: Results = Vec::new();
+    let mut rows_out = Vec::new();
+    let mut idle: Vec<Vec<f64>> = vec![Vec::new(); TARGETS.len()];
+    // The idle sample: long enough to see a 100 ms poll timeout wake a few times.
+    let idle_for = o.duration.clamp(0.3, 2.0);
     for mtu in [1500, 9000] {
         let rows: Vec<Row> = ROWS.iter().copied().filter(|r| r.mtu == mtu).collect();
         let lab = Lab::with(LabOptions { mtu, queues: 1 })?;
@@ -201,6 +238,11 @@ fn hot(o: &Options) -> Result<Results> {
         for run in 1..=o.runs {
             for (t, target) in TARGETS.iter().enumerate() {
                 let running = start(&lab, target, &image, &o.data_path)?;
+                // Each target answers before anything is measured; then its idle cost.
+                storage::wait_answers(&lab)?;
+                if t != CEILING {
+                    idle[t].push(idle_percent(running.pid(), idle_for)?);
+                }
                 for (i, row) in rows.iter().enumerate() {
                     let f = measure(&lab, row, o.duration)
                         .with_context(|| format!("{target}: {}", row.label()))?;
@@ -221,11 +263,40 @@ fn hot(o: &Options) -> Result<Results> {
         }
         for (i, row) in rows.iter().enumerate() {
             let f = |t: usize| median(&samples[t][i]);
-            results.push((*row, [f(VBLADE), f(OURS), f(CEILING)]));
+            rows_out.push((*row, [f(0), f(1), f(2), f(3)]));
         }
     }
+    let idle = |t: usize| {
+        let mut v = idle[t].clone();
+        v.sort_by(f64::total_cmp);
+        Idle {
+            percent: v.get(v.len() / 2).copied().unwrap_or(0.0),
+            seconds: idle_for,
+        }
+    };
+    Ok(Results {
+        rows: rows_out,
+        idle: [idle(0), idle(1), idle(2), idle(3)],
+    })
+}
 
-    Ok(results)
+/// The share of one core process `pid` used over `seconds`, in percent: the time each of
+/// its threads spent on a CPU (/proc/PID/task/*/schedstat, nanoseconds, exact where the
+/// tick-sampled utime/stime would miss short wake-ups).
+fn idle_percent(pid: u32, seconds: f64) -> Result<f64> {
+    let on_cpu = || -> Result<u64> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("reading /proc/{pid}/task"))?;
+        Ok(tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum())
+    };
+    let before = on_cpu()?;
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+    let used = on_cpu()?.saturating_sub(before);
+    Ok(100.0 * used as f64 / 1e9 / t0.elapsed().as_secs_f64())
 }
 
 /// The sample with the median IOPS (its other figures come with it, from the same run).
@@ -257,6 +328,7 @@ fn start(lab: &Lab, target: &str, image: &Path, data_path: &str) -> Result<Proc>
             image,
             &["--buffers", BUFFERS, "--mode", data_path, "--write-back"],
         ),
+        "floor" => lab.start_echo(IMAGE_BYTES / 512),
         _ => lab.start_ceiling(IMAGE_BYTES / 512),
     }
 }

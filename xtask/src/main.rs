@@ -169,6 +169,7 @@ fn test() -> Result<()> {
         storage_image: Some(image.clone()),
         no_storage: false,
         storage_only: false,
+        peers_only: false,
     });
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_file(&image);

@@ -29,8 +29,15 @@ const PACKAGES: &[&str] = &[
     // XDP counters of tests/failing_disk.rs
     "mount",
     "ethtool",
-    // the storage section of `cargo xtask bench`: the disk's limit
+    // the storage section of `cargo xtask bench`: the disk's limit, and the peers an admin
+    // would run instead (NBD: qemu-nbd, nbdkit; iSCSI: tgt, and libiscsi for the client
+    // xtask builds with gcc)
     "fio",
+    "qemu-utils",
+    "nbdkit",
+    "tgt",
+    "libiscsi-dev",
+    "gcc",
     // interop: initiators we did not write, and the tools that judge them
     "aoetools",
     "busybox-static",
@@ -48,8 +55,8 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// From bookworm-backports: bookworm's qemu-system-x86 7.2 would remove the machine's
-/// preinstalled qemu-utils 10.0.
-const FROM_BACKPORTS: &[&str] = &["qemu-system-x86"];
+/// preinstalled qemu-utils 10.0 (qemu-nbd), which must come from there too.
+const FROM_BACKPORTS: &[&str] = &["qemu-system-x86", "qemu-utils"];
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/aoe-bookworm-backports.sources";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

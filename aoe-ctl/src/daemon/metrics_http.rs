@@ -1,7 +1,9 @@
 //! The Prometheus endpoint (`metrics = "ADDR:PORT"`): a minimal HTTP/1.1 server answering
 //! GET /metrics with the text format, 404 elsewhere, one request per connection. Requests
-//! are bounded in size, time and number at once, so a scanner or a stuck client costs a
-//! few descriptors at most and never delays the data path (which runs on other threads).
+//! are bounded in size, time and number at once, and so is the whole exchange (a client that
+//! asks and never reads the answer holds its connection 10 s at most), so a scanner or a
+//! stuck client costs a few descriptors for a while at most and never delays the data path
+//! (which runs on other threads).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,8 @@ pub type Asker = mpsc::Sender<oneshot::Sender<Vec<Family>>>;
 const MAX_REQUEST: usize = 8 << 10;
 /// A client has this long to send its request.
 const REQUEST_WITHIN: Duration = Duration::from_secs(5);
+/// A whole exchange, from accepting the connection to the last byte of the answer.
+const EXCHANGE_WITHIN: Duration = Duration::from_secs(10);
 /// Connections answered at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 32;
 
@@ -61,8 +65,10 @@ impl MetricsServer {
         };
         let asker = asker.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &asker).await {
-                log::debug!("metrics: {e:#}");
+            match tokio::time::timeout(EXCHANGE_WITHIN, answer(stream, &asker)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::debug!("metrics: {e:#}"),
+                Err(_) => log::debug!("metrics: a client took more than {EXCHANGE_WITHIN:?}"),
             }
             drop(slot);
         });

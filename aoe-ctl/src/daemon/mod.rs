@@ -79,7 +79,7 @@ impl Node {
             state,
         });
         let owner = Owner::spawn(shared.clone())?;
-        let tx = owner.sender();
+        let initiators = owner.initiators();
         Ok(Node {
             config: NodeConfig {
                 mode: config::DataPath::Auto,
@@ -91,9 +91,7 @@ impl Node {
             hosts: BTreeMap::new(),
             exports: BTreeMap::new(),
             shared,
-            handoff: Arc::new(move |work, iface| {
-                Owner::offer(&tx, Work::Initiator(work, iface.to_string()))
-            }),
+            handoff: Arc::new(move |work, iface| initiators.offer(work, iface)),
             owner,
             links: links::Links::default(),
         })
@@ -106,7 +104,9 @@ impl Node {
 
     fn open_export(&self, spec: &ExportSpec) -> Result<Arc<Export>> {
         // A snapshot's overlay a crash left holds acknowledged writes: into the image first.
-        if let Some(n) = crate::serve::backend::recover(&spec.path).with_context(|| spec.name())? {
+        if let Some(n) = crate::serve::backend::recover(&spec.path, spec.offset, spec.length)
+            .with_context(|| spec.name())?
+        {
             log::warn!(
                 "{}: replayed {n} writes from the overlay of a snapshot that did not finish",
                 spec.name()

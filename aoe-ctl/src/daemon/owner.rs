@@ -7,16 +7,27 @@
 //! is acknowledged; a change that cannot be kept is undone and not acknowledged. No other
 //! thread or process writes export state, and where each export is served changes through
 //! the same queue (`Work::Place`), so no edit is lost or lands on a replaced export.
+//!
+//! Operators come first: their edits (and the daemon's own work) have a queue of their own,
+//! taken before any initiator's request, so `aoe-ctl acl add` gets through however hard a
+//! host on the segment floods config sets (each of which costs a state-file write). An
+//! initiator's requests wait in a bounded queue of their own, at most `PER_SOURCE` from one
+//! source MAC (the rest are dropped: the initiator retransmits), and a config force set
+//! replaces the one the same source has waiting for the same export (the last one wins
+//! anyway), so one host cannot fill the queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, bail, Result};
 use aoe_common::maps::{ExportKey, MAX_MASKS};
+use aoe_common::wire::config::{self as config_wire, CCMD_FORCE_SET, CCMD_MASK};
+use aoe_common::wire::header::{field, CMD_QUERY_CONFIG};
 use aoe_common::wire::mask::{Directive, DCMD_ADD, DCMD_DELETE, MERROR_LIST_FULL};
+use aoe_common::wire::Mac;
 
 use super::control::{AdminReply, AdminRequest};
 use super::{Placements, Shared};
@@ -26,12 +37,17 @@ use crate::serve::access::Lists;
 use crate::serve::engine::{self, ControlWork, Verdict};
 use crate::serve::export::{ControlState, Export};
 
-/// Requests waiting for the owner: beyond this, workers drop them (the initiator retries).
+/// The daemon's and operators' work waiting for the owner.
 const QUEUE: usize = 1024;
+/// Initiators' requests waiting for the owner: beyond this, workers drop them (the initiator
+/// retries).
+const WIRE_QUEUE: usize = 1024;
+/// Of those, at most this many from one source MAC.
+const PER_SOURCE: usize = 4;
 
 pub enum Work {
-    /// A state-changing AoE request that arrived on an interface.
-    Initiator(ControlWork, String),
+    /// Initiators' requests are waiting (`Initiators`).
+    Wake,
     Admin(AdminRequest, tokio::sync::oneshot::Sender<AdminReply>),
     /// The export served as this target now, if any (`aoe-ctl snapshot` works on it).
     Export(String, tokio::sync::oneshot::Sender<Option<Arc<Export>>>),
@@ -51,43 +67,138 @@ pub fn dropped() -> u64 {
 
 pub struct Owner {
     tx: SyncSender<Work>,
+    wire: Initiators,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Where queue workers hand initiators' state-changing requests (a queue apart from the
+/// operators', see the module's comment).
+#[derive(Clone)]
+pub struct Initiators {
+    waiting: Arc<Mutex<Waiting>>,
+    wake: SyncSender<Work>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    queue: VecDeque<(ControlWork, String)>,
+    /// Requests waiting, by source MAC.
+    by_source: HashMap<Mac, usize>,
+}
+
+impl Initiators {
+    /// Queue a request that arrived on `iface`, without blocking; false when it is dropped
+    /// (the queue is full, or its source has `PER_SOURCE` waiting).
+    pub fn offer(&self, work: ControlWork, iface: &str) -> bool {
+        let src = source(&work);
+        let mut w = self.waiting.lock().unwrap();
+        if let Some(at) = force_set(&work)
+            .then(|| {
+                w.queue.iter().position(|(old, _)| {
+                    force_set(old) && source(old) == src && Arc::ptr_eq(&old.export, &work.export)
+                })
+            })
+            .flatten()
+        {
+            // The same source's force set for the same export: the newer one is applied
+            // alone, as applying both would leave.
+            w.queue[at] = (work, iface.to_string());
+            return true;
+        }
+        let mine = w.by_source.get(&src).copied().unwrap_or(0);
+        if w.queue.len() >= WIRE_QUEUE || mine >= PER_SOURCE {
+            drop(w);
+            count_dropped();
+            return false;
+        }
+        let was_empty = w.queue.is_empty();
+        w.queue.push_back((work, iface.to_string()));
+        *w.by_source.entry(src).or_insert(0) += 1;
+        drop(w);
+        if was_empty {
+            // The owner may be waiting for work: it looks at this queue when woken (a full
+            // channel means it is busy, and looks anyway).
+            let _ = self.wake.try_send(Work::Wake);
+        }
+        true
+    }
+
+    fn pop(&self) -> Option<(ControlWork, String)> {
+        let mut w = self.waiting.lock().unwrap();
+        let (work, iface) = w.queue.pop_front()?;
+        let src = source(&work);
+        if let Some(n) = w.by_source.get_mut(&src) {
+            *n -= 1;
+            if *n == 0 {
+                w.by_source.remove(&src);
+            }
+        }
+        Some((work, iface))
+    }
+}
+
+/// The source MAC of a handed-over request.
+fn source(w: &ControlWork) -> Mac {
+    let mut m = [0u8; 6];
+    if let Some(b) = w.frame.get(field::SRC_BYTES) {
+        m.copy_from_slice(b);
+    }
+    m
+}
+
+/// Is it a Query Config force set (whose effect the last one decides)?
+fn force_set(w: &ControlWork) -> bool {
+    w.frame.get(field::COMMAND) == Some(&CMD_QUERY_CONFIG)
+        && w.frame
+            .get(config_wire::field::VER_CCMD)
+            .is_some_and(|b| b & CCMD_MASK == CCMD_FORCE_SET)
+}
+
+/// A flood of sets must not flood the log: one line a second at most.
+fn count_dropped() {
+    let dropped = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = crate::pinned::unix_now();
+    if DROP_LOGGED.swap(now, Ordering::Relaxed) != now {
+        log::warn!(
+            "control plane busy: {dropped} state-changing requests dropped so far \
+             (initiators retransmit)"
+        );
+    }
 }
 
 impl Owner {
     pub(crate) fn spawn(shared: Arc<Shared>) -> Result<Owner> {
         let (tx, rx) = sync_channel(QUEUE);
+        let wire = Initiators {
+            waiting: Arc::default(),
+            wake: tx.clone(),
+        };
+        let w = wire.clone();
         let thread = std::thread::Builder::new()
             .name("aoe-owner".into())
-            .spawn(move || run(&shared, rx))?;
+            .spawn(move || run(&shared, rx, &w))?;
         Ok(Owner {
             tx,
+            wire,
             thread: Some(thread),
         })
     }
 
-    /// A handle for queue workers and the control socket.
+    /// A handle for the control socket (operators) and the daemon.
     pub fn sender(&self) -> SyncSender<Work> {
         self.tx.clone()
+    }
+
+    /// A handle for queue workers (initiators' requests).
+    pub fn initiators(&self) -> Initiators {
+        self.wire.clone()
     }
 
     /// Hand over without blocking; false when the queue is full or the owner gone.
     pub fn offer(tx: &SyncSender<Work>, work: Work) -> bool {
         match tx.try_send(work) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                // A flood of sets must not flood the log: one line a second at most.
-                let dropped = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
-                let now = crate::pinned::unix_now();
-                if DROP_LOGGED.swap(now, Ordering::Relaxed) != now {
-                    log::warn!(
-                        "control plane busy: {dropped} state-changing requests dropped so far \
-                         (initiators retransmit)"
-                    );
-                }
-                false
-            }
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
         }
     }
 
@@ -109,13 +220,28 @@ impl Drop for Owner {
     }
 }
 
-fn run(shared: &Shared, rx: Receiver<Work>) {
+fn run(shared: &Shared, rx: Receiver<Work>, wire: &Initiators) {
     // One send-only socket per interface, for the replies the owner sends itself.
     let mut senders: HashMap<String, RawSocket> = HashMap::new();
-    while let Ok(work) = rx.recv() {
+    loop {
+        // The daemon's and operators' work first, then one initiator's request at a time.
+        let work = match rx.try_recv() {
+            Ok(w) => w,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                if let Some((w, iface)) = wire.pop() {
+                    initiator(shared, w, &iface, &mut senders);
+                    continue;
+                }
+                match rx.recv() {
+                    Ok(w) => w,
+                    Err(_) => break,
+                }
+            }
+        };
         match work {
             Work::Stop => break,
-            Work::Initiator(w, iface) => initiator(shared, w, &iface, &mut senders),
+            Work::Wake => {}
             Work::Admin(req, reply) => {
                 let _ = reply.send(admin(shared, &req));
             }
@@ -336,5 +462,74 @@ fn edit(name: &str, lists: &mut Lists, req: &AdminRequest) -> Result<()> {
         AdminRequest::Snapshot { .. } => bail!("a snapshot is not an edit of the lists"),
         // Answered by the daemon's thread (`control::answer`), never here.
         AdminRequest::Resize { .. } => bail!("a resize is not an edit of the lists"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::initiator::frames::{self, Addr};
+    use crate::serve::backend::MemBackend;
+    use crate::serve::export::ExportOptions;
+    use crate::serve::reply::{Responder, CONTROL_REPLY_MAX};
+    use aoe_common::wire::config::ConfigCommand;
+
+    fn set(ex: &Arc<Export>, src: Mac, command: ConfigCommand, s: &[u8]) -> ControlWork {
+        let mut frame = vec![0u8; CONTROL_REPLY_MAX];
+        let to = Addr {
+            src,
+            dst: [2, 0, 0, 0, 0, 1],
+            shelf: ex.shelf,
+            slot: ex.slot,
+        };
+        let len = frames::config(&mut frame, &to, 7, command, s);
+        ControlWork {
+            export: ex.clone(),
+            frame,
+            len,
+            responder: Responder {
+                mac: [2, 0, 0, 0, 0, 1],
+                max_sectors: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn one_source_waits_at_most_per_source_and_its_force_sets_coalesce() {
+        let (tx, rx) = sync_channel(4);
+        let wire = Initiators {
+            waiting: Arc::default(),
+            wake: tx,
+        };
+        let ex = |slot| {
+            Arc::new(Export::new(
+                ExportOptions::new(1, slot),
+                Box::new(MemBackend::new(8)),
+            ))
+        };
+        let (e2, e3) = (ex(2), ex(3));
+        let (a, b) = ([2, 0xa, 0, 0, 0, 1], [2, 0xb, 0, 0, 0, 1]);
+        // Force sets from one source to one export: one waits, the last one.
+        for s in [&b"one"[..], b"two", b"three"] {
+            assert!(wire.offer(set(&e2, a, ConfigCommand::ForceSet, s), "eth0"));
+        }
+        assert!(
+            matches!(rx.try_recv(), Ok(Work::Wake)),
+            "the owner was woken"
+        );
+        assert_eq!(wire.waiting.lock().unwrap().queue.len(), 1);
+        // Other requests of that source count against its share; another source has its own.
+        for _ in 0..PER_SOURCE - 1 {
+            assert!(wire.offer(set(&e3, a, ConfigCommand::SetIfEmpty, b"x"), "eth0"));
+        }
+        assert!(!wire.offer(set(&e3, a, ConfigCommand::SetIfEmpty, b"x"), "eth0"));
+        assert!(wire.offer(set(&e3, b, ConfigCommand::SetIfEmpty, b"y"), "eth0"));
+        // In arrival order; the coalesced set kept its place and carries the last string.
+        let (first, _) = wire.pop().unwrap();
+        assert_eq!(&first.frame[32..first.len], b"three");
+        // Once its requests are taken, the source may queue again.
+        while wire.pop().is_some() {}
+        assert!(wire.waiting.lock().unwrap().by_source.is_empty());
+        assert!(wire.offer(set(&e3, a, ConfigCommand::SetIfEmpty, b"x"), "eth0"));
     }
 }

@@ -5,10 +5,21 @@
 //! Written before the reply to the change leaves (temporary file, fsync, rename, directory
 //! fsync), so an acknowledged change is never lost. A file that cannot be read exactly is
 //! refused: an export never starts with guessed access rules.
+//!
+//! Root writes it, in a directory that may not be root's alone (`--state` names any path)
+//! and on a remote host's request (a config set): every name in it is opened relative to
+//! the directory's descriptor, never through a symbolic link, and the temporary file is
+//! created new (O_EXCL, mode 0600), so a link or file planted there is never written
+//! through; the state file itself must be a regular file.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -91,11 +102,11 @@ impl StateFile {
     /// Load it; a missing file is an empty state, anything not read exactly an error that
     /// names the file.
     pub fn open(path: PathBuf) -> Result<StateFile> {
-        let kept = match std::fs::read_to_string(&path) {
+        let kept = match read_regular(&path) {
             Ok(text) => {
                 parse(&text).map_err(|e| anyhow!("state file {}: {e:#}", path.display()))?
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e).context(format!("reading state file {}", path.display())),
         };
         Ok(StateFile {
@@ -154,19 +165,115 @@ impl StateFile {
     }
 
     /// Temporary file, fsync, rename over the old one, fsync the directory: a crash
-    /// leaves the old file or the new one, never a mix.
-    fn write(&self, text: &str) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("state.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(dir)?.sync_all()
+    /// leaves the old file or the new one, never a mix. Every name is resolved in the
+    /// directory's descriptor; the temporary is new, never a planted file or link.
+    fn write(&self, text: &str) -> io::Result<()> {
+        let (dir, name) = split(&self.path)?;
+        let dir = open_dir(dir)?;
+        // A name no other writer uses, so a stale one never blocks the next write.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let tmp = format!(
+            ".{}.{}.{}.tmp",
+            name.to_string_lossy(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let tmp = cstr(OsStr::new(&tmp))?;
+        let written = (|| {
+            let mut f = create_new(&dir, &tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            rename_in(&dir, &tmp, &cstr(name)?)
+        })();
+        if written.is_err() {
+            // SAFETY: unlinkat of a name in our directory descriptor (not followed if a link).
+            unsafe { libc::unlinkat(dir.as_raw_fd(), tmp.as_ptr(), 0) };
+        }
+        written?;
+        File::from(dir).sync_all()
     }
+}
+
+/// The directory and the file name of `path`.
+fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Ok((dir, name))
+}
+
+fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    let c = cstr(dir.as_os_str())?;
+    // SAFETY: a NUL-terminated path; the descriptor is owned right after.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just opened and own alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A new file `name` in `dir`, mode 0600; fails if anything (a link included) is there.
+fn create_new(dir: &OwnedFd, name: &CString) -> io::Result<File> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated name relative to our directory descriptor.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o600 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just opened and own alone.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn rename_in(dir: &OwnedFd, from: &CString, to: &CString) -> io::Result<()> {
+    // SAFETY: two NUL-terminated names relative to our directory descriptor; a link at `to`
+    // is replaced, not followed.
+    let r = unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The contents of `path`, which must be a regular file (not a link to one, nor a FIFO or a
+/// device that would hang or feed the parser).
+fn read_regular(path: &Path) -> io::Result<String> {
+    let (dir, name) = split(path)?;
+    let dir = open_dir(dir)?;
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let name = cstr(name)?;
+    // SAFETY: a NUL-terminated name relative to our directory descriptor.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return Err(io::Error::other(
+                "a symbolic link; the state file must be a regular file",
+            ));
+        }
+        return Err(e);
+    }
+    // SAFETY: a descriptor we just opened and own alone.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 fn render(all: &BTreeMap<String, Kept>) -> String {
@@ -380,6 +487,37 @@ mod tests {
         assert!(refused(&path, unknown).contains("unknown field"));
         let name = "{\"version\": 2, \"exports\": {\"disk\": {}}}";
         assert!(refused(&path, name).contains("bad export name"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn planted_links_are_never_written_through_nor_read() {
+        let d = dir("planted");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "root's file\n").unwrap();
+        let path = d.join("exports.state");
+        let s = StateFile::open(path.clone()).unwrap();
+        // Links at the temporary name of old, and at the state file's own name.
+        std::os::unix::fs::symlink(&victim, d.join("exports.state.tmp")).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        s.record("e1.2", &state(b"", &[], &[]), &state(b"x", &[], &[]))
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's file\n");
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert!(m.is_file(), "the link was replaced, not followed");
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        // Reading: a link, or a FIFO, where the state file should be is refused.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let e = StateFile::open(path.clone()).err().unwrap();
+        assert!(format!("{e:#}").contains("regular file"), "{e:#}");
+        std::fs::remove_file(&path).unwrap();
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = StateFile::open(path.clone()).err().unwrap();
+        assert!(format!("{e:#}").contains("regular file"), "{e:#}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

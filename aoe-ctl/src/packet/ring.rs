@@ -2,6 +2,11 @@
 //! load generator (which must outrun any one target core) and for the target where XDP is
 //! unavailable: frames are written straight into the tx ring and leave with one `send()` per
 //! batch; received frames are read in place from the rx ring. No allocation per frame.
+//!
+//! A target's socket (`open_with_room`) receives only what is addressed to this interface
+//! on its own VLAN: the kernel filters with a classic BPF program (`socket::open_target`),
+//! and each slot is checked again here from what the kernel wrote beside the frame (its
+//! packet type, VLAN tag and device), so a frame of another VLAN is never served.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -12,7 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use aoe_common::wire::Mac;
 
-use super::socket::{open_bound, set_option};
+use super::socket::{open_bound, open_target, set_option};
 use crate::net::Interface;
 
 /// Where a frame's data starts in a tx slot: the kernel reads it at
@@ -22,6 +27,11 @@ const TX_DATA_OFFSET: usize = libc::TPACKET2_HDRLEN - std::mem::size_of::<libc::
 const BLOCK: u32 = 1 << 16;
 /// Most memory one ring may take: jumbo slots (16 KiB) get fewer of them.
 const RING_BYTES: usize = 16 << 20;
+/// An Ethernet header, which the MTU does not count.
+const ETH_HEADER: usize = 14;
+/// Where the kernel's sockaddr_ll lies in an rx slot: after the header, aligned
+/// (TPACKET_ALIGN(sizeof(struct tpacket2_hdr))).
+const SLL_OFFSET: usize = (std::mem::size_of::<libc::tpacket2_hdr>() + 15) & !15;
 
 pub struct RingSocket {
     fd: OwnedFd,
@@ -32,6 +42,10 @@ pub struct RingSocket {
     rx_slots: usize,
     rx_next: usize,
     tx: TxRing,
+    /// A target's socket: frames that are not for it are skipped (`for_target`).
+    target: bool,
+    /// Frames skipped by that check.
+    filtered: u64,
 }
 
 /// The transmit half of the rings, usable while a received frame is borrowed.
@@ -43,6 +57,11 @@ pub struct TxRing {
     tx_next: usize,
     /// Frames written to the tx ring since the last kick.
     unsent: usize,
+    /// The longest frame the interface sends (MTU + Ethernet header): a longer one would be
+    /// refused by the kernel and, without PACKET_LOSS, stop the ring at its slot.
+    max_len: usize,
+    /// Frames not sent because they were longer than that.
+    pub oversized: u64,
 }
 
 // SAFETY: the mapping belongs to this socket alone; it is moved, never shared.
@@ -57,18 +76,30 @@ impl Drop for RingSocket {
 
 impl RingSocket {
     /// Open the rings on `ifname`, sized for frames of its MTU: `rx_slots` and `tx_slots`
-    /// frames (rounded up to whole blocks, at most `RING_BYTES` a ring).
+    /// frames (rounded up to whole blocks, at most `RING_BYTES` a ring). No tx ring when
+    /// `tx_slots` is 0: sends then go through `send`/`sendmmsg` on `raw_fd`.
     pub fn open(ifname: &str, rx_slots: usize, tx_slots: usize) -> Result<RingSocket> {
-        Self::open_with_room(ifname, rx_slots, tx_slots, 0)
+        Self::open_rings(ifname, rx_slots, tx_slots, 0, false)
     }
 
-    /// `open`, with tx slots of at least `room` bytes of frame (a target's engine asks for
-    /// room for its longest possible reply, whatever the MTU).
+    /// `open` for a target: tx slots of at least `room` bytes of frame (its engine asks for
+    /// room for its longest possible reply, whatever the MTU), and only frames addressed to
+    /// this interface on its own VLAN received.
     pub fn open_with_room(
         ifname: &str,
         rx_slots: usize,
         tx_slots: usize,
         room: usize,
+    ) -> Result<RingSocket> {
+        Self::open_rings(ifname, rx_slots, tx_slots, room, true)
+    }
+
+    fn open_rings(
+        ifname: &str,
+        rx_slots: usize,
+        tx_slots: usize,
+        room: usize,
+        target: bool,
     ) -> Result<RingSocket> {
         let iface = Interface::lookup(ifname)?;
         // A frame of the MTU (a VLAN tag included) after the kernel's header, rounded up.
@@ -80,11 +111,19 @@ impl RingSocket {
         }
         let per_block = BLOCK as usize / slot;
         let blocks = |n: usize| n.min(RING_BYTES / slot).div_ceil(per_block).max(1);
-        let (rx_blocks, tx_blocks) = (blocks(rx_slots), blocks(tx_slots));
+        let tx_blocks = if tx_slots == 0 { 0 } else { blocks(tx_slots) };
+        let rx_blocks = blocks(rx_slots);
 
-        let fd = open_bound(&iface)?;
+        let fd = if target {
+            open_target(&iface)?
+        } else {
+            open_bound(&iface)?
+        };
         let v2 = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
         set_option(&fd, libc::SOL_PACKET, libc::PACKET_VERSION, &v2).context("PACKET_VERSION")?;
+        // A frame the kernel cannot send is dropped and its slot handed back, rather than left
+        // in WRONG_FORMAT, where it would hold the ring (before the rings exist, or EBUSY).
+        set_option(&fd, libc::SOL_PACKET, libc::PACKET_LOSS, &1).context("PACKET_LOSS")?;
         // Straight to the driver: a load generator has no use for the qdisc.
         set_option(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &1)
             .context("PACKET_QDISC_BYPASS")?;
@@ -92,6 +131,9 @@ impl RingSocket {
             (libc::PACKET_RX_RING, rx_blocks),
             (libc::PACKET_TX_RING, tx_blocks),
         ] {
+            if nblocks == 0 {
+                continue;
+            }
             let req = libc::tpacket_req {
                 tp_block_size: BLOCK,
                 tp_block_nr: nblocks as u32,
@@ -132,8 +174,12 @@ impl RingSocket {
                 tx_slots: tx_blocks * per_block,
                 tx_next: 0,
                 unsent: 0,
+                max_len: iface.mtu + ETH_HEADER,
+                oversized: 0,
             },
             iface,
+            target,
+            filtered: 0,
         })
     }
 
@@ -197,27 +243,70 @@ impl RingSocket {
         self.receive_with(|frame, _| f(frame))
     }
 
-    /// `receive`, with the tx ring at hand to answer the frame in place.
+    /// `receive`, with the tx ring at hand to answer the frame in place. A target's socket
+    /// skips (and gives back) frames that are not for it.
     pub fn receive_with(&mut self, f: impl FnOnce(&[u8], &mut TxRing)) -> bool {
-        let index = self.rx_next;
-        if self.status(index).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
-            return false;
+        let mut index = self.rx_next;
+        while self.status(index).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0 {
+            if self.target && !self.for_target(index) {
+                self.filtered += 1;
+                self.release(index);
+                index = self.rx_next;
+                continue;
+            }
+            let h = self.header(index);
+            // SAFETY: a USER slot belongs to user space; tp_mac/tp_snaplen locate the frame
+            // inside the slot (the kernel never writes past it). The tx ring is a disjoint
+            // part of the mapping.
+            let frame = unsafe {
+                let (mac, snap) = ((*h).tp_mac as usize, (*h).tp_snaplen as usize);
+                let len = snap.min(self.slot.saturating_sub(mac));
+                std::slice::from_raw_parts(h.cast::<u8>().add(mac), len)
+            };
+            f(frame, &mut self.tx);
+            self.release(index);
+            return true;
         }
-        let h = self.header(index);
-        // SAFETY: a USER slot belongs to user space; tp_mac/tp_snaplen locate the frame
-        // inside the slot (the kernel never writes past it). The tx ring is a disjoint part
-        // of the mapping.
-        let frame = unsafe {
-            let (mac, snap) = ((*h).tp_mac as usize, (*h).tp_snaplen as usize);
-            let len = snap.min(self.slot.saturating_sub(mac));
-            std::slice::from_raw_parts(h.cast::<u8>().add(mac), len)
-        };
-        f(frame, &mut self.tx);
+        false
+    }
+
+    /// Hand rx slot `index` (the next one) back to the kernel.
+    fn release(&mut self, index: usize) {
         fence(Ordering::Release);
         self.status(index)
             .store(libc::TP_STATUS_KERNEL, Ordering::Release);
         self.rx_next = (self.rx_next + 1) % self.rx_slots;
-        true
+    }
+
+    /// Is the frame in rx slot `index` one a target on this interface serves, by what the
+    /// kernel wrote beside it: received on this device (not moved to a VLAN device on it),
+    /// addressed to this host (not PACKET_OTHERHOST: another MAC, or a VLAN without a
+    /// device here), untagged (a priority tag, VLAN 0, is untagged), from a source that is
+    /// not a group address? The socket's filter already dropped such frames in the kernel.
+    fn for_target(&self, index: usize) -> bool {
+        let h = self.header(index);
+        // SAFETY: a USER slot belongs to user space; the header and the sockaddr_ll after it
+        // lie inside the slot, and the frame within tp_snaplen bytes of tp_mac.
+        let (status, tci, sll, src0) = unsafe {
+            let sll = h
+                .cast::<u8>()
+                .add(SLL_OFFSET)
+                .cast::<libc::sockaddr_ll>()
+                .read_unaligned();
+            let (mac, snap) = ((*h).tp_mac as usize, (*h).tp_snaplen as usize);
+            let src0 = (snap > 6 && mac + 7 <= self.slot).then(|| *h.cast::<u8>().add(mac + 6));
+            ((*h).tp_status, (*h).tp_vlan_tci, sll, src0)
+        };
+        let tagged = status & libc::TP_STATUS_VLAN_VALID != 0 && tci & 0x0fff != 0;
+        sll.sll_ifindex == self.iface.index as i32
+            && sll.sll_pkttype <= libc::PACKET_MULTICAST
+            && !tagged
+            && src0.is_some_and(|b| b & 1 == 0)
+    }
+
+    /// Frames a target's socket skipped because they were not for it.
+    pub fn filtered(&self) -> u64 {
+        self.filtered
     }
 
     /// The socket's descriptor, readable when frames wait (to poll it with others).
@@ -274,6 +363,9 @@ impl TxRing {
 
     /// See `RingSocket::queue`.
     pub fn queue(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        if self.tx_slots == 0 {
+            return false;
+        }
         let index = self.tx_next;
         let status = status_of(self.header(index));
         if status.load(Ordering::Acquire) != libc::TP_STATUS_AVAILABLE {
@@ -288,6 +380,11 @@ impl TxRing {
         };
         let n = build(data).min(data.len());
         if n == 0 {
+            return true;
+        }
+        if n > self.max_len {
+            // The kernel would refuse it: the slot stays free, the request unanswered.
+            self.oversized += 1;
             return true;
         }
         let len = if n < 60 {

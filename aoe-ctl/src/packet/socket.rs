@@ -12,19 +12,30 @@ use crate::net::Interface;
 /// An AF_PACKET socket for AoE frames bound to `iface`, which does not see its own
 /// transmissions (our requests would otherwise come back to us).
 pub(crate) fn open_bound(iface: &Interface) -> Result<OwnedFd> {
-    open_bound_to(iface, ETHERTYPE_AOE)
+    open_bound_to(iface, ETHERTYPE_AOE, false)
 }
 
-/// An AF_PACKET socket bound to `iface` that receives `ethertype` (0: nothing).
-fn open_bound_to(iface: &Interface, ethertype: u16) -> Result<OwnedFd> {
-    let proto = ethertype.to_be() as libc::c_int;
+/// `open_bound` for a target: it receives only the frames addressed to this interface on
+/// its own VLAN, from a source that is not a group address (`target_filter`).
+pub(crate) fn open_target(iface: &Interface) -> Result<OwnedFd> {
+    open_bound_to(iface, ETHERTYPE_AOE, true)
+}
+
+/// An AF_PACKET socket bound to `iface` that receives `ethertype` (0: nothing), through the
+/// target's filter when `filtered`.
+fn open_bound_to(iface: &Interface, ethertype: u16, filtered: bool) -> Result<OwnedFd> {
+    // Protocol 0 until bound: no frame is queued before the filter is in place.
     // SAFETY: plain socket call.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error()).context("AF_PACKET socket (are you root?)");
     }
     // SAFETY: a descriptor we just opened and own alone.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if filtered {
+        attach_filter(&fd, &target_filter(iface.index))
+            .context("attaching the target's socket filter")?;
+    }
     // SAFETY: sockaddr_ll is plain old data.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
@@ -45,6 +56,46 @@ fn open_bound_to(iface: &Interface, ethertype: u16) -> Result<OwnedFd> {
     set_option(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1)
         .context("PACKET_IGNORE_OUTGOING")?;
     Ok(fd)
+}
+
+/// Frames on the wire that are not for a target on this interface, as the stack has marked
+/// them: PACKET_OTHERHOST (addressed to another MAC, or tagged for a VLAN that has no device
+/// here: the stack strips such a tag and still delivers the frame to a socket bound to the
+/// ethertype), a VLAN tag still present, a frame the stack moved to another device (a VLAN
+/// device on this one), or a source MAC that is a group address (a reply to it would go to
+/// the whole group). The kernel runs this classic BPF filter before the frame is copied into
+/// the ring, so a flood of them costs no ring slots; `ring.rs` checks the same again.
+fn target_filter(ifindex: u32) -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+    const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let ancillary = |what: libc::c_int| (libc::SKF_AD_OFF + what) as u32;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    vec![
+        op(LD_W_ABS, 0, 0, ancillary(libc::SKF_AD_PKTTYPE)),
+        // HOST, BROADCAST, MULTICAST: 0..=2.
+        op(JGT, 6, 0, libc::PACKET_MULTICAST as u32),
+        op(LD_W_ABS, 0, 0, ancillary(libc::SKF_AD_VLAN_TAG_PRESENT)),
+        op(JEQ, 0, 4, 0),
+        op(LD_W_ABS, 0, 0, ancillary(libc::SKF_AD_IFINDEX)),
+        op(JEQ, 0, 2, ifindex),
+        // The first byte of the source MAC; its low bit marks a group address.
+        op(LD_B_ABS, 0, 0, 6),
+        op(JSET, 0, 1, 1),
+        op(RET, 0, 0, 0),
+        op(RET, 0, 0, u32::MAX),
+    ]
+}
+
+fn attach_filter(fd: &OwnedFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    set_option(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
 }
 
 /// setsockopt with a value of the option's type.
@@ -90,7 +141,7 @@ impl RawSocket {
     /// for replies the control plane sends.
     pub fn open_sender(ifname: &str) -> Result<RawSocket> {
         let iface = Interface::lookup(ifname)?;
-        let fd = open_bound_to(&iface, 0)?;
+        let fd = open_bound_to(&iface, 0, false)?;
         Ok(RawSocket { fd, iface })
     }
 

@@ -19,8 +19,10 @@ pub mod packet_worker;
 pub mod reply;
 pub mod request;
 pub mod status;
+pub mod vlan_tags;
 pub mod worker;
 pub mod xdp;
+pub mod xdp_native;
 pub mod xsk;
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ pub enum Ignore {
     Malformed,
     /// An AoE response (R flag): not for a target.
     Response,
+    /// The source MAC is a group (multicast or broadcast) address: a reply would go to every
+    /// host of the group (a 60-byte read would broadcast its sectors to the segment).
+    GroupSource,
     /// Addressed to a shelf/slot we do not export.
     NotOurs,
     /// Source MAC not on the mask list.
@@ -126,6 +129,9 @@ pub fn parse(frame: &[u8]) -> Result<Request<'_>, Ignore> {
     if header.flags & FLAG_RESPONSE != 0 {
         return Err(Ignore::Response);
     }
+    if header.src[0] & 1 != 0 {
+        return Err(Ignore::GroupSource);
+    }
     let malformed = |_| Ignore::Malformed;
     let body = if f.version() != AOE_VERSION {
         Body::UnsupportedVersion(f.version())
@@ -197,6 +203,23 @@ mod tests {
         assert!(matches!(parse(&f).unwrap().body, Body::Unknown(9)));
         f[12] = 0x08;
         assert_eq!(parse(&f).unwrap_err(), Ignore::Malformed);
+    }
+
+    #[test]
+    fn a_group_source_gets_no_reply() {
+        for src in [
+            [0xff; 6],
+            [0x01, 0x00, 0x5e, 0, 0, 1],
+            [0x33, 0x33, 0, 0, 0, 1],
+        ] {
+            let mut f = READ;
+            f[6..12].copy_from_slice(&src);
+            assert_eq!(parse(&f).unwrap_err(), Ignore::GroupSource, "{src:02x?}");
+        }
+        // A locally administered unicast address is a source like any other.
+        let mut f = READ;
+        f[6] = 0x02;
+        assert!(parse(&f).is_ok());
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use aoe_common::maps::{
-    counter, export_counter, ExportEntry, ExportKey, Settings, MAP_COUNTERS, MAP_EXPORTS,
-    MAP_EXPORT_COUNTERS, MAP_SETTINGS, MAP_XSKS, MAX_EXPORTS, MAX_MASKS, MIN_REPLY,
+    counter, export_counter, ExportEntry, ExportKey, GrantKey, Settings, MAP_COUNTERS, MAP_EXPORTS,
+    MAP_EXPORT_COUNTERS, MAP_GRANTS, MAP_SETTINGS, MAP_XSKS, MAX_EXPORTS, MAX_MASKS, MIN_REPLY,
     PROG_CLASSIFIER,
 };
 use aoe_common::wire::header::{HeaderRepr, FLAG_RESPONSE};
@@ -22,6 +22,8 @@ use aya::Ebpf;
 use super::access::Lists;
 use super::config;
 use super::export::Export;
+use super::vlan_tags::{self, Stripping};
+use super::xdp_native::Native;
 
 /// The eBPF object built from aoe-ebpf by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/aoe"));
@@ -44,11 +46,21 @@ pub struct Classifier {
     mac: Mac,
     max_sectors: usize,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    /// The attachment, while attached: the program can be detached and attached again (in
-    /// the other mode) with its maps, and so its sockets and export table, kept.
+    /// The attachment in skb mode, while attached: the program can be detached and attached
+    /// again (in the other mode) with its maps, and so its sockets and export table, kept.
     link: Option<XdpLinkId>,
+    /// The native program (bound to its device, with the VLAN check) and its attachment.
+    native: Option<Native>,
+    /// Receive VLAN stripping this classifier turned off, to turn on again when it detaches.
+    stripping: Option<Stripping>,
+    /// The object's maps, which the native program shares.
+    maps: Vec<(String, std::os::fd::OwnedFd)>,
     /// Each export's row in EXPORT_COUNTERS.
     rows: StdHashMap<ExportKey, u32>,
+    /// What each export grants in `GRANTS`, and how many exports grant each key (the kernel
+    /// holds the keys granted at least once).
+    granted_by: StdHashMap<ExportKey, Vec<GrantKey>>,
+    grants: StdHashMap<GrantKey, u32>,
 }
 
 fn program(bpf: &mut Ebpf) -> Result<&mut XdpProgram> {
@@ -67,6 +79,7 @@ impl Classifier {
     /// Load the classifier into the kernel (not attached yet).
     pub fn load(mac: Mac, max_sectors: usize) -> Result<Self> {
         let mut bpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
+        let maps = super::xdp_native::maps_of(&bpf)?;
         let logger = aya_log::EbpfLogger::init(&mut bpf).ok();
         program(&mut bpf)?
             .load()
@@ -79,7 +92,12 @@ impl Classifier {
             max_sectors,
             logger,
             link: None,
+            native: None,
+            stripping: None,
+            maps,
             rows: StdHashMap::new(),
+            granted_by: StdHashMap::new(),
+            grants: StdHashMap::new(),
         })
     }
 
@@ -92,44 +110,103 @@ impl Classifier {
 
     /// Attach the loaded program to `iface` (it must be detached).
     pub fn attach_to(&mut self, iface: &str, choice: ModeChoice) -> Result<()> {
-        let prog = program(&mut self.bpf)?;
-        let (link, mode, fallback_reason) = match choice {
+        let index = crate::net::Interface::lookup(iface)?.index;
+        let (mode, fallback_reason) = match choice {
             ModeChoice::Native => {
-                let l = prog
-                    .attach(iface, XdpMode::Driver)
+                self.attach_native(index)
                     .with_context(|| format!("attaching XDP in native mode to {iface}"))?;
-                (l, "native", None)
+                ("native", None)
             }
             ModeChoice::Skb => {
-                let l = prog
-                    .attach(iface, XdpMode::Skb)
-                    .with_context(|| format!("attaching XDP in skb mode to {iface}"))?;
-                (l, "skb", None)
+                self.attach_skb(iface)?;
+                ("skb", None)
             }
-            ModeChoice::Auto => match prog.attach(iface, XdpMode::Driver) {
-                Ok(l) => (l, "native", None),
+            ModeChoice::Auto => match self.attach_native(index) {
+                Ok(()) => ("native", None),
                 Err(e) => {
-                    let l = prog.attach(iface, XdpMode::Skb).with_context(|| {
-                        format!("attaching XDP to {iface} (native failed: {e})")
+                    self.attach_skb(iface).with_context(|| {
+                        format!("attaching XDP to {iface} (native failed: {e:#})")
                     })?;
-                    (l, "skb", Some(format!("{:#}", anyhow::Error::from(e))))
+                    ("skb", Some(format!("{e:#}")))
                 }
             },
         };
-        self.link = Some(link);
         self.mode = mode;
         self.fallback_reason = fallback_reason;
+        // No socket is bound yet: nothing is served before the tags are visible.
+        let reads_metadata =
+            mode == "native" && self.vlan_metadata() && vlan_tags::reports_vlan_tags(index);
+        if !reads_metadata {
+            self.keep_tags_in_frames(iface);
+        }
         Ok(())
+    }
+
+    /// The native program, bound to `index` (loaded once), attached in driver mode.
+    fn attach_native(&mut self, index: u32) -> Result<()> {
+        if self.native.is_none() {
+            self.native = Some(Native::load(&self.maps, OBJECT, index)?);
+        }
+        self.native.as_mut().expect("loaded above").attach(index)
+    }
+
+    fn attach_skb(&mut self, iface: &str) -> Result<()> {
+        let link = program(&mut self.bpf)?
+            .attach(iface, XdpMode::Skb)
+            .with_context(|| format!("attaching XDP in skb mode to {iface}"))?;
+        self.link = Some(link);
+        Ok(())
+    }
+
+    /// The classifier cannot read VLAN tags from this interface's metadata: turn receive
+    /// stripping off, so that a tag stays in the frame where the classifier sees it, and say
+    /// where that is not enough.
+    fn keep_tags_in_frames(&mut self, iface: &str) {
+        if self.stripping.is_none() {
+            match Stripping::turn_off(iface) {
+                Ok(Some(s)) => {
+                    log::info!(
+                        "{iface}: receive VLAN stripping turned off while XDP serves, so that \
+                         the classifier sees VLAN tags; turned on again when it stops"
+                    );
+                    self.stripping = Some(s);
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!(
+                    "{iface}: {e:#}: frames tagged for other VLANs reach this {} mode program \
+                     untagged, and are served (use --mode afpacket on a trunk port)",
+                    self.mode
+                ),
+            }
+        }
+        // A veth carries its peer's tags in metadata whatever its own features say.
+        if vlan_tags::driver(iface).as_deref() == Some("veth") {
+            log::warn!(
+                "{iface}: a veth in {} mode cannot see VLAN tags its peer sends in metadata: \
+                 frames tagged for other VLANs are served (native mode sees them)",
+                self.mode
+            );
+        }
+    }
+
+    fn restore_stripping(&mut self) {
+        if let Some(s) = self.stripping.take() {
+            s.restore();
+        }
     }
 
     /// Take the program off its interface; the maps (export table, sockets) stay.
     pub fn detach(&mut self) -> Result<()> {
+        if let Some(n) = self.native.as_mut().filter(|n| n.attached()) {
+            n.detach();
+        }
         if let Some(link) = self.link.take() {
-            self.mode = "detached";
             program(&mut self.bpf)?
                 .detach(link)
                 .context("detaching the XDP program")?;
         }
+        self.mode = "detached";
+        self.restore_stripping();
         Ok(())
     }
 
@@ -162,6 +239,37 @@ impl Classifier {
         exports
             .insert(key, entry, 0)
             .with_context(|| format!("updating the kernel entry of {}", ex.name()))?;
+        self.grant(key, grants_of(ex))
+            .with_context(|| format!("updating the broadcast grants of {}", ex.name()))
+    }
+
+    /// Make `GRANTS` hold what export `key` grants now (`new`; empty once it is gone): keys
+    /// it adds first, then those no export grants any more, so no broadcast is refused
+    /// meanwhile that both the old and the new lists let through.
+    fn grant(&mut self, key: ExportKey, new: Vec<GrantKey>) -> Result<()> {
+        let old = self.granted_by.remove(&key).unwrap_or_default();
+        let mut map: HashMap<_, GrantKey, u32> =
+            HashMap::try_from(map(&mut self.bpf, MAP_GRANTS)?)?;
+        for g in &new {
+            let n = self.grants.entry(*g).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                map.insert(g, 1, 0)?;
+            }
+        }
+        for g in &old {
+            let Some(n) = self.grants.get_mut(g) else {
+                continue;
+            };
+            *n -= 1;
+            if *n == 0 {
+                self.grants.remove(g);
+                map.remove(g)?;
+            }
+        }
+        if !new.is_empty() {
+            self.granted_by.insert(key, new);
+        }
         Ok(())
     }
 
@@ -187,6 +295,7 @@ impl Classifier {
             let mut m: HashMap<_, ExportKey, ExportEntry> =
                 HashMap::try_from(map(&mut self.bpf, MAP_EXPORTS)?)?;
             let _ = m.remove(&key);
+            self.grant(key, vec![])?;
             self.zero_row(row)?;
             self.rows.remove(&key);
         }
@@ -216,6 +325,8 @@ impl Classifier {
                 .first()
                 .map(|e| ExportKey::new(e.shelf, e.slot))
                 .unwrap_or_default(),
+            mac: self.mac,
+            _pad: [0; 2],
         };
         let mut s: Array<_, Settings> = Array::try_from(map(&mut self.bpf, MAP_SETTINGS)?)?;
         s.set(0, settings, 0)?;
@@ -276,12 +387,38 @@ impl Classifier {
         Ok(out)
     }
 
+    /// Does the native program read VLAN tags from the driver's metadata (the kernel has the
+    /// kfunc)?
+    pub fn vlan_metadata(&self) -> bool {
+        self.native.as_ref().is_some_and(|n| n.vlan_metadata)
+    }
+
     /// Print whatever the program logged.
     pub fn flush_log(&mut self) {
         if let Some(l) = &mut self.logger {
             l.flush();
         }
     }
+}
+
+impl Drop for Classifier {
+    fn drop(&mut self) {
+        // Off its interface before stripping comes back on.
+        let _ = self.detach();
+    }
+}
+
+/// Whom export `ex` would answer a broadcast from (see `GrantKey`).
+pub fn grants_of(ex: &Export) -> Vec<GrantKey> {
+    let masks = ex.access.snapshot().masks;
+    let macs = if masks.is_empty() {
+        vec![GrantKey::OPEN]
+    } else {
+        masks
+    };
+    macs.into_iter()
+        .flat_map(|m| [ex.shelf, GrantKey::ANY_SHELF].map(|s| GrantKey::new(m, s)))
+        .collect()
 }
 
 /// The access lists an entry holds.

@@ -195,7 +195,16 @@ pub fn num(v: &serde_json::Value, key: &str) -> f64 {
 
 /// A count from the target's exit line, e.g. "user space handled" or "dropped_acl".
 pub fn exit_count(log: &str, name: &str) -> u64 {
-    log.split(&format!("{name} "))
+    // The exit line alone: a log line before it may hold the same words ("... dropped so
+    // far"), and its last field ends the line.
+    let exit = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(": stopped;"))
+        .map(|l| format!("{l},"));
+    exit.as_deref()
+        .unwrap_or(log)
+        .split(&format!("{name} "))
         .nth(1)
         .and_then(|s| s.split([',', ' ', ')']).next())
         .and_then(|n| n.parse().ok())

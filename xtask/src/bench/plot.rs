@@ -7,14 +7,15 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use super::storage;
+use super::{peers, storage};
 use super::{Results, TARGETS};
 
 const GREY: RGBColor = RGBColor(0x9e, 0x9e, 0x9e);
 const BLUE: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const ORANGE: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
-/// In TARGETS order: vblade, aoe-ctl, ceiling.
-const COLORS: [RGBColor; 3] = [GREY, BLUE, ORANGE];
+const GREEN: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
+/// In TARGETS order: ceiling, floor, aoe-ctl, vblade.
+const COLORS: [RGBColor; 4] = [ORANGE, GREEN, BLUE, GREY];
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
@@ -26,7 +27,7 @@ struct Series<'a> {
 }
 
 pub fn svg(results: &Results, path: &Path) -> Result<()> {
-    let labels: Vec<String> = results.iter().map(|(r, _)| r.label()).collect();
+    let labels: Vec<String> = results.rows.iter().map(|(r, _)| r.label()).collect();
     let series = |value: fn(&super::Figures) -> f64| -> Vec<Series> {
         TARGETS
             .iter()
@@ -34,7 +35,7 @@ pub fn svg(results: &Results, path: &Path) -> Result<()> {
             .map(|(t, name)| Series {
                 name,
                 color: COLORS[t],
-                values: results.iter().map(|(_, f)| value(&f[t])).collect(),
+                values: results.rows.iter().map(|(_, f)| value(&f[t])).collect(),
             })
             .collect()
     };
@@ -50,7 +51,7 @@ pub fn svg(results: &Results, path: &Path) -> Result<()> {
     )?;
     bars(
         &bottom,
-        "machine CPU µs per I/O (lower is better)",
+        "machine CPU µs per I/O (the ceiling's is the client's share; lower is better)",
         &labels,
         &series(|f| f.cpu_us_per_io),
         Scale::Linear,
@@ -112,6 +113,45 @@ pub fn storage_svg(r: &storage::Results, path: &Path) -> Result<()> {
         &labels,
         &two(amp(|m| &m.ours), amp(|m| &m.vblade)),
         Scale::Log10,
+    )?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// docs/peers.svg: each server's cold 4 KiB randread and durable randwrite IOPS (top) and
+/// CPU per I/O (bottom).
+pub fn peers_svg(r: &peers::Results, path: &Path) -> Result<()> {
+    let labels: Vec<String> = r.rows.iter().map(|m| m.peer.label.to_string()).collect();
+    let two = |value: fn(&peers::Sample) -> f64| {
+        vec![
+            Series {
+                name: "cold randread",
+                color: BLUE,
+                values: r.rows.iter().map(|m| value(&m.read)).collect(),
+            },
+            Series {
+                name: "durable randwrite",
+                color: ORANGE,
+                values: r.rows.iter().map(|m| value(&m.write)).collect(),
+            },
+        ]
+    };
+    let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (top, bottom) = root.split_vertically(380);
+    bars(
+        &top,
+        "IOPS (thousands), 4 KiB random, depth 16, MTU 9000, cold",
+        &labels,
+        &two(|s| s.iops / 1000.0),
+        Scale::Linear,
+    )?;
+    bars(
+        &bottom,
+        "machine CPU µs per I/O, client included (lower is better)",
+        &labels,
+        &two(|s| s.cpu_us_per_io),
+        Scale::Linear,
     )?;
     root.present().map_err(err)?;
     Ok(())

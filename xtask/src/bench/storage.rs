@@ -220,15 +220,20 @@ pub fn default_image() -> PathBuf {
     aoe_integration::workspace_root().join("target/aoe-bench-storage.img")
 }
 
-pub fn run(o: &Options) -> Result<Results> {
-    let t0 = Instant::now();
+/// The section's image (made if it is not there yet) and its size.
+pub fn image(o: &Options) -> Result<(PathBuf, u64)> {
     let bytes = o
         .storage_gib
         .checked_mul(1 << 30)
         .filter(|&b| b > 0)
         .with_context(|| format!("--storage-gib {} is not a size in GiB", o.storage_gib))?;
     let path = o.storage_image.clone().unwrap_or_else(default_image);
-    let image = disk::image(&path, bytes)?;
+    Ok((disk::image(&path, bytes)?, bytes))
+}
+
+pub fn run(o: &Options) -> Result<Results> {
+    let t0 = Instant::now();
+    let (image, bytes) = image(o)?;
     let disk = Disk::of(&image)?;
     let fio_version = fio_version()?;
     println!(
@@ -461,9 +466,9 @@ impl Measure<'_> {
         }
         let report = parse_fio(&String::from_utf8_lossy(&out.stdout))?;
         let dir = if limit == Limit::RandWriteDsync {
-            report.write
+            &report.write
         } else {
-            report.read
+            &report.read
         };
         let seconds = dir.runtime as f64 / 1000.0;
         Ok(Fio {
@@ -480,7 +485,7 @@ impl Measure<'_> {
 
 /// Until `aoe-ctl discover` lists e1.2 (10 s at most): measuring starts with a target that
 /// answers, not with its start-up.
-fn wait_answers(lab: &Lab) -> Result<()> {
+pub fn wait_answers(lab: &Lab) -> Result<()> {
     let start = Instant::now();
     loop {
         let out = lab.discover(&["--wait-ms", "200"])?;
@@ -509,21 +514,40 @@ struct FioReport {
 }
 
 #[derive(Debug, Deserialize)]
-struct FioJob {
-    read: FioDir,
-    write: FioDir,
+pub(super) struct FioJob {
+    pub(super) read: FioDir,
+    pub(super) write: FioDir,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-struct FioDir {
-    io_bytes: u64,
-    iops: f64,
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct FioDir {
+    pub(super) io_bytes: u64,
+    pub(super) iops: f64,
     /// Milliseconds.
-    runtime: u64,
+    pub(super) runtime: u64,
+    /// Completion latency percentiles in ns, keyed "99.000000".
+    #[serde(default)]
+    pub(super) clat_ns: Clat,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(super) struct Clat {
+    #[serde(default)]
+    pub(super) percentile: std::collections::HashMap<String, f64>,
+}
+
+impl FioDir {
+    /// The completion latency at `p` percent, in µs (0 when fio gave none).
+    pub(super) fn clat_us(&self, p: f64) -> f64 {
+        self.clat_ns
+            .percentile
+            .get(&format!("{p:.6}"))
+            .map_or(0.0, |ns| ns / 1000.0)
+    }
 }
 
 /// fio's JSON report (fio may print notes before it).
-fn parse_fio(stdout: &str) -> Result<FioJob> {
+pub(super) fn parse_fio(stdout: &str) -> Result<FioJob> {
     let json = stdout
         .find('{')
         .map(|i| &stdout[i..])
@@ -532,7 +556,7 @@ fn parse_fio(stdout: &str) -> Result<FioJob> {
     r.jobs.into_iter().next().context("fio's report has no job")
 }
 
-fn fio_version() -> Result<String> {
+pub(super) fn fio_version() -> Result<String> {
     let out = Command::new("fio")
         .arg("--version")
         .output()
@@ -548,12 +572,15 @@ mod tests {
     fn parses_fio_json_after_notes() {
         let out = "note: both iodepth >= 1 and synchronous I/O engine are selected\n\
             {\"fio version\": \"fio-3.33\", \"jobs\": [{\"jobname\": \"limit\", \
-            \"read\": {\"io_bytes\": 1024000, \"iops\": 200.5, \"runtime\": 5000}, \
+            \"read\": {\"io_bytes\": 1024000, \"iops\": 200.5, \"runtime\": 5000, \
+            \"clat_ns\": {\"percentile\": {\"50.000000\": 1500, \"99.000000\": 64000}}}, \
             \"write\": {\"io_bytes\": 0, \"iops\": 0.0, \"runtime\": 0}}]}";
         let j = parse_fio(out).unwrap();
         assert_eq!(j.read.io_bytes, 1024000);
         assert_eq!(j.read.runtime, 5000);
         assert!((j.read.iops - 200.5).abs() < 1e-9);
+        assert_eq!(j.read.clat_us(99.0), 64.0);
+        assert_eq!(j.write.clat_us(99.0), 0.0, "no percentiles: 0");
         assert!(parse_fio("fio: no such file").is_err());
         assert!(parse_fio("{\"jobs\": []}").is_err());
     }

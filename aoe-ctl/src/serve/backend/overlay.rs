@@ -307,16 +307,37 @@ fn read_record(log: &File, at: u64, len: u64) -> io::Result<Option<(u64, Vec<u8>
     Ok((checksum(&h[..24], &data) == sum).then_some((lba, data)))
 }
 
-/// Replay the overlay a crash left beside `image`, if any: every whole record onto the image
-/// in order, then make the image durable and remove the log. Refuses a log another process
-/// holds (a snapshot running there). Returns the records applied.
-pub fn recover(image: &Path) -> Result<Option<u64>> {
+/// Replay the overlay a crash left beside `image`, if any, onto the export that serves
+/// `length` sectors (None: to the end) from sector `offset`: every whole record in order, then
+/// make the image durable and remove the log. Returns the records applied.
+///
+/// Refused, with nothing written: a log another process holds (a snapshot running there),
+/// one that is not a regular file owned by root (or us) and writable by no one else (it
+/// could be anyone's data, aimed at the image), one written for another window of the image,
+/// and one with a whole record outside the export.
+pub fn recover(image: &Path, offset: u64, length: Option<u64>) -> Result<Option<u64>> {
     let path = log_path(image);
-    let log = match File::open(&path) {
+    let log = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => bail!(
+            "{} is a symbolic link, not an overlay aoe-ctl wrote; move it away to serve {}",
+            path.display(),
+            image.display()
+        ),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
+    trusted(&log).with_context(|| {
+        format!(
+            "{} is not an overlay aoe-ctl wrote; move it away to serve {}",
+            path.display(),
+            image.display()
+        )
+    })?;
     if lock(&log).is_err() {
         bail!(
             "{}: a snapshot of {} is running in another process; open it once that ends",
@@ -345,11 +366,40 @@ pub fn recover(image: &Path) -> Result<Option<u64>> {
         .write(true)
         .open(image)
         .with_context(|| format!("cannot open {} to replay its overlay", image.display()))?;
+    let sectors = window(&target, offset, length)
+        .with_context(|| format!("replaying {} into {}", path.display(), image.display()))?;
+    if Some(base) != offset.checked_mul(SECTOR) {
+        bail!(
+            "{} was written for the export at byte {base} of {}, not this one (sector {offset}); \
+             move it away to serve it",
+            path.display(),
+            image.display()
+        );
+    }
+    // Every whole record inside the export, before any is applied.
+    let mut at = SECTOR;
+    while let Some((lba, data)) = read_record(&log, at, len)? {
+        let end = lba.checked_add(data.len() as u64 / SECTOR);
+        if end.is_none_or(|end| end > sectors) {
+            bail!(
+                "{}: the record at byte {at} writes sectors {lba}.. outside the export's \
+                 {sectors}; nothing replayed (move it away to serve {})",
+                path.display(),
+                image.display()
+            );
+        }
+        at += SECTOR + data.len() as u64;
+    }
     let mut at = SECTOR;
     let mut records = 0;
     while let Some((lba, data)) = read_record(&log, at, len)? {
+        // Checked above: inside the export, so inside the image.
+        let byte = lba
+            .checked_mul(SECTOR)
+            .and_then(|b| b.checked_add(base))
+            .context("a record's offset overflows")?;
         target
-            .write_all_at(&data, base + lba * SECTOR)
+            .write_all_at(&data, byte)
             .with_context(|| format!("replaying {} into {}", path.display(), image.display()))?;
         at += SECTOR + data.len() as u64;
         records += 1;
@@ -365,6 +415,36 @@ pub fn recover(image: &Path) -> Result<Option<u64>> {
         );
     }
     Ok(Some(records))
+}
+
+/// Is `log` one this process (root) wrote: a regular file, its owner root or us, writable by
+/// no one else?
+fn trusted(log: &File) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = log.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_file() {
+        bail!("not a regular file");
+    }
+    if m.uid() != 0 && m.uid() != me {
+        bail!("owned by uid {}, not root", m.uid());
+    }
+    if m.mode() & 0o022 != 0 {
+        bail!("writable by group or others (mode {:o})", m.mode() & 0o7777);
+    }
+    Ok(())
+}
+
+/// Sectors the export serves: `length` from `offset`, or to the end of the image (seeking
+/// measures block devices too).
+fn window(mut image: &File, offset: u64, length: Option<u64>) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let total = image.seek(SeekFrom::End(0))? / SECTOR;
+    let available = total
+        .checked_sub(offset)
+        .with_context(|| format!("offset {offset} is beyond the image's {total} sectors"))?;
+    Ok(length.unwrap_or(available).min(available))
 }
 
 fn lock(f: &File) -> io::Result<()> {
@@ -433,7 +513,7 @@ mod tests {
         let (p, f) = image("crash", 64 << 10);
         let o = Overlay::create(&p, f.as_raw_fd(), 4096, 64, true).unwrap();
         // Refused while the overlay's process holds it.
-        assert!(recover(&p).is_err());
+        assert!(recover(&p, 8, Some(64)).is_err());
         o.write(1, &[5u8; 512]).unwrap();
         o.write(1, &[6u8; 512]).unwrap();
         o.write(8, &[8u8; 1024]).unwrap();
@@ -443,7 +523,7 @@ mod tests {
         let log = OpenOptions::new().write(true).open(log_path(&p)).unwrap();
         log.write_all_at(&record_header(2, 1, &[4u8; 512]), end)
             .unwrap();
-        assert_eq!(recover(&p).unwrap(), Some(3));
+        assert_eq!(recover(&p, 8, Some(64)).unwrap(), Some(3));
         assert!(!log_path(&p).exists());
         let mut back = [0u8; 512];
         f.read_exact_at(&mut back, 4096 + 512).unwrap();
@@ -452,7 +532,81 @@ mod tests {
         assert_eq!(back, [8u8; 512]);
         f.read_exact_at(&mut back, 4096 + 2 * 512).unwrap();
         assert_eq!(back, [0u8; 512], "the torn record is not applied");
-        assert_eq!(recover(&p).unwrap(), None);
+        assert_eq!(recover(&p, 8, Some(64)).unwrap(), None);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    /// A log with a valid header for `base` and the records `recs` (lba, sectors, byte).
+    fn planted_log(image: &Path, base: u64, recs: &[(u64, u64, u8)]) {
+        let mut log = vec![0u8; SECTOR as usize];
+        log[..8].copy_from_slice(LOG_MAGIC);
+        log[8..16].copy_from_slice(&base.to_le_bytes());
+        for &(lba, count, byte) in recs {
+            let data = vec![byte; (count * SECTOR) as usize];
+            log.extend_from_slice(&record_header(lba, count, &data));
+            log.extend_from_slice(&data);
+        }
+        let p = log_path(image);
+        std::fs::write(&p, log).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn a_record_outside_the_export_refuses_the_whole_log() {
+        let (p, f) = image("range", 64 << 10);
+        // Sectors 8..72 of a 128-sector image are exported.
+        for recs in [
+            &[(1, 1, 5), (64, 1, 6)][..],
+            &[(1, 1, 5), (63, 2, 6)],
+            &[(1, 1, 5), (u64::MAX, 1, 6)],
+            &[(u64::MAX / SECTOR, 1, 6)],
+        ] {
+            planted_log(&p, 8 * SECTOR, recs);
+            let e = recover(&p, 8, Some(64)).unwrap_err();
+            assert!(format!("{e:#}").contains("outside the export"), "{e:#}");
+            let mut back = vec![0u8; 64 << 10];
+            f.read_exact_at(&mut back, 0).unwrap();
+            assert!(back.iter().all(|&b| b == 0), "nothing replayed: {recs:?}");
+            assert!(log_path(&p).exists(), "the log is left for the operator");
+        }
+        // The last sector of the export is inside it.
+        planted_log(&p, 8 * SECTOR, &[(63, 1, 7)]);
+        assert_eq!(recover(&p, 8, Some(64)).unwrap(), Some(1));
+        let mut back = [0u8; 512];
+        f.read_exact_at(&mut back, (8 + 63) * SECTOR).unwrap();
+        assert_eq!(back, [7u8; 512]);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn a_log_for_another_window_or_not_roots_own_is_refused() {
+        let (p, f) = image("trust", 64 << 10);
+        let refused = |why: &str| {
+            let e = recover(&p, 8, Some(64)).unwrap_err();
+            assert!(format!("{e:#}").contains(why), "{why}: {e:#}");
+            let mut back = vec![0u8; 64 << 10];
+            f.read_exact_at(&mut back, 0).unwrap();
+            assert!(back.iter().all(|&b| b == 0), "{why}: nothing replayed");
+        };
+        // Another window of the image: its records would land elsewhere.
+        planted_log(&p, 0, &[(1, 1, 5)]);
+        refused("not this one");
+        // Writable by others, or someone else's.
+        planted_log(&p, 8 * SECTOR, &[(1, 1, 5)]);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(log_path(&p), std::fs::Permissions::from_mode(0o666)).unwrap();
+        refused("writable by group or others");
+        std::fs::set_permissions(log_path(&p), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(log_path(&p), Some(65534), None).unwrap();
+        refused("owned by uid 65534");
+        // A link to a log elsewhere.
+        let elsewhere = p.with_extension("elsewhere");
+        std::fs::rename(log_path(&p), &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, log_path(&p)).unwrap();
+        refused("symbolic link");
+        std::fs::remove_file(log_path(&p)).unwrap();
+        std::fs::remove_file(elsewhere).unwrap();
         std::fs::remove_file(p).unwrap();
     }
 }
