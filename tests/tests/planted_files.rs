@@ -65,7 +65,7 @@ fn a_config_set_never_writes_through_a_planted_link() {
 
 /// An overlay log at `<image>.aoe-overlay`: base `base` (bytes), one record of `byte` at `lba`.
 fn plant_overlay(image: &Path, base: u64, lba: u64, byte: u8, owner: u32) {
-    // The layout of snapshot/overlay.rs: a header sector (magic, base), then records of a
+    // The layout of serve/backend/overlay.rs: a header sector (magic, base), then records of a
     // header sector (magic, lba, count, FNV-1a of both and the data) and the data.
     let data = vec![byte; 512];
     let mut h = vec![0u8; 512];
