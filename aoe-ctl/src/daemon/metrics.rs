@@ -202,6 +202,17 @@ impl Node {
             Kind::Gauge,
             "Requests waiting for storage I/O now.",
         );
+        let mut failed_closed = Family::new(
+            "aoe_export_failed_closed",
+            Kind::Gauge,
+            "1 when the export fails every I/O until it is reopened (a sync of its image failed, \
+             or its mapping could not be restored).",
+        );
+        let mut sync_errors = Family::new(
+            "aoe_storage_sync_errors_total",
+            Kind::Counter,
+            "Syncs (fdatasync, msync) of the image that failed; each fails the export closed.",
+        );
         let bounds: Vec<f64> = BOUNDS_US.iter().map(|us| *us as f64 / 1e6).collect();
         for (_, ex) in self.exports.values() {
             let e = ex.name();
@@ -250,6 +261,8 @@ impl Node {
                 );
             }
             in_flight.push(&[("export", e)], get(&s.storage_in_flight));
+            failed_closed.push(&[("export", e)], f64::from(u8::from(ex.failed_closed())));
+            sync_errors.push(&[("export", e)], ex.sync_errors() as f64);
         }
         vec![
             info,
@@ -265,6 +278,8 @@ impl Node {
             dropped,
             latency,
             in_flight,
+            failed_closed,
+            sync_errors,
         ]
     }
 }

@@ -175,11 +175,18 @@ fn run(
             if defer && (ex.direct || !ex.write_back) {
                 return Ok(Ran::Deferred(Kind::Write));
             }
-            if ex.snapshot.active() {
-                // Durable before it returns when the export is.
-                ex.snapshot
-                    .write(req.lba, &parts[..n])
-                    .map_err(AtaFailure::Storage)?;
+            // Counted before the snapshot flag is read, as `InFlight::start` does, so the
+            // snapshot point waits for writes that bypass the ring too (write-back writes
+            // through the mapping, the synchronous fallback): none is torn in the copy.
+            let _counted = Counted::new(&ex.stats.storage_in_flight);
+            // Durable before it returns when the export is.
+            if let Some(r) = ex
+                .snapshot
+                .active()
+                .then(|| ex.snapshot.write(req.lba, &parts[..n]))
+                .flatten()
+            {
+                r.map_err(AtaFailure::Storage)?;
                 ExportStats::add(&ex.stats.writes, 1);
                 ExportStats::add(&ex.stats.bytes_written, bytes as u64);
                 return Ok(Ran::Done(0, None));
@@ -229,6 +236,22 @@ fn run(
         // Sector count 0xFF: active or idle.
         AtaOp::CheckPowerMode => Ok(Ran::Done(0, Some(0xFF))),
         AtaOp::Unsupported(_) => Err(AtaFailure::Unsupported),
+    }
+}
+
+/// A request counted in a gauge while it lives (SeqCst: `crate::daemon::snapshot::take`'s barrier).
+struct Counted<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Counted<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicU64) -> Self {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(c)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
