@@ -59,11 +59,14 @@ fn run_until(ring: &mut IoRing, n: usize) -> Vec<Done> {
     done
 }
 
-/// Wait until faultfs has received `n` writes.
-fn wait_writes(fs: &FaultFs, n: u64) {
+/// Wait until faultfs has received `n` writes from `ring`, which runs what the kernel
+/// deferred to it (a write to a FUSE file is retried from the ring's task work once the file
+/// polls writable) but reaps nothing: its completions stay unread.
+fn wait_writes(fs: &FaultFs, n: u64, ring: &mut IoRing) {
     let until = Instant::now() + Duration::from_secs(30);
     while fs.stats().unwrap().get("writes") < n {
         assert!(Instant::now() < until, "faultfs never saw write {n}");
+        ring.run_deferred();
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -108,7 +111,7 @@ fn a_failed_sync_fails_the_waiting_writes_of_every_queue_and_the_image_fails_clo
         )
     };
     b.pump(&mut done_b);
-    wait_writes(&fs, 1);
+    wait_writes(&fs, 1, &mut b);
     // The next sync loses B's page (a writeback error on it).
     fs.fail("sync at=8192 len=4096 times=1").unwrap();
     // SAFETY: as above.

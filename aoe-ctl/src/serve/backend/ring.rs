@@ -202,6 +202,22 @@ impl IoRing {
         let _ = self.ring.submitter().submit_with_args(1, &args);
     }
 
+    /// Run what the kernel deferred to this ring's worker (DEFER_TASKRUN: a buffered write
+    /// retried once the file polls ready, a read's completion) without reaping anything:
+    /// completions stay unread in the ring. `pump` does this as part of its work; a test
+    /// that must hold a completion unread calls this instead.
+    pub fn run_deferred(&mut self) {
+        // SAFETY: no submission, no signal mask: an enter that only runs the task's work.
+        let _ = unsafe {
+            self.ring.submitter().enter::<libc::sigset_t>(
+                0,
+                0,
+                io_uring::EnterFlags::GETEVENTS.bits(),
+                None,
+            )
+        };
+    }
+
     /// Queue the I/O of request `token`: `len` bytes at byte `offset` of the export (its
     /// start in the file is `target.base`), to or from `bufs`. Flushes have no buffers.
     ///
