@@ -182,7 +182,7 @@ pub enum Cmd {
         target: (u16, u8),
         /// How to copy.
         #[arg(long, value_enum, default_value = "auto")]
-        method: aoe_ctl::snapshot::Method,
+        method: aoe_ctl::daemon::snapshot::Method,
         /// The copy to create (never an existing file).
         dest: std::path::PathBuf,
     },

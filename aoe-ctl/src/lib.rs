@@ -10,4 +10,3 @@ pub mod packet;
 pub mod pinned;
 pub mod prometheus;
 pub mod serve;
-pub mod snapshot;

@@ -150,7 +150,7 @@ fn run(cli: Cli) -> Result<()> {
             target,
             method,
             dest,
-        } => aoe_ctl::snapshot::run(target, &dest, method),
+        } => aoe_ctl::admin::snapshot::run(target, &dest, method),
         Cmd::Reservation { action } => match action {
             ReservationAction::Show { target } => admin::access::show(target, true),
             ReservationAction::Clear { target } => {

@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use aoe_common::wire::ata::{
@@ -25,6 +24,7 @@ use aoe_ctl::net::Interface;
 use aoe_ctl::serve::backend::{Backend, BackendError};
 use aoe_ctl::serve::chunks::{Chunks, Layout, RUN_OFFSET};
 use aoe_ctl::serve::export::{Export, ExportOptions};
+use aoe_ctl::serve::idle::Idle;
 use aoe_ctl::serve::xdp::{Classifier, ModeChoice};
 use aoe_ctl::serve::xsk::{
     XskConfig, XskSocket, FRAME_SIZE, MAX_FRAME, MAX_TX_CHAIN, XDP_PKT_CONTD,
@@ -33,8 +33,6 @@ use xdpilone::xdp::XdpDesc;
 
 /// Descriptors taken from the rx ring per loop, as the target's worker.
 const BATCH: u32 = 64;
-/// Empty loops before sleeping in poll(), as the target's worker.
-const SPINS_BEFORE_SLEEP: u32 = 256;
 /// More descriptors than any frame the kernel delivers.
 const MAX_RX_CHAIN: usize = 32;
 
@@ -238,7 +236,7 @@ impl Queue {
         // read waiting for a free run.
         let mut held: Vec<XdpDesc> = Vec::with_capacity(2 * BATCH as usize + MAX_RX_CHAIN);
         self.refill();
-        let mut idle = 0u32;
+        let mut idle = Idle::default();
         while !stop.load(Ordering::Relaxed) {
             {
                 let mut done = self.sock.device.complete(BATCH * 4);
@@ -296,21 +294,13 @@ impl Queue {
             }
 
             if arrived == 0 && replies == 0 && self.tx.is_empty() && self.sock.tx.pending() == 0 {
-                idle += 1;
-                if idle >= SPINS_BEFORE_SLEEP {
-                    let mut p = libc::pollfd {
-                        fd: self.sock.fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut p, 1, Duration::from_millis(100).as_millis() as i32) };
-                    idle = 0;
-                } else {
-                    std::hint::spin_loop();
+                // The worker's own policy: spin while the gaps are short, else sleep (in
+                // poll here: the echo has no storage ring to sleep in).
+                if !idle.spin() {
+                    idle.sleep::<()>(None, self.sock.fd());
                 }
             } else {
-                idle = 0;
+                idle.busy();
             }
         }
     }

@@ -201,6 +201,8 @@ fn prometheus_scrapes_the_daemon_while_a_client_runs() {
         "aoe_request_duration_seconds_bucket{export=\"e1.2\",kind=\"read\",le=\"+Inf\"}",
         "aoe_storage_requests_in_flight{export=\"e1.2\"}",
         "aoe_storage_errors_total{export=\"e1.2\",reason=\"io\"} 0",
+        "aoe_export_failed_closed{export=\"e1.2\"} 0",
+        "aoe_storage_sync_errors_total{export=\"e1.2\"} 0",
     ] {
         assert!(text.contains(series), "no {series} in\n{text}");
     }

@@ -65,7 +65,7 @@ fn a_config_set_never_writes_through_a_planted_link() {
 
 /// An overlay log at `<image>.aoe-overlay`: base `base` (bytes), one record of `byte` at `lba`.
 fn plant_overlay(image: &Path, base: u64, lba: u64, byte: u8, owner: u32) {
-    // The layout of snapshot/overlay.rs: a header sector (magic, base), then records of a
+    // The layout of serve/backend/overlay.rs: a header sector (magic, base), then records of a
     // header sector (magic, lba, count, FNV-1a of both and the data) and the data.
     let data = vec![byte; 512];
     let mut h = vec![0u8; 512];
@@ -83,7 +83,7 @@ fn plant_overlay(image: &Path, base: u64, lba: u64, byte: u8, owner: u32) {
     log[8..16].copy_from_slice(&base.to_le_bytes());
     log.extend_from_slice(&h);
     log.extend_from_slice(&data);
-    let path = aoe_ctl::snapshot::log_path(image);
+    let path = aoe_ctl::serve::backend::log_path(image);
     std::fs::write(&path, log).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&path, Some(owner), None).unwrap();
@@ -111,7 +111,7 @@ fn a_foreign_or_out_of_range_overlay_log_is_refused() {
         let mut all = vec![0u8; 1 << 20];
         f.read_exact_at(&mut all, 0).unwrap();
         assert!(all.iter().all(|&b| b == 0), "{why}: nothing replayed");
-        std::fs::remove_file(aoe_ctl::snapshot::log_path(&img)).unwrap();
+        std::fs::remove_file(aoe_ctl::serve::backend::log_path(&img)).unwrap();
     }
     // Root's own log, inside the window: replayed at start, as before.
     plant_overlay(&img, 8 * 512, 63, 0x77, 0);

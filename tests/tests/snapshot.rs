@@ -230,7 +230,7 @@ fn overlay_snapshot_is_one_point_in_time_and_loses_nothing() {
         "progress on stderr: {stderr}"
     );
     assert!(
-        !aoe_ctl::snapshot::log_path(&image).exists(),
+        !aoe_ctl::serve::backend::log_path(&image).exists(),
         "the overlay is removed once merged"
     );
 }

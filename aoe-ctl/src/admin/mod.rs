@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod resize;
+pub mod snapshot;
 pub mod stats;
 pub mod status;
 

@@ -45,11 +45,11 @@ pub enum AdminRequest {
     /// This daemon's metrics (`aoe-ctl stats --prometheus`), answered by the daemon's
     /// thread, not the owner.
     Metrics,
-    /// `aoe-ctl snapshot`: answered with `crate::snapshot::Line`s, not an `AdminReply`.
+    /// `aoe-ctl snapshot`: answered with `crate::daemon::snapshot::Line`s, not an `AdminReply`.
     Snapshot {
         target: String,
         dest: String,
-        method: crate::snapshot::Method,
+        method: crate::daemon::snapshot::Method,
     },
     /// `aoe-ctl resize`: look at the export's backing store and follow its size now,
     /// answered by the daemon's thread (which announces a change), not the owner.
@@ -248,7 +248,7 @@ async fn answer(
         }),
     ) = (uid, serde_json::from_str(&line))
     {
-        return crate::snapshot::answer(target, dest, method, owner, write).await;
+        return crate::daemon::snapshot::answer(target, dest, method, owner, write).await;
     }
     let reply = if uid != 0 {
         AdminReply::error(format!("only root may control aoe-ctl (you are uid {uid})"))

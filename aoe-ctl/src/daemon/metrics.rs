@@ -207,6 +207,17 @@ impl Node {
             Kind::Gauge,
             "Requests waiting for storage I/O now.",
         );
+        let mut failed_closed = Family::new(
+            "aoe_export_failed_closed",
+            Kind::Gauge,
+            "1 when the export fails every I/O until it is reopened (a sync of its image failed, \
+             or its mapping could not be restored).",
+        );
+        let mut sync_errors = Family::new(
+            "aoe_storage_sync_errors_total",
+            Kind::Counter,
+            "Syncs (fdatasync, msync) of the image that failed; each fails the export closed.",
+        );
         let mut cache_size = Family::new(
             "aoe_export_kernel_cache_bytes",
             Kind::Gauge,
@@ -267,6 +278,8 @@ impl Node {
                 );
             }
             in_flight.push(&[("export", e)], get(&s.storage_in_flight));
+            failed_closed.push(&[("export", e)], f64::from(u8::from(ex.failed_closed())));
+            sync_errors.push(&[("export", e)], ex.sync_errors() as f64);
             let own = ex.cache.own.as_ref();
             cache_size.push(&[("export", e)], own.map_or(0, |c| c.bytes()) as f64);
             let events = own.map_or([0; 3], |c| c.stats.snapshot());
@@ -288,6 +301,8 @@ impl Node {
             dropped,
             latency,
             in_flight,
+            failed_closed,
+            sync_errors,
             cache_size,
             cache,
         ]

@@ -14,6 +14,7 @@ pub mod netlink;
 pub mod notify;
 pub mod owner;
 pub mod resize;
+pub mod snapshot;
 pub mod spec;
 pub mod state;
 
@@ -104,7 +105,7 @@ impl Node {
 
     fn open_export(&self, spec: &ExportSpec) -> Result<Arc<Export>> {
         // A snapshot's overlay a crash left holds acknowledged writes: into the image first.
-        if let Some(n) = crate::snapshot::recover(&spec.path, spec.offset, spec.length)
+        if let Some(n) = crate::serve::backend::recover(&spec.path, spec.offset, spec.length)
             .with_context(|| spec.name())?
         {
             log::warn!(

@@ -198,16 +198,25 @@ fn run(
             if defer && (ex.direct || !ex.write_back) {
                 return Ok(Ran::Deferred(Kind::Write));
             }
-            let written = if ex.snapshot.active() {
-                // Durable before it returns when the export is.
-                ex.snapshot.write(req.lba, &parts[..n])
-            } else {
-                ex.backend
+            // Counted before the snapshot flag is read, as `InFlight::start` does, so the
+            // snapshot point waits for writes that bypass the ring too (write-back writes
+            // through the mapping, the synchronous fallback): none is torn in the copy.
+            let _counted = Counted::new(&ex.stats.storage_in_flight);
+            // Durable before it returns when the export is.
+            let written = match ex
+                .snapshot
+                .active()
+                .then(|| ex.snapshot.write(req.lba, &parts[..n]))
+                .flatten()
+            {
+                Some(r) => r,
+                None => ex
+                    .backend
                     .write_parts_at(req.lba, &parts[..n])
                     .and_then(|()| match ex.write_back {
                         true => Ok(()),
                         false => ex.backend.sync_range(req.lba, bytes),
-                    })
+                    }),
             };
             // Done or failed (maybe in part): before the reply, as on the ring.
             ex.cache.written(ex.offset, req.lba, req.count as u64);
@@ -249,6 +258,22 @@ fn run(
         // Sector count 0xFF: active or idle.
         AtaOp::CheckPowerMode => Ok(Ran::Done(0, Some(0xFF))),
         AtaOp::Unsupported(_) => Err(AtaFailure::Unsupported),
+    }
+}
+
+/// A request counted in a gauge while it lives (SeqCst: `crate::daemon::snapshot::take`'s barrier).
+struct Counted<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Counted<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicU64) -> Self {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(c)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -533,7 +533,9 @@ fn garbage_never_panics() {
             r.buf[19] %= 5;
         }
         if let Route::One(idx, parsed) = r.engine.route(&r.buf[..len]) {
-            let _ = r.engine.handle_routed(idx, parsed, &mut r.buf, len, &[], false);
+            let _ = r
+                .engine
+                .handle_routed(idx, parsed, &mut r.buf, len, &[], false);
         }
     }
     // Random frames may legitimately have edited the mask list or reserved the export
@@ -892,4 +894,64 @@ fn a_grown_store_is_served_after_identify_and_a_shrunk_one_fails_past_its_end() 
         (ata_status(&rep), &rep[36..548]),
         ((STATUS_DRDY, 0), &[9; 512][..])
     );
+}
+
+/// A backend whose writes wait until the test lets them go: a write in the middle of its
+/// copy, for as long as the test likes.
+struct HeldWrites {
+    mem: MemBackend,
+    entered: std::sync::mpsc::SyncSender<()>,
+    go: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl super::backend::Backend for HeldWrites {
+    fn sectors(&self) -> u64 {
+        self.mem.sectors()
+    }
+    fn read_at(&self, lba: u64, buf: &mut [u8]) -> super::backend::Result<()> {
+        self.mem.read_at(lba, buf)
+    }
+    fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> super::backend::Result<()> {
+        self.entered.send(()).unwrap();
+        self.go.lock().unwrap().recv().unwrap();
+        self.mem.write_parts_at(lba, parts)
+    }
+    fn sync_range(&self, lba: u64, len: usize) -> super::backend::Result<()> {
+        self.mem.sync_range(lba, len)
+    }
+    fn flush(&self) -> super::backend::Result<()> {
+        self.mem.flush()
+    }
+}
+
+#[test]
+fn a_write_that_bypasses_the_ring_is_counted_for_the_snapshot_point() {
+    use std::sync::mpsc::{channel, sync_channel};
+    let (entered, in_write) = sync_channel(1);
+    let (go, wait) = channel();
+    let backend = HeldWrites {
+        mem: MemBackend::new(SECTORS),
+        entered,
+        go: Mutex::new(wait),
+    };
+    let ex = Arc::new(Export::new(ExportOptions::new(1, 2), Box::new(backend)));
+    let engine = Engine::new(vec![ex.clone()], TARGET, 2);
+    // A write on the synchronous path (write-back through the mapping, or a queue without
+    // a ring), stopped in the middle of its copy.
+    let writer = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 3840];
+        let n = frames::write(&mut buf, &from(HOST_A), 7, 4, &[0x77; 512]);
+        matches!(engine.handle(0, &mut buf, n), Verdict::Reply(_))
+    });
+    in_write.recv().unwrap();
+    // The snapshot point waits for the export's storage requests in flight to reach zero;
+    // one that is not counted lands in the image while the copy reads it.
+    assert_eq!(
+        ex.stats.storage_in_flight.load(Ordering::SeqCst),
+        1,
+        "a write in its copy is not counted"
+    );
+    go.send(()).unwrap();
+    assert!(writer.join().unwrap());
+    assert_eq!(ex.stats.storage_in_flight.load(Ordering::SeqCst), 0);
 }

@@ -101,7 +101,7 @@ pub struct Export {
     pub access: Access,
     pub stats: ExportStats,
     /// Where storage requests go while `aoe-ctl snapshot` runs.
-    pub snapshot: crate::snapshot::Hook,
+    pub snapshot: super::backend::SnapshotHook,
     /// Its kernel cache, and the caches its writes must invalidate.
     pub cache: super::kernel_cache::CacheLink,
     config: RwLock<Vec<u8>>,
@@ -381,6 +381,17 @@ impl Export {
     pub fn restore_control_state(&self, s: ControlState) {
         *self.config_mut() = s.config;
         self.access.set_lists(s.lists);
+    }
+
+    /// Every I/O fails until the export is reopened: a sync of its image failed (the
+    /// kernel may have dropped the pages that failed), or its mapping cannot be trusted.
+    pub fn failed_closed(&self) -> bool {
+        self.backend.failed_closed()
+    }
+
+    /// Syncs of the image that failed.
+    pub fn sync_errors(&self) -> u64 {
+        self.backend.sync_errors()
     }
 
     /// Count a backend failure by reason and log it, at most once a second per export (a

@@ -67,15 +67,17 @@ impl<H> InFlight<H> {
             return Err(p);
         };
         let (kind, offset) = (p.io.kind, p.io.lba * SECTOR);
-        // Counted before the snapshot flag is read: `crate::snapshot::take`'s barrier.
+        // Counted before the snapshot flag is read: `crate::daemon::snapshot::take`'s barrier.
         let counted = &p.export.stats.storage_in_flight;
         counted.fetch_add(1, Ordering::SeqCst);
         if p.export.snapshot.active() {
-            counted.fetch_sub(1, Ordering::Relaxed);
             // SAFETY: the caller's promise about `data`.
-            let result = unsafe { p.export.snapshot.io(kind, p.io.lba, data) };
-            self.settled.push((p, result));
-            return Ok(());
+            if let Some(result) = unsafe { p.export.snapshot.io(kind, p.io.lba, data) } {
+                counted.fetch_sub(1, Ordering::Relaxed);
+                self.settled.push((p, result));
+                return Ok(());
+            }
+            // A write after the overlay was merged back: the ring's way, as on every queue.
         }
         let token = match self.free.pop() {
             Some(t) => {

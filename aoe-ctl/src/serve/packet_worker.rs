@@ -32,6 +32,8 @@ const TX_SLOTS: usize = 4096;
 const BATCH: usize = 64;
 /// Requests that may wait for storage at once (each holds one buffer).
 const MAX_WAITING: usize = 1024;
+/// How long an exit waits for the storage I/O in flight before leaking its buffers.
+const DRAIN_WITHIN: Duration = Duration::from_secs(30);
 
 pub struct PacketWorker {
     pub stats: Arc<WorkerStats>,
@@ -108,7 +110,6 @@ fn serve(
     stop: &AtomicBool,
     stats: &WorkerStats,
 ) -> Result<()> {
-    let (mut engine, mut generation) = live.load();
     let storage = InFlight::new()
         .inspect_err(|e| {
             log::warn!(
@@ -122,6 +123,27 @@ fn serve(
         pool: Pool::new(sock.max_frame()),
         each: None,
     };
+    let served = serve_until(&mut sock, &mut w, live, stop, stats);
+    if let Err(e) = &served {
+        log::error!("AF_PACKET worker: {e:#}; stopping");
+    }
+    // Every exit, clean or not: the kernel may still write into the buffers of requests
+    // in flight (late O_DIRECT reads), which must not become someone else's heap.
+    w.drain(&mut sock, stats);
+    stats
+        .socket_dropped
+        .fetch_add(sock.drops(), Ordering::Relaxed);
+    served
+}
+
+fn serve_until(
+    sock: &mut RingSocket,
+    w: &mut Packet,
+    live: &LiveEngine,
+    stop: &AtomicBool,
+    stats: &WorkerStats,
+) -> Result<()> {
+    let (mut engine, mut generation) = live.load();
     let mut idle = Idle::default();
     while !stop.load(Ordering::Relaxed) {
         if live.changed_since(generation) {
@@ -149,7 +171,7 @@ fn serve(
                 sock.flush()?;
             }
         }
-        replied += w.pump(&mut sock);
+        replied += w.pump(sock);
         sock.flush()?;
         if received > 0 || replied > 0 {
             stats.add(received, replied);
@@ -164,21 +186,37 @@ fn serve(
             idle.sleep(w.storage.as_mut(), sock.raw_fd());
         }
     }
-    if let Some(mut storage) = w.storage.take() {
-        let mut replies = 0;
-        storage.drain(Duration::from_secs(30), |p, result| {
-            replies += w.complete(&mut sock, p, result);
-        });
-        sock.flush()?;
-        stats.add(0, replies);
-    }
-    stats
-        .socket_dropped
-        .fetch_add(sock.drops(), Ordering::Relaxed);
     Ok(())
 }
 
 impl Packet {
+    /// Answer the requests waiting for storage (or give up on a hung disk and leak their
+    /// buffers, as the XDP worker leaves its UMEM mapped).
+    fn drain(&mut self, sock: &mut RingSocket, stats: &WorkerStats) {
+        let Some(mut storage) = self.storage.take() else {
+            return;
+        };
+        let waiting = storage.len();
+        let mut replies = 0;
+        let drained = storage.drain(DRAIN_WITHIN, |p, result| {
+            replies += self.complete(sock, p, result);
+        });
+        // The link may be gone: the replies are best effort, the wait was not.
+        let _ = sock.flush();
+        stats.add(0, replies);
+        if !drained {
+            log::error!(
+                "AF_PACKET worker: {} storage requests still in flight after {DRAIN_WITHIN:?} \
+                 at exit; their buffers are left allocated",
+                storage.len()
+            );
+            std::mem::forget(storage);
+            std::mem::forget(std::mem::take(&mut self.pool.bufs));
+        } else if waiting > 0 {
+            log::info!("AF_PACKET worker: waited for {waiting} storage requests in flight at exit");
+        }
+    }
+
     /// Answer one frame into the tx ring, or start its storage I/O; the replies queued, or
     /// None when the ring was full (the frame is then lost, as a full NIC queue would lose
     /// it; the initiator retransmits).
@@ -353,4 +391,3 @@ fn reply(
     });
     queued.then_some(sent)
 }
-

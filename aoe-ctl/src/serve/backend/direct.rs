@@ -8,10 +8,11 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::{
-    byte_range, extent, Backend, BackendError, Extent, Follow, IoTarget, OpenOptions, Result,
-    SECTOR,
+    byte_range, extent, Backend, BackendError, Extent, Follow, Image, ImageRef, IoTarget,
+    OpenOptions, Result, SECTOR,
 };
 
 /// Alignment of the bounce buffer: a page satisfies every device's O_DIRECT rule.
@@ -31,6 +32,7 @@ pub struct DirectBackend {
     mem_align: usize,
     write_back: bool,
     regular: bool,
+    image: Arc<Image>,
 }
 
 /// A page-aligned buffer of `MAX_IO` bytes.
@@ -68,6 +70,15 @@ thread_local! {
     static BOUNCE: RefCell<Bounce> = RefCell::new(Bounce::new());
 }
 
+/// Run `f` on this thread's page-aligned bounce buffer cut to `len` bytes (at most 255
+/// sectors: longer is refused).
+pub(super) fn with_bounce<R>(len: usize, f: impl FnOnce(&mut [u8]) -> Result<R>) -> Result<R> {
+    if len > MAX_IO {
+        return Err(BackendError::Unaligned { len, max: MAX_IO });
+    }
+    BOUNCE.with_borrow_mut(|b| f(b.slice(len)))
+}
+
 impl DirectBackend {
     pub fn open(path: &Path, opts: &OpenOptions) -> anyhow::Result<Self> {
         use anyhow::{bail, Context};
@@ -90,6 +101,7 @@ impl DirectBackend {
             mem_align: 0,
             write_back: opts.write_back,
             regular,
+            image: Image::new(path),
         };
         let b = DirectBackend {
             mem_align: super::dio_alignment(&b.file).map_or(ALIGN, |a| a.mem),
@@ -108,6 +120,7 @@ impl DirectBackend {
     }
 
     fn check(&self, lba: u64, len: usize) -> Result<u64> {
+        self.image.check()?;
         if len > MAX_IO || !len.is_multiple_of(SECTOR as usize) {
             return Err(BackendError::Unaligned { len, max: MAX_IO });
         }
@@ -158,15 +171,19 @@ impl Backend for DirectBackend {
 
     fn sync_range(&self, _lba: u64, _len: usize) -> Result<()> {
         // O_DIRECT bypasses the page cache, not the device's write cache.
-        self.file
-            .sync_data()
-            .map_err(BackendError::syscall("fdatasync"))
+        self.flush()
     }
 
     fn flush(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(BackendError::syscall("fdatasync"))
+        self.image.sync("fdatasync", || self.file.sync_data())
+    }
+
+    fn failed_closed(&self) -> bool {
+        self.image.failed()
+    }
+
+    fn sync_errors(&self) -> u64 {
+        self.image.sync_errors()
     }
 
     fn io_target(&self) -> Option<IoTarget> {
@@ -180,6 +197,7 @@ impl Backend for DirectBackend {
             regular: self.regular,
             // Already past the page cache.
             write_around: None,
+            image: ImageRef::new(&self.image),
         })
     }
 }

@@ -11,13 +11,13 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::{
-    byte_range, extent, fault, Backend, BackendError, Extent, Follow, IoTarget, OpenOptions,
-    Result, SECTOR,
+    byte_range, extent, fault, Backend, BackendError, Extent, Follow, Image, ImageRef, IoTarget,
+    OpenOptions, Result, SECTOR,
 };
 
 pub struct MmapBackend {
@@ -36,8 +36,9 @@ pub struct MmapBackend {
     read_only: bool,
     write_back: bool,
     regular: bool,
-    /// The same file opened O_DIRECT, for durable writes and cold reads (`WriteAround`).
+    /// The same file opened O_DIRECT, for every durable write and cold reads (`WriteAround`).
     around: Option<(File, super::DioAlign)>,
+    image: Arc<Image>,
     /// A page of the mapping could not be mapped back onto the file after SIGBUS: an
     /// anonymous stand-in sits over the file there, so nothing the mapping says is trusted.
     failed: AtomicBool,
@@ -102,6 +103,12 @@ impl MmapBackend {
             .write(!opts.read_only)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
+        Self::from_file(file, path, opts)
+    }
+
+    /// Serve `file`, opened from `path` (named in messages; never opened again).
+    fn from_file(file: File, path: &Path, opts: &OpenOptions) -> anyhow::Result<Self> {
+        use anyhow::Context;
         let sectors = extent(&file, path, opts)?;
         let regular = file.metadata().is_ok_and(|m| m.is_file());
         let data_offset = opts.offset * SECTOR;
@@ -120,7 +127,7 @@ impl MmapBackend {
         let around = if opts.write_back {
             None
         } else {
-            open_direct(path, opts.read_only)
+            open_direct(&file, opts.read_only)
         };
         Ok(MmapBackend {
             base: AtomicPtr::new(m.as_mut_ptr()),
@@ -134,6 +141,7 @@ impl MmapBackend {
             write_back: opts.write_back,
             regular,
             around,
+            image: Image::new(path),
             failed: AtomicBool::new(false),
         })
     }
@@ -145,12 +153,40 @@ impl MmapBackend {
         (self.base.load(Ordering::Acquire) as usize, sectors)
     }
 
-    /// `FailedClosed` once a restore has failed.
+    /// `FailedClosed` once a restore or a sync has failed.
     fn open_for_io(&self) -> Result<()> {
         if self.failed.load(Ordering::SeqCst) {
             return Err(FAILED_CLOSED);
         }
-        Ok(())
+        self.image.check()
+    }
+
+    /// A durable write where the file takes O_DIRECT: past the page cache, as the rings
+    /// write it (one write path per file), through an aligned bounce.
+    fn write_around(&self, around: &File, lba: u64, parts: &[&[u8]]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let r = byte_range(self.view().1, lba, len)?;
+        self.open_for_io()?;
+        let at = self.data_offset + r.start as u64;
+        // As the mapping would fault, never grow a file someone shrank under us.
+        if self.regular && at + len as u64 > file_size(&self.file) {
+            return Err(BackendError::Short {
+                call: "pwrite",
+                len,
+                done: 0,
+            });
+        }
+        super::direct::with_bounce(len, |bounce| {
+            let mut o = 0;
+            for p in parts {
+                bounce[o..o + p.len()].copy_from_slice(p);
+                o += p.len();
+            }
+            around
+                .write_all_at(bounce, at)
+                .map_err(BackendError::syscall("pwrite"))
+        })
     }
 
     /// Copy under SIGBUS protection (see `fault`); `r` is the byte range in the mapping
@@ -208,18 +244,27 @@ impl MmapBackend {
     }
 }
 
-/// `path` opened again with O_DIRECT, with its alignment; None where the filesystem has
-/// no O_DIRECT (tmpfs before 6.6, some FUSE) or does not say how to align it.
-fn open_direct(path: &Path, read_only: bool) -> Option<(File, super::DioAlign)> {
+/// `file` opened again with O_DIRECT, with its alignment; None where the filesystem has
+/// no O_DIRECT (tmpfs before 6.6, some FUSE), does not say how to align it, or wants more
+/// than a sector (every write then takes the buffered path: one write path per file).
+/// Opened through /proc/self/fd, not by path: a rename or a moved /dev link between the
+/// two opens would otherwise split reads and writes across two inodes.
+fn open_direct(file: &File, read_only: bool) -> Option<(File, super::DioAlign)> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(!read_only)
         .custom_flags(libc::O_DIRECT)
-        .open(path)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .ok()?;
     let align = super::dio_alignment(&f)?;
-    Some((f, align))
+    (align.offset as u64 <= SECTOR).then_some((f, align))
+}
+
+/// The size of `file` now (0 when it cannot be read: every write then fails).
+fn file_size(file: &File) -> u64 {
+    file.metadata().map_or(0, |m| m.len())
 }
 
 impl Backend for MmapBackend {
@@ -261,6 +306,9 @@ impl Backend for MmapBackend {
     }
 
     fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> Result<()> {
+        if let Some((around, _)) = &self.around {
+            return self.write_around(around, lba, parts);
+        }
         let (base, sectors) = self.view();
         let r = byte_range(sectors, lba, parts.iter().map(|p| p.len()).sum())?;
         self.guarded(base, &r, || {
@@ -281,17 +329,26 @@ impl Backend for MmapBackend {
         let (base, sectors) = self.view();
         let r = byte_range(sectors, lba, len)?;
         self.open_for_io()?;
-        msync(base + r.start, r.len()).map_err(BackendError::syscall("msync"))
+        if self.around.is_some() {
+            // Written past the cache: the device's cache is what is left to flush.
+            return self.image.sync("fdatasync", || self.file.sync_data());
+        }
+        self.image.sync("msync", || msync(base + r.start, r.len()))
     }
 
     fn flush(&self) -> Result<()> {
         let (base, sectors) = self.view();
         self.open_for_io()?;
-        msync(base, (sectors * SECTOR) as usize).map_err(BackendError::syscall("msync"))
+        self.image
+            .sync("msync", || msync(base, (sectors * SECTOR) as usize))
     }
 
     fn failed_closed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
+        self.failed.load(Ordering::SeqCst) || self.image.failed()
+    }
+
+    fn sync_errors(&self) -> u64 {
+        self.image.sync_errors()
     }
 
     fn io_target(&self) -> Option<IoTarget> {
@@ -307,6 +364,7 @@ impl Backend for MmapBackend {
                 fd: f.as_raw_fd(),
                 align: *align,
             }),
+            image: ImageRef::new(&self.image),
         })
     }
 }
@@ -434,6 +492,41 @@ mod tests {
         let mut one = [0u8; 512];
         b.read_at(8, &mut one).unwrap();
         assert_eq!(one, [7u8; 512]);
+    }
+
+    #[test]
+    fn the_write_around_descriptor_is_the_served_file_after_a_rename() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let (d, p) = image(1 << 20);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        // Between the open and the second (O_DIRECT) one, the image is renamed and another
+        // file takes its name (a moved /dev link does the same to a device).
+        std::fs::rename(&p, d.0.join("moved.img")).unwrap();
+        std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+        let b = MmapBackend::from_file(file, &p, &OpenOptions::default()).unwrap();
+        let Some((around, _)) = &b.around else {
+            return eprintln!("skipped: no O_DIRECT on {}", p.display());
+        };
+        let ino = |fd: i32| {
+            std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(
+            ino(around.as_raw_fd()),
+            ino(b.file.as_raw_fd()),
+            "reads and writes split across two files"
+        );
+        // And through the backend: what is written is read back.
+        b.write_at(8, &[9u8; 512]).unwrap();
+        let mut back = [0u8; 512];
+        b.read_at(8, &mut back).unwrap();
+        assert_eq!(back, [9u8; 512]);
     }
 
     #[test]

@@ -4,8 +4,11 @@
 mod direct;
 mod error;
 mod fault;
+mod image;
 mod mem;
 mod mmap;
+mod overlay;
+mod overlay_hook;
 mod ring;
 
 use std::fs::File;
@@ -14,8 +17,11 @@ use std::path::Path;
 
 pub use direct::DirectBackend;
 pub use error::{BackendError, Result};
+pub use image::{Image, ImageRef};
 pub use mem::MemBackend;
 pub use mmap::MmapBackend;
+pub use overlay::{log_path, recover, Overlay};
+pub use overlay_hook::SnapshotHook;
 pub use ring::{Done, IoRing, Kind};
 
 /// Bytes per sector.
@@ -67,6 +73,10 @@ pub trait Backend: Send + Sync {
     fn failed_closed(&self) -> bool {
         false
     }
+    /// Failed syncs of the image (each one failed the export closed).
+    fn sync_errors(&self) -> u64 {
+        0
+    }
     /// The file behind the backend, for I/O in flight on a worker's ring (`IoRing`); None
     /// when it has none (memory, tests).
     fn io_target(&self) -> Option<IoTarget> {
@@ -110,8 +120,9 @@ pub fn dio_alignment(file: &File) -> Option<DioAlign> {
 
 /// A second descriptor on the same file, opened O_DIRECT: durable writes go around the page
 /// cache through it (a write smaller than a page, to a page not cached, would otherwise read
-/// that page from the disk first), and so do random reads that missed the cache (a page
-/// cache insert and a 4 KiB read for every 1 KiB asked, for a page read once).
+/// that page from the disk first), every durable write of the file or none
+/// (`IoTarget::around`); and so do random reads that missed the cache (a page cache insert
+/// and a 4 KiB read for every 1 KiB asked, for a page read once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteAround {
     pub fd: std::os::fd::RawFd,
@@ -134,6 +145,19 @@ pub struct IoTarget {
     /// Where durable writes and cold random reads go past the page cache, when the file
     /// allows O_DIRECT.
     pub write_around: Option<WriteAround>,
+    /// What every queue shares about the file: write order, failed closed.
+    pub image: ImageRef,
+}
+
+impl IoTarget {
+    /// Where this file's durable writes go past the page cache: all of them, or none when
+    /// a whole-sector write may not be aligned enough for O_DIRECT (a 4Kn disk). One write
+    /// path per file: a buffered read-modify-write of a block beside an O_DIRECT write to
+    /// it can re-dirty the page with the old sector and put it back on disk.
+    pub fn around(&self) -> Option<WriteAround> {
+        self.write_around
+            .filter(|w| self.durable && w.align.offset as u64 <= SECTOR && w.align.offset > 0)
+    }
 }
 
 /// How to open an image.

@@ -1,12 +1,14 @@
 //! Take one snapshot of a served export into a new file.
 //!
-//! The overlay's snapshot point: `Hook::active` is set, then every storage request already
-//! handed to a ring is waited for (the export's `storage_in_flight` gauge reaching zero).
-//! A worker raises that gauge before it reads `active`, and the snapshot sets `active`
-//! before it reads the gauge (both SeqCst), so a request either sees the flag and goes to
-//! the overlay or is counted and waited for: once the gauge is zero no write reaches the
-//! image until the merge. Every write acknowledged before the snapshot began is in the image
-//! by then; writes in flight at that point may or may not be in the copy, as after a crash.
+//! The overlay's snapshot point: `SnapshotHook::active` is set, then every storage request
+//! already handed to a ring, or being written synchronously (write-back through the mapping,
+//! a queue without a ring), is waited for (the export's `storage_in_flight` gauge reaching
+//! zero). A worker raises that gauge before it reads `active`, and the snapshot sets
+//! `active` before it reads the gauge (both SeqCst), so a request either sees the flag and
+//! goes to the overlay or is counted and waited for: once the gauge is zero no write reaches
+//! the image until the merge. Every write acknowledged before the snapshot began is in the
+//! image by then; writes in flight at that point may or may not be in the copy, as after a
+//! crash.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -17,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::overlay::Overlay;
 use super::{reflink, Method, Outcome, Phase};
 use crate::serve::backend::SECTOR;
+use crate::serve::backend::{log_path, Overlay};
 use crate::serve::export::Export;
 
 /// Bytes copied per read and write.
@@ -36,12 +38,12 @@ pub fn take(
     progress: &mut dyn FnMut(Phase, u64, u64),
 ) -> Result<Outcome> {
     let hook = &ex.snapshot;
-    if hook.running.swap(true, Ordering::SeqCst) {
+    if !hook.begin() {
         bail!("{}: a snapshot of it is already running", ex.name());
     }
     let started = Instant::now();
     let result = take_once(ex, dest, method, progress);
-    hook.running.store(false, Ordering::SeqCst);
+    hook.end();
     let (method, overlaid) = result?;
     Ok(Outcome {
         method: method.into(),
@@ -131,8 +133,7 @@ fn overlaid(
         bytes / SECTOR,
         durable,
     )?);
-    *hook.overlay.lock().unwrap() = Some(o.clone());
-    hook.active.store(true, Ordering::SeqCst);
+    hook.divert(o.clone());
     let copied = barrier(ex, progress).and_then(|()| copy(o.image(), base, bytes, out, progress));
     let overlaid = o.unmerged();
     // Merged whether the copy worked or not: the log holds acknowledged writes.
@@ -144,10 +145,10 @@ fn overlaid(
             "{}: the overlay could not be merged back ({e:#}); writes keep going to {}, which \
              the next start of the export replays",
             ex.name(),
-            super::log_path(&ex.path).display()
+            log_path(&ex.path).display()
         );
     } else {
-        hook.active.store(false, Ordering::SeqCst);
+        hook.restore();
     }
     copied?;
     merged?;

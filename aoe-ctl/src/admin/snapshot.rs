@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{Line, Method, Phase};
 use crate::daemon::control::{self, AdminRequest};
+use crate::daemon::snapshot::{Line, Method, Phase};
 
 /// Longest silence from the daemon while a snapshot runs (it reports every 250 ms; a
 /// merge step or a clone may take a while on a slow disk).
