@@ -304,7 +304,8 @@ fn client(lab: &Lab, ifname: &str) -> Client {
     let mut c = Lab::in_ns(&lab.initiator_ns, move || Client::open(&ifname))
         .unwrap()
         .expect("raw socket in the initiator namespace");
-    c.timeout = Duration::from_millis(300);
+    // A durable write waits for an fdatasync, which a disk busy with other work stretches.
+    c.timeout = Duration::from_millis(1000);
     c
 }
 
@@ -563,7 +564,9 @@ fn racing_write_back_writes_never_leave_a_stale_block_in_the_kernel() {
 /// the same bytes as without the cache (`--verify` compares them with the pattern).
 #[test]
 fn bench_reads_from_the_cache_verify() {
-    let s = Served::start("");
+    // Write-back: the pattern goes in without an fdatasync per write, which a disk busy with
+    // other work can stretch past the client's retries.
+    let s = Served::start("write_back = true");
     let span = "256";
     let out = s
         .lab
@@ -577,6 +580,8 @@ fn bench_reads_from_the_cache_verify() {
             "--span",
             span,
             "--verify",
+            "--timeout-ms",
+            "1000",
             "--json",
         ])
         .unwrap();
@@ -599,6 +604,8 @@ fn bench_reads_from_the_cache_verify() {
             "--pad-to",
             "1060",
             "--verify",
+            "--timeout-ms",
+            "1000",
             "--json",
         ])
         .unwrap();
