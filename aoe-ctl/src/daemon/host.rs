@@ -11,6 +11,7 @@ use aoe_common::maps::counter;
 use aoe_common::wire::{sectors_per_frame, SECTOR_SIZE};
 
 use super::config::DataPath;
+use super::queue_spread::Spread;
 use crate::net::Interface;
 use crate::packet::socket::RawSocket;
 use crate::pinned::{self, ExportRecord, IfaceInfo, Pins};
@@ -106,6 +107,8 @@ pub struct Host {
     started: u64,
     /// Times this interface was removed while served (`daemon::links`), for the pins.
     pub removed: u32,
+    /// Whether the AoE frames reach every receive queue (said once when they do not).
+    spread: Spread,
 }
 
 /// A data path change under way (`Host::begin`): the new part is up and serving, the old
@@ -231,6 +234,7 @@ impl Host {
             pins: None,
             started: pinned::unix_now(),
             removed: 0,
+            spread: Spread::default(),
         };
         if let Some(k) = &host.kernel {
             match Pins::create(name, |dir| k.lock().unwrap().pin(dir)) {
@@ -491,6 +495,10 @@ impl Host {
 
     /// Refresh `info` and `exports` in the pins.
     pub fn publish(&mut self) {
+        let frames = self.queue_frames();
+        if let Some(line) = self.spread.observe(&self.iface.name, &frames) {
+            log::warn!("{line}");
+        }
         if self.pins.is_none() {
             return;
         }
@@ -541,6 +549,15 @@ impl Host {
         if let Err(e) = pins.publish(info, &records) {
             log::warn!("{}: pinned state not refreshed: {e:#}", self.iface.name);
         }
+    }
+
+    /// Frames each queue's worker has taken from its socket (one for the AF_PACKET path).
+    pub fn queue_frames(&self) -> Vec<u64> {
+        self.workers
+            .stats()
+            .iter()
+            .map(|s| s.received.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Frames the workers handled, replies they sent, frames dropped at their sockets.

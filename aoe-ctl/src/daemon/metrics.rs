@@ -63,6 +63,12 @@ impl Node {
             Kind::Counter,
             "Frames the user-space workers took from their sockets.",
         );
+        let mut per_queue = Family::new(
+            "aoe_queue_frames_total",
+            Kind::Counter,
+            "Frames each receive queue's worker took from its socket: AoE frames carry no IP \
+             header for RSS to hash, so a NIC may deliver them all to one queue.",
+        );
         let mut replied = Family::new(
             "aoe_worker_replies_total",
             Kind::Counter,
@@ -97,6 +103,9 @@ impl Node {
             removed.push(&l, f64::from(h.removed));
             let (r, p, d) = h.worker_totals();
             received.push(&l, r as f64);
+            for (q, n) in h.queue_frames().iter().enumerate() {
+                per_queue.push(&[("interface", name), ("queue", &q.to_string())], *n as f64);
+            }
             replied.push(&l, p as f64);
             socket.push(&l, d as f64);
             let Some(k) = &h.kernel else { continue };
@@ -131,6 +140,7 @@ impl Node {
             queues,
             removed,
             received,
+            per_queue,
             replied,
             socket,
             seen,

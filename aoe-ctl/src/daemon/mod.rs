@@ -13,6 +13,7 @@ pub mod metrics_http;
 pub mod netlink;
 pub mod notify;
 pub mod owner;
+pub mod queue_spread;
 pub mod resize;
 pub mod snapshot;
 pub mod spec;
