@@ -470,11 +470,13 @@ impl IoRing {
         // Durable writes go around the page cache where the file allows it, all of them
         // (`IoTarget::around`): a write smaller than a page would otherwise first read that
         // page from the disk, and the page would be written back again by the fdatasync.
-        // A lone read that missed the cache goes around it too, unless the same page missed
+        // A lone read that misses the cache goes around it too, unless the same page missed
         // a little while ago: a page read once costs a cache insert and a whole page from
-        // the disk for nothing, a page read again is worth keeping. A merged run is a
-        // stream: through the cache, for readahead. (Reads leave no dirty page behind, so
-        // this does not make a second write path.)
+        // the disk for nothing, a page read again is worth keeping. Whether it misses is
+        // asked of the cache (`cached`, one cachestat: ~250 ns here) before anything is
+        // read: a hit is read from the cache as always. A merged run is a stream: through
+        // the cache, for readahead. (Reads leave no dirty page behind, so this does not make
+        // a second write path.)
         let at = target.base + first.offset;
         let (fd, direct, mem_align) = match (target.around(), target.write_around) {
             (Some(w), _) if kind == Kind::Write => (w.fd, true, w.align.mem),
@@ -484,6 +486,7 @@ impl IoRing {
                     && run.len() == 1
                     && at.is_multiple_of(w.align.offset as u64)
                     && end % w.align.offset == 0
+                    && !cached(target.fd, at, end as u64)
                     && !self.missed.again(target.fd, at) =>
             {
                 (w.fd, true, w.align.mem)
@@ -953,6 +956,39 @@ impl Missed {
         self.0[slot] = key;
         false
     }
+}
+
+/// Does the page cache hold every page of `len` bytes at `at` of the file at `fd`? One
+/// cachestat(2) (Linux 6.5): a lookup in the file's page index, no page table walk as
+/// mincore(2) needs (which measured ~1.2 us here). Where the call fails, says no: the
+/// recent-miss table alone then decides, as it did before.
+fn cached(fd: RawFd, at: u64, len: u64) -> bool {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    // SAFETY: sysconf has no preconditions.
+    let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(512) as u64;
+    let first = at - at % page;
+    let range = Range {
+        off: first,
+        len: at + len - first,
+    };
+    let mut st = Stat::default();
+    // SAFETY: cachestat reads `range` and writes `st`, both valid for the call.
+    let r = unsafe { libc::syscall(SYS_CACHESTAT, fd, &range, &mut st, 0) };
+    r == 0 && st.nr_cache >= range.len.div_ceil(page)
 }
 
 /// The size of the file open at `fd` (0 when it cannot be read: every write then fails).
@@ -1614,6 +1650,59 @@ mod tests {
             libc::close(fds[0]);
             libc::close(fds[1]);
         }
+    }
+
+    #[test]
+    fn a_lone_read_the_cache_holds_is_read_from_it_not_around_it() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let (p, f) = file(1 << 20);
+        f.write_all_at(&[0x24u8; 128 << 10], 0).unwrap();
+        f.sync_all().unwrap();
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&p)
+            .unwrap();
+        let Some(align) = super::super::dio_alignment(&direct) else {
+            return;
+        };
+        let mut t = target(&f, true);
+        t.write_around = Some(super::super::WriteAround {
+            fd: direct.as_raw_fd(),
+            align,
+        });
+        // The first 32 pages are in the cache (just written), and no read of them missed.
+        assert!((0..32).all(|i| super::cached(f.as_raw_fd(), i * 4096, 4096)));
+        let read_bytes = || {
+            std::fs::read_to_string("/proc/self/io")
+                .unwrap()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("read_bytes: ")
+                        .map(|v| v.parse::<u64>().unwrap())
+                })
+                .unwrap()
+        };
+        let mut ring = IoRing::new().unwrap();
+        let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+        // SAFETY: a non-zero layout; freed below.
+        let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+        let before = read_bytes();
+        for i in 0..32u32 {
+            // SAFETY: `buf` outlives the ring's use of it (run_until waits for it).
+            unsafe { ring.queue(i, t, Kind::Read, u64::from(i) * 4096, &[(buf, 4096)]) };
+            let done = run_until(&mut ring, 1);
+            assert!(done[0].result.is_ok(), "{:?}", done[0]);
+        }
+        // SAFETY: 4096 bytes just read into.
+        assert!(unsafe { std::slice::from_raw_parts(buf, 4096) }
+            .iter()
+            .all(|&b| b == 0x24));
+        // Past the cache, each would have read its page from the disk.
+        assert_eq!(read_bytes() - before, 0, "hits went around the cache");
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(buf, layout) };
+        std::fs::remove_file(p).unwrap();
     }
 
     #[test]
