@@ -1652,29 +1652,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_lone_read_the_cache_holds_is_read_from_it_not_around_it() {
+    /// A durable target on `f` with an O_DIRECT descriptor of `p` to go around the cache
+    /// with (kept open by the caller), or None where the filesystem has no O_DIRECT.
+    fn durable_with_write_around(p: &std::path::Path, f: &File) -> Option<(IoTarget, File)> {
         use std::os::unix::fs::OpenOptionsExt;
-        let (p, f) = file(1 << 20);
-        f.write_all_at(&[0x24u8; 128 << 10], 0).unwrap();
-        f.sync_all().unwrap();
         let direct = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECT)
-            .open(&p)
+            .open(p)
             .unwrap();
-        let Some(align) = super::super::dio_alignment(&direct) else {
-            return;
-        };
-        let mut t = target(&f, true);
+        let align = super::super::dio_alignment(&direct)?;
+        let mut t = target(f, true);
         t.write_around = Some(super::super::WriteAround {
             fd: direct.as_raw_fd(),
             align,
         });
+        Some((t, direct))
+    }
+
+    #[test]
+    fn a_lone_read_the_cache_holds_is_read_from_it_not_around_it() {
+        let (p, f) = file(1 << 20);
+        f.write_all_at(&[0x24u8; 128 << 10], 0).unwrap();
+        f.sync_all().unwrap();
+        let Some((t, _direct)) = durable_with_write_around(&p, &f) else {
+            return;
+        };
         // The first 32 pages are in the cache (just written), and no read of them missed.
         assert!((0..32).all(|i| super::cached(f.as_raw_fd(), i * 4096, 4096)));
         let read_bytes = || {
-            std::fs::read_to_string("/proc/self/io")
+            // This thread's own count: tests beside it read from the disk too.
+            std::fs::read_to_string("/proc/thread-self/io")
                 .unwrap()
                 .lines()
                 .find_map(|l| {
@@ -1707,24 +1715,12 @@ mod tests {
 
     #[test]
     fn a_lone_cold_read_goes_around_the_cache_and_a_second_miss_is_kept() {
-        use std::os::unix::fs::OpenOptionsExt;
         let (p, f) = file(1 << 20);
         f.write_all_at(&[0x42u8; 4096], 128 << 10).unwrap();
         f.sync_all().unwrap();
-        let direct = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&p)
-            .unwrap();
-        let Some(align) = super::super::dio_alignment(&direct) else {
-            // A filesystem without O_DIRECT here: nothing to go around the cache with.
+        let Some((t, _direct)) = durable_with_write_around(&p, &f) else {
             return;
         };
-        let mut t = target(&f, true);
-        t.write_around = Some(super::super::WriteAround {
-            fd: direct.as_raw_fd(),
-            align,
-        });
         let evict = || {
             // SAFETY: fadvise on an open descriptor.
             unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
