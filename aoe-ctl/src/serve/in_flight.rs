@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::ata::StorageIo;
-use super::backend::{BackendError, Done, IoRing, SECTOR};
+use super::backend::{BackendError, Done, IoRing, Kind, Resident, SECTOR};
 use super::export::Export;
 use super::reply::Responder;
 
@@ -28,7 +28,8 @@ pub struct InFlight<H> {
     slots: Vec<Option<Pending<H>>>,
     free: Vec<u32>,
     done: Vec<Done>,
-    /// Requests a snapshot's overlay answered in `start`, handed on at the next `pump`.
+    /// Requests answered in `start` (reads the page cache held, a snapshot's overlay),
+    /// handed on at the next `pump`.
     settled: Vec<(Pending<H>, Result<(), BackendError>)>,
 }
 
@@ -79,6 +80,24 @@ impl<H> InFlight<H> {
             }
             // A write after the overlay was merged back: the ring's way, as on every queue.
         }
+        // A read the page cache holds is copied here and answered in this pass; a miss goes
+        // to the ring and never delays it.
+        let mut missed = false;
+        if kind == Kind::Read && !target.direct {
+            if let [(ptr, len)] = *data {
+                // SAFETY: the caller's promise about `data`: ours alone until answered.
+                let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+                match p.export.backend.read_resident(p.io.lba, buf) {
+                    Resident::Read(result) => {
+                        counted.fetch_sub(1, Ordering::Relaxed);
+                        self.settled.push((p, result));
+                        return Ok(());
+                    }
+                    Resident::Missed => missed = true,
+                    Resident::NotAsked => {}
+                }
+            }
+        }
         let token = match self.free.pop() {
             Some(t) => {
                 self.slots[t as usize] = Some(p);
@@ -90,7 +109,13 @@ impl<H> InFlight<H> {
             }
         };
         // SAFETY: the caller keeps `data` valid until the token is done.
-        unsafe { self.ring.queue(token, target, kind, offset, data) };
+        unsafe {
+            if missed {
+                self.ring.queue_missed_read(token, target, offset, data);
+            } else {
+                self.ring.queue(token, target, kind, offset, data);
+            }
+        }
         Ok(())
     }
 

@@ -9,6 +9,7 @@ mod mem;
 mod mmap;
 mod overlay;
 mod overlay_hook;
+mod page_cache;
 mod ring;
 
 use std::fs::File;
@@ -23,6 +24,17 @@ pub use mmap::MmapBackend;
 pub use overlay::{log_path, recover, Overlay};
 pub use overlay_hook::SnapshotHook;
 pub use ring::{Done, IoRing, Kind};
+
+/// What `Backend::read_resident` did.
+#[derive(Debug)]
+pub enum Resident {
+    /// The cache held it: read (or the range was refused).
+    Read(Result<()>),
+    /// The cache does not hold every page: the disk's.
+    Missed,
+    /// Not asked: no page cache behind this backend, or a read larger than a copy pays for.
+    NotAsked,
+}
 
 /// Bytes per sector.
 pub const SECTOR: u64 = 512;
@@ -64,6 +76,12 @@ pub trait Backend: Send + Sync {
     /// Copy the concatenation of `parts` to sector `lba`, as `write_at` does: a write that
     /// arrived in pieces (a jumbo frame's descriptors) lands without being gathered first.
     fn write_parts_at(&self, lba: u64, parts: &[&[u8]]) -> Result<()>;
+    /// `read_at` when every page of the sectors is in the page cache, without waiting for
+    /// the disk; otherwise the caller queues the read on its ring, told whether the cache
+    /// was asked and missed (so the ring does not ask again).
+    fn read_resident(&self, _lba: u64, _buf: &mut [u8]) -> Resident {
+        Resident::NotAsked
+    }
     /// Make the sectors `lba .. lba + len/512` durable on stable storage.
     fn sync_range(&self, lba: u64, len: usize) -> Result<()>;
     /// Make everything written so far durable.

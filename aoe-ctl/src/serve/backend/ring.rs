@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::image::{Image, SYNC_FAILED};
+use super::page_cache::cached;
 use super::{BackendError, IoTarget};
 
 /// Most requests merged into one I/O (as ggaoed).
@@ -57,6 +58,8 @@ struct Queued {
     iov: (usize, usize),
     /// Its place in the batch, in arrival order.
     arrival: usize,
+    /// A read the page cache was just asked about and did not hold (`queue_missed_read`).
+    missed: bool,
 }
 
 /// A request in an op: where its bytes end in the op, and its buffers in `Op::iov`.
@@ -232,6 +235,37 @@ impl IoRing {
         offset: u64,
         bufs: &[(*mut u8, usize)],
     ) {
+        // SAFETY: the caller's promise.
+        unsafe { self.enqueue(token, target, kind, offset, bufs, false) }
+    }
+
+    /// `queue` for a read whose bytes the page cache was just asked about and did not hold
+    /// (`Backend::read_resident`): the ring does not ask again.
+    ///
+    /// # Safety
+    /// As `queue`.
+    pub unsafe fn queue_missed_read(
+        &mut self,
+        token: u32,
+        target: IoTarget,
+        offset: u64,
+        bufs: &[(*mut u8, usize)],
+    ) {
+        // SAFETY: the caller's promise.
+        unsafe { self.enqueue(token, target, Kind::Read, offset, bufs, true) }
+    }
+
+    /// # Safety
+    /// As `queue`.
+    unsafe fn enqueue(
+        &mut self,
+        token: u32,
+        target: IoTarget,
+        kind: Kind,
+        offset: u64,
+        bufs: &[(*mut u8, usize)],
+        missed: bool,
+    ) {
         self.in_flight += 1;
         if let Err(e) = image(&target).check() {
             self.ready.push(Done {
@@ -267,6 +301,7 @@ impl IoRing {
             len,
             iov: (at, bufs.len()),
             arrival: self.staged.len(),
+            missed,
         });
     }
 
@@ -474,9 +509,9 @@ impl IoRing {
         // a little while ago: a page read once costs a cache insert and a whole page from
         // the disk for nothing, a page read again is worth keeping. Whether it misses is
         // asked of the cache (`cached`, one cachestat: ~250 ns here) before anything is
-        // read: a hit is read from the cache as always. A merged run is a stream: through
-        // the cache, for readahead. (Reads leave no dirty page behind, so this does not make
-        // a second write path.)
+        // read, unless the caller has just asked (`queue_missed_read`): a hit is read from
+        // the cache as always. A merged run is a stream: through the cache, for readahead.
+        // (Reads leave no dirty page behind, so this does not make a second write path.)
         let at = target.base + first.offset;
         let (fd, direct, mem_align) = match (target.around(), target.write_around) {
             (Some(w), _) if kind == Kind::Write => (w.fd, true, w.align.mem),
@@ -486,7 +521,7 @@ impl IoRing {
                     && run.len() == 1
                     && at.is_multiple_of(w.align.offset as u64)
                     && end % w.align.offset == 0
-                    && !cached(target.fd, at, end as u64)
+                    && (first.missed || !cached(target.fd, at, end as u64))
                     && !self.missed.again(target.fd, at) =>
             {
                 (w.fd, true, w.align.mem)
@@ -956,39 +991,6 @@ impl Missed {
         self.0[slot] = key;
         false
     }
-}
-
-/// Does the page cache hold every page of `len` bytes at `at` of the file at `fd`? One
-/// cachestat(2) (Linux 6.5): a lookup in the file's page index, no page table walk as
-/// mincore(2) needs (which measured ~1.2 us here). Where the call fails, says no: the
-/// recent-miss table alone then decides, as it did before.
-fn cached(fd: RawFd, at: u64, len: u64) -> bool {
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Stat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
-    const SYS_CACHESTAT: libc::c_long = 451;
-    // SAFETY: sysconf has no preconditions.
-    let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(512) as u64;
-    let first = at - at % page;
-    let range = Range {
-        off: first,
-        len: at + len - first,
-    };
-    let mut st = Stat::default();
-    // SAFETY: cachestat reads `range` and writes `st`, both valid for the call.
-    let r = unsafe { libc::syscall(SYS_CACHESTAT, fd, &range, &mut st, 0) };
-    r == 0 && st.nr_cache >= range.len.div_ceil(page)
 }
 
 /// The size of the file open at `fd` (0 when it cannot be read: every write then fails).
