@@ -306,6 +306,7 @@ impl Backend for MmapBackend {
     }
 
     fn read_resident(&self, lba: u64, buf: &mut [u8]) -> Resident {
+        use std::os::fd::AsRawFd;
         /// Larger reads go to the ring, where merging and readahead pay.
         const MAX_BYTES: usize = 64 << 10;
         let r = match byte_range(self.view().1, lba, buf.len()) {
@@ -320,7 +321,6 @@ impl Backend for MmapBackend {
         // reply leaves in the pass that received the request. A page evicted between the
         // two costs this worker one synchronous read, rarely.
         let at = self.data_offset + r.start as u64;
-        use std::os::fd::AsRawFd;
         if page_cache::cached(self.file.as_raw_fd(), at, r.len() as u64) {
             Resident::Read(self.read_at(lba, buf))
         } else {
