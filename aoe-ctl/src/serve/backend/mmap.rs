@@ -589,22 +589,12 @@ mod tests {
         if page_cache::cached(f.as_raw_fd(), 512 << 10, 1024) {
             return; // a filesystem whose pages cannot be evicted (tmpfs)
         }
-        let read_bytes = || {
-            std::fs::read_to_string("/proc/thread-self/io")
-                .unwrap()
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("read_bytes: ")
-                        .map(|v| v.parse::<u64>().unwrap())
-                })
-                .unwrap()
-        };
-        let before = read_bytes();
+        let before = page_cache::thread_disk_reads();
         assert!(matches!(
             b.read_resident(1024 - 8, &mut buf),
             Resident::Missed
         ));
-        assert_eq!(read_bytes(), before);
+        assert_eq!(page_cache::thread_disk_reads(), before);
         // Larger than a hit is worth copying here: the ring's, cached or not.
         let mut big = vec![0u8; 128 << 10];
         assert!(matches!(b.read_resident(10, &mut big), Resident::NotAsked));

@@ -34,3 +34,18 @@ pub fn cached(fd: RawFd, at: u64, len: u64) -> bool {
     let r = unsafe { libc::syscall(SYS_CACHESTAT, fd, &range, &mut st, 0) };
     r == 0 && st.nr_cache >= range.len.div_ceil(page)
 }
+
+/// Bytes this thread has had read from the disk (/proc/thread-self/io): how a test tells a
+/// read the cache answered from one the disk did. The thread's own count, since tests
+/// beside it read from the disk too.
+#[cfg(test)]
+pub fn thread_disk_reads() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/io")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("read_bytes: ")
+                .map(|v| v.parse::<u64>().unwrap())
+        })
+        .unwrap()
+}

@@ -1682,22 +1682,12 @@ mod tests {
         };
         // The first 32 pages are in the cache (just written), and no read of them missed.
         assert!((0..32).all(|i| super::cached(f.as_raw_fd(), i * 4096, 4096)));
-        let read_bytes = || {
-            // This thread's own count: tests beside it read from the disk too.
-            std::fs::read_to_string("/proc/thread-self/io")
-                .unwrap()
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("read_bytes: ")
-                        .map(|v| v.parse::<u64>().unwrap())
-                })
-                .unwrap()
-        };
         let mut ring = IoRing::new().unwrap();
         let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
         // SAFETY: a non-zero layout; freed below.
         let buf = unsafe { std::alloc::alloc_zeroed(layout) };
-        let before = read_bytes();
+        let disk_reads = super::super::page_cache::thread_disk_reads;
+        let before = disk_reads();
         for i in 0..32u32 {
             // SAFETY: `buf` outlives the ring's use of it (run_until waits for it).
             unsafe { ring.queue(i, t, Kind::Read, u64::from(i) * 4096, &[(buf, 4096)]) };
@@ -1709,7 +1699,11 @@ mod tests {
             .iter()
             .all(|&b| b == 0x24));
         // Past the cache, each would have read its page from the disk.
-        assert_eq!(read_bytes() - before, 0, "hits went around the cache");
+        assert_eq!(
+            super::super::page_cache::thread_disk_reads() - before,
+            0,
+            "hits went around the cache"
+        );
         // SAFETY: allocated above with this layout.
         unsafe { std::alloc::dealloc(buf, layout) };
         std::fs::remove_file(p).unwrap();
